@@ -1,0 +1,76 @@
+# One entry point for people and CI. `make setup` is idempotent and is a prerequisite of everything else.
+SHELL := /bin/bash
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+BUILD := $(ROOT)/.build
+COLLECTION_LINK := $(BUILD)/collections/ansible_collections/qemulab/network
+export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+export PATH := $(BIN):$(PATH)
+
+# Debian packages the collection, its roles and its tests use on the lab host.
+APT_PACKAGES := qemu-system-x86 qemu-utils iproute2 debootstrap busybox-static e2fsprogs \
+	openssh-client graphviz python3-venv python3-dev gcc cpio zstd kmod socat iperf3 tcpdump \
+	iputils-ping procps psmisc rsync git
+
+.PHONY: setup apt venv collection lab cleanup status graph test test-unit test-integration \
+	sanity lint molecule bench clean
+
+setup: apt venv collection
+
+apt:
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null | awk '$$4 != "installed" {print $$1}'; \
+	  for p in $(APT_PACKAGES); do dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done); \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ -n "$${missing// }" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+collection:
+	@mkdir -p $(dir $(COLLECTION_LINK))
+	@ln -sfn $(ROOT) $(COLLECTION_LINK)
+
+lab: setup
+	$(BIN)/ansible-playbook lab.yml
+
+cleanup: setup
+	$(BIN)/ansible-playbook lab.yml --tags cleanup
+
+status: setup
+	$(BIN)/ansible-playbook lab.yml --tags status
+
+graph: setup
+	$(BIN)/ansible-playbook playbooks/graph.yml
+
+test: setup test-unit test-integration sanity lint molecule
+
+test-unit: setup
+	$(BIN)/pytest -q tests/unit
+
+test-integration: setup
+	$(BIN)/pytest -q tests/integration
+
+sanity: setup
+	tests/sanity/run
+
+lint: setup
+	$(BIN)/ansible-lint
+
+molecule: setup
+	cd $(ROOT) && $(BIN)/molecule test
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(BUILD) .pytest_cache
