@@ -105,7 +105,8 @@ def run_playbook(playbook, extra_vars=None, check=False, diff=False, inventory=N
     run_env = dict(os.environ)
     run_env.update({
         "ANSIBLE_CONFIG": os.path.join(REPO_ROOT, "ansible.cfg"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_STDOUT_CALLBACK": "results_json",
+        "ANSIBLE_CALLBACK_PLUGINS": os.path.join(REPO_ROOT, "tests", "integration", "callback_plugins"),
         "ANSIBLE_NOCOLOR": "1",
     })
     run_env.update(env or {})
