@@ -109,6 +109,8 @@ class _Problems(object):
 
     def __init__(self):
         self.messages = []
+        # (owner, variable) pairs that failed to render: reported once, never again as "not set"
+        self.unrenderable = set()
 
     def add(self, owner, field, message):
         self.messages.append("%s: %s %s" % (owner, field, message))
@@ -122,6 +124,7 @@ def _get(mapping, key, problems, owner):
         return mapping[key]
     except Exception as exc:  # templating errors of any kind surface here in Ansible's lazy hostvars
         problems.add(owner, key, "cannot be rendered (%s); fix the variable's template" % _short(exc))
+        problems.unrenderable.add((owner, key))
         return _MISSING
 
 
@@ -180,6 +183,12 @@ def _mac_problem(mac):
 
 def _interface(value):
     """An IPv4 'address/prefix' as ipaddress.IPv4Interface, or an error text."""
+    if _is_str(value) and "/" not in value:
+        try:
+            ipaddress.ip_address(value.strip())
+            return None, "%s has no prefix length; write it with one, like %s/24" % (value, value.strip())
+        except ValueError:
+            pass
     if not _is_str(value) or "/" not in value:
         return None, "%s is not an address with prefix length; write it like 10.20.10.1/24" % _describe(value)
     try:
@@ -276,6 +285,8 @@ class _Planner(object):
         # bridge -> list of (owner, field, IPv4Interface) on it
         self.segments = {}
         self.bridge_order = []
+        # VMs whose NICs could not all be read: their routes are not checked against segments, to avoid cascades
+        self.unresolved = set()
 
     # -- inventory access -------------------------------------------------------------------------------------
     def host_vars(self, host):
@@ -309,7 +320,9 @@ class _Planner(object):
         host_ports_in = self.lab_var("lab_host_ports", hv_vars, hv_owner)
         inventory_dir = self.lab_var("inventory_dir", hv_vars, hv_owner)
 
-        if lab_name is _MISSING or lab_name is None:
+        if (hv_owner, "lab_name") in problems.unrenderable:
+            lab_name = ""
+        elif lab_name is _MISSING or lab_name is None:
             problems.add(hv_owner, "lab_name", "is not set; set lab_name (up to 15 of a-z, 0-9, -) in "
                          "group_vars/all.yml")
             lab_name = ""
@@ -446,6 +459,8 @@ class _Planner(object):
 
     def vm_port(self, name, hv, ports):
         value = _get(hv, "ansible_port", self.problems, name)
+        if (name, "ansible_port") in self.problems.unrenderable:
+            return None
         if value is _MISSING or value is None:
             self.problems.add(name, "ansible_port", "is not set; give every VM its own 127.0.0.1 port for SSH "
                               "(1024-65535)")
@@ -526,6 +541,10 @@ class _Planner(object):
     def vm_nics(self, name, hv):
         problems = self.problems
         value = _get(hv, "vm_nics", problems, name)
+        if not isinstance(value, (list, tuple)) or not value:
+            self.unresolved.add(name)
+        if (name, "vm_nics") in problems.unrenderable:
+            return []
         if value is _MISSING or value is None:
             problems.add(name, "vm_nics", "is not set; give the VM at least one NIC {bridge, tap, address}")
             return []
@@ -540,6 +559,7 @@ class _Planner(object):
             field = "vm_nics[%d]" % index
             if not _is_mapping(raw):
                 problems.add(name, field, "%s is not a mapping; write {bridge, tap, mac, address}" % _describe(raw))
+                self.unresolved.add(name)
                 continue
             _check_keys(raw, NIC_KEYS, name, field, problems)
             nic = {"index": index, "dev": "eth%d" % index, "bridge": None, "tap": None, "mac": None,
@@ -588,6 +608,7 @@ class _Planner(object):
                 iface, why = _interface(address)
                 if why:
                     problems.add(name, field + ".address", why)
+                    self.unresolved.add(name)
                 else:
                     nic["address"] = str(iface)
                     nic["_iface"] = iface
@@ -740,11 +761,13 @@ class _Planner(object):
                 problems.add(owner, item_field + ".via", why_via)
             if why_to or why_via:
                 continue
-            if networks and not any(gateway in net for net in networks):
+            if networks is None:
+                pass
+            elif networks and not any(gateway in net for net in networks):
                 problems.add(owner, item_field + ".via", "%s is on no segment of %s (%s); use a gateway on one "
                              "of them" % (gateway, where, ", ".join(str(n) for n in networks)))
                 continue
-            if not networks:
+            elif not networks:
                 problems.add(owner, item_field + ".via", "%s cannot be reached: %s has no address; give it an "
                              "address on the gateway's segment" % (gateway, where))
                 continue
@@ -755,17 +778,20 @@ class _Planner(object):
         for vm in vms:
             name = vm["name"]
             attached = [(nic["dev"], nic["_iface"].network) for nic in vm["nics"] if nic.get("_iface")]
-            networks = [net for _, net in attached]
+            networks = None if name in self.unresolved else [net for _, net in attached]
             routes_in = vm["_routes_in"]
             if routes_in is not _MISSING and routes_in is not None:
                 for route in self.parse_routes(routes_in, name, "vm_routes", networks, "the VM's NICs"):
-                    dev = next(dev for dev, net in attached if route["gateway"] in net)
-                    vm["routes"].append({"to": route["to"], "via": route["via"], "dev": dev})
+                    dev = next((dev for dev, net in attached if route["gateway"] in net), None)
+                    if dev:
+                        vm["routes"].append({"to": route["to"], "via": route["via"], "dev": dev})
             gateway_in = vm["_gateway_in"]
             if gateway_in is not _MISSING and gateway_in is not None and gateway_in != "":
                 gateway, why = _address(gateway_in)
                 if why:
                     self.problems.add(name, "vm_gateway", why)
+                elif networks is None:
+                    pass
                 elif not any(gateway in net for net in networks):
                     self.problems.add(name, "vm_gateway", "%s is on no segment of the VM's NICs (%s); use an "
                                       "address on one of them" % (gateway, ", ".join(str(n) for n in networks)
