@@ -204,12 +204,14 @@ def _interface(value):
 
 
 def _address(value):
-    if not _is_str(value) and not isinstance(value, ipaddress.IPv4Address):
-        return None, "%s is not an IPv4 address" % _describe(value)
+    if value is None:
+        return None, "is not set; give the gateway's address, like 10.20.10.1"
+    if not _is_str(value):
+        return None, "%s is not an IPv4 address; write it like 10.20.10.1" % _describe(value)
     try:
-        address = ipaddress.ip_address(str(value).strip())
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
-        return None, "%s is not an IPv4 address" % _describe(value)
+        return None, "%s is not an IPv4 address; write it like 10.20.10.1" % _describe(value)
     if address.version != 4:
         return None, "%s is not IPv4; the lab is IPv4 only" % value
     return address, None
