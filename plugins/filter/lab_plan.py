@@ -96,7 +96,7 @@ DEFAULT_MEMORY_MB = 1024
 RUN_ROOT = "/run/qemulab"
 LAB_NAME_RE = re.compile(r"^[a-z0-9-]{1,15}$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-MEMORY_RE = re.compile(r"^\s*([0-9]+)\s*([MG]?)i?B?\s*$", re.IGNORECASE)
+MEMORY_RE = re.compile(r"^\s*([0-9]+)\s*(?:([MG])(?:i?B)?)?\s*$", re.IGNORECASE)
 NIC_KEYS = ("bridge", "tap", "mac", "address", "model", "vhost")
 ROUTE_KEYS = ("to", "via")
 HOST_PORT_KEYS = ("name", "peer", "bridge", "address", "routes")
@@ -197,8 +197,8 @@ def _interface(value):
         return None, "%s is not an address with prefix length; write it like 10.20.10.1/24" % _describe(value)
     if iface.version != 4:
         return None, "%s is not IPv4; the lab is IPv4 only" % value
-    if iface.network.prefixlen < 31 and iface.ip in (iface.network.network_address,
-                                                       iface.network.broadcast_address):
+    reserved = (iface.network.network_address, iface.network.broadcast_address)
+    if iface.network.prefixlen < 31 and iface.ip in reserved:
         return None, "%s is the network or broadcast address of %s; pick a host address" % (value, iface.network)
     return iface, None
 
@@ -245,7 +245,7 @@ def memory_mb(value):
     match = MEMORY_RE.match(value)
     if not match:
         return None
-    amount = int(match.group(1)) * (1024 if match.group(2).upper() == "G" else 1)
+    amount = int(match.group(1)) * (1024 if (match.group(2) or "").upper() == "G" else 1)
     return amount if amount > 0 else None
 
 

@@ -15,8 +15,7 @@ from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
 from ansible.vars.manager import VariableManager
 
-from ansible_collections.qemulab.network.plugins.filter.lab_plan import (FilterModule, derived_mac, lab_plan,
-                                                                          memory_mb)
+from ansible_collections.qemulab.network.plugins.filter.lab_plan import FilterModule, derived_mac, lab_plan, memory_mb
 
 pytestmark = pytest.mark.unit
 
@@ -214,7 +213,9 @@ def test_small_lab_is_valid_and_fills_defaults():
 
 
 @pytest.mark.parametrize("value,expected", [(512, 512), ("512M", 512), ("1G", 1024), ("2g", 2048), ("768", 768),
-                                            ("1X", None), (0, None), (True, None), ("", None), (1.5, None)])
+                                            ("1GiB", 1024), ("256MB", 256),
+                                            ("1X", None), ("1024B", None), ("1.5G", None), (0, None), (True, None),
+                                            ("", None), (1.5, None)])
 def test_memory_sizes(value, expected):
     assert memory_mb(value) == expected
 
