@@ -89,6 +89,16 @@ import ipaddress
 import os
 import re
 
+try:
+    from collections.abc import Mapping
+except ImportError:  # Python 2 controllers are out of scope, but keep the import honest
+    from collections import Mapping
+
+try:
+    from jinja2 import Undefined
+except ImportError:  # only Ansible's templating produces undefined values, and it always has jinja2
+    Undefined = None
+
 IFNAMSIZ_BYTES = 15
 NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 VHOST_VALUES = ("auto", "on", "off")
@@ -116,12 +126,26 @@ class _Problems(object):
         self.messages.append("%s: %s %s" % (owner, field, message))
 
 
+def _plain(value):
+    """A deep copy in plain dict/list/str, rendering Ansible's lazy containers now so a bad template fails here."""
+    if Undefined is not None and isinstance(value, Undefined):
+        # Ansible 2.19 hands over an undefined value as a marker that only fails when the result is finalised
+        raise ValueError(getattr(value, "_undefined_message", None) or "a value is undefined")
+    if isinstance(value, Mapping):
+        return dict((_plain(key), _plain(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
 def _get(mapping, key, problems, owner):
     """One variable of a hostvars entry; a template that fails to render is a problem, not a traceback."""
     try:
         if key not in mapping:
             return _MISSING
-        return mapping[key]
+        return _plain(mapping[key])
     except Exception as exc:  # templating errors of any kind surface here in Ansible's lazy hostvars
         problems.add(owner, key, "cannot be rendered (%s); fix the variable's template" % _short(exc))
         problems.unrenderable.add((owner, key))
@@ -819,10 +843,6 @@ class _Planner(object):
 
 
 def _is_mapping(value):
-    try:
-        from collections.abc import Mapping
-    except ImportError:  # Python 2 controllers are out of scope, but keep the import honest
-        from collections import Mapping
     return isinstance(value, Mapping)
 
 

@@ -183,19 +183,34 @@ def test_seed_plan_matches_the_seed_document_itself(seed_plan):
         assert vm["gateway"] == want["gateway"], vm["name"]
 
 
-def test_seed_plan_through_a_real_ansible_run():
-    """Ansible's own hostvars (lazy, templated on access) give the same plan as plain dicts."""
+def plan_from_ansible(inventory):
+    """The plan as a real `ansible` run computes it from Ansible's own (lazy, templated on access) hostvars."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     result = subprocess.run(
-        [os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-i", SEED_INVENTORY, "-m",
+        [os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-i", inventory, "-m",
          "ansible.builtin.debug", "-a", "msg={{ hostvars | qemulab.network.lab_plan(groups) | to_json }}"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     # ad hoc output: "localhost | SUCCESS => {...}"
     msg = json.loads(result.stdout.split("=>", 1)[1])["msg"]
-    plan = json.loads(msg) if isinstance(msg, str) else msg
+    return json.loads(msg) if isinstance(msg, str) else msg
+
+
+def test_seed_plan_through_a_real_ansible_run():
     hostvars, groups = load_inventory(SEED_INVENTORY)
-    assert plan == lab_plan(hostvars, groups)
+    assert plan_from_ansible(SEED_INVENTORY) == lab_plan(hostvars, groups)
+
+
+def test_an_undefined_variable_deep_in_a_nic_is_an_error_in_a_real_ansible_run(tmp_path):
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  vars: {lab_name: undef}\n  children:\n"
+        "    hypervisors: {hosts: {localhost: {ansible_connection: local}}}\n"
+        "    lab: {children: {hosts: {hosts: {h1: {ansible_port: 2401, vm_nics: [\n"
+        "      {bridge: br-u, tap: tu1, address: '{{ nowhere_defined }}'}]}}}}}\n")
+    plan = plan_from_ansible(str(inventory))
+    assert plan["errors"] == ["h1: vm_nics cannot be rendered ('nowhere_defined' is undefined); fix the variable's "
+                              "template"]
 
 
 def test_the_filter_is_registered_under_its_name():
