@@ -104,7 +104,7 @@ NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 VHOST_VALUES = ("auto", "on", "off")
 DEFAULT_MEMORY_MB = 1024
 RUN_ROOT = "/run/qemulab"
-LAB_NAME_RE = re.compile(r"^[a-z0-9-]{1,15}$")
+LAB_NAME_RE = re.compile(r"^[a-z0-9-]{1,15}\Z")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MEMORY_RE = re.compile(r"^\s*([0-9]+)\s*(?:([MG])(?:i?B)?)?\s*$", re.IGNORECASE)
 NIC_KEYS = ("bridge", "tap", "mac", "address", "model", "vhost")
@@ -374,8 +374,8 @@ class _Planner(object):
 
         vms = self.plan_vms(lab_name, hypervisors)
         host_ports = self.plan_host_ports(host_ports_in, hv_owner)
-        bridges = self.plan_bridges(host_ports, hv_owner)
-        self.check_interface_names(hv_owner)
+        bridges = self.plan_bridges()
+        self.check_interface_names()
         self.resolve_routes(vms)
         self.assign_macs(lab_name, vms)
 
@@ -432,10 +432,9 @@ class _Planner(object):
     def plan_vms(self, lab_name, hypervisors):
         problems = self.problems
         names, routers, hosts = self.vm_names(hypervisors)
-        for name in self.group("lab") + routers + hosts:
-            if name in hypervisors:
-                problems.add(name, "groups", "is both a hypervisor and a lab VM; keep the lab host out of "
-                             "routers, hosts and lab")
+        for name in sorted(set(self.group("lab") + routers + hosts) & set(hypervisors)):
+            problems.add(name, "groups", "is both a hypervisor and a lab VM; keep the lab host out of "
+                         "routers, hosts and lab")
         if not names:
             problems.add("lab", "groups", "define no VMs; add VMs to group routers or hosts (children of lab)")
         ports = {}
@@ -721,7 +720,7 @@ class _Planner(object):
         return ports
 
     # -- segments ---------------------------------------------------------------------------------------------
-    def plan_bridges(self, host_ports, owner):
+    def plan_bridges(self):
         problems = self.problems
         subnets = {}
         for bridge in self.bridge_order:
@@ -748,7 +747,7 @@ class _Planner(object):
         self.subnets = subnets
         return [{"name": b, "subnet": str(subnets[b]) if subnets[b] else None} for b in sorted(subnets)]
 
-    def check_interface_names(self, owner):
+    def check_interface_names(self):
         """Bridges, taps and veth ends share one namespace of link names."""
         for ifname in sorted(self.ifnames):
             uses = self.ifnames[ifname]

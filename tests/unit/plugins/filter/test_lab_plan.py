@@ -406,6 +406,8 @@ def test_lab_wide_checks():
     hostvars["localhost"].update(lab_name="x" * 16, lab_netns="ns/with/slash")
     errors = errors_of(hostvars, groups)
     assert any(e.startswith("localhost: lab_name 'xxxxxxxxxxxxxxxx' is not a lab name") for e in errors)
+    hostvars["localhost"].update(lab_name="seed\n", lab_netns="")
+    assert only_error(hostvars, groups).startswith("localhost: lab_name 'seed\\n' is not a lab name")
     assert any(e.startswith("localhost: lab_netns 'ns/with/slash' is not a valid interface name") for e in errors)
 
 
@@ -433,7 +435,9 @@ def test_no_hypervisor_no_vms_and_a_hypervisor_in_the_lab():
     assert only_error(hostvars, groups).startswith("lab: groups define no VMs")
     hostvars, groups = small_lab()
     groups["hosts"].append("localhost")
-    assert any(e.startswith("localhost: groups is both a hypervisor and a lab VM") for e in errors_of(hostvars, groups))
+    groups["lab"].append("localhost")
+    assert [e for e in errors_of(hostvars, groups) if e.startswith("localhost: groups")] == [
+        "localhost: groups is both a hypervisor and a lab VM; keep the lab host out of routers, hosts and lab"]
 
 
 def test_a_second_hypervisor_is_refused_for_now():
