@@ -157,6 +157,11 @@ def test_a_mutated_lab_gives_a_complete_plan_or_errors_never_an_exception(lab, d
     plan = lab_plan(hostvars, groups)
     event("refused" if plan["errors"] else "accepted")
     assert_complete_or_refused(plan)
+    owners = set(hostvars) | {"lab"} | {name for members in groups.values() if isinstance(members, list)
+                                        for name in members if isinstance(name, str)}
+    for error in plan["errors"]:
+        assert error.split(": ", 1)[0] in owners, "%r names no host" % error
+        assert ";" in error, "%r offers no fix" % error
 
 
 @SETTINGS
