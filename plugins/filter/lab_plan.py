@@ -243,6 +243,8 @@ def _address(value):
 
 def _network(value):
     """A route destination: a network in CIDR form (host bits clear) or 'default'."""
+    if value is None:
+        return None, "is not set; give the destination network, like 10.20.60.0/24"
     if _is_str(value) and value.strip() == "default":
         return ipaddress.ip_network("0.0.0.0/0"), None
     if not _is_str(value):
@@ -713,9 +715,10 @@ class _Planner(object):
             routes = raw.get("routes")
             if routes is not None:
                 nets = [iface.network] if iface else []
+                own = [iface.ip] if iface else []
                 port["routes"] = [
                     {"to": r["to"], "via": r["via"]}
-                    for r in self.parse_routes(routes, owner, field + ".routes", nets, "the port's address")]
+                    for r in self.parse_routes(routes, owner, field + ".routes", nets, "the port's address", own)]
             ports.append(port)
         return ports
 
@@ -764,13 +767,16 @@ class _Planner(object):
                                   % (ifname, first_who, first_field, "tap" if kind == "tap" else "interface"))
 
     # -- routes -----------------------------------------------------------------------------------------------
-    def parse_routes(self, value, owner, field, networks, where):
-        """[{to, via}] -> [{to, via, network, gateway}] keeping only the valid ones."""
+    def parse_routes(self, value, owner, field, networks, where, own_addresses):
+        """[{to, via}] -> [{to, via, network, gateway}] keeping only the valid ones.
+
+        `networks` are the owner's attached subnets (None: unknown, skip the checks that need them)."""
         problems = self.problems
         if not isinstance(value, (list, tuple)):
             problems.add(owner, field, "%s is not a list; write a list of {to, via}" % _describe(value))
             return []
         routes = []
+        seen = {}
         for index, raw in enumerate(value):
             item_field = "%s[%d]" % (field, index)
             if not _is_mapping(raw):
@@ -796,6 +802,20 @@ class _Planner(object):
                 problems.add(owner, item_field + ".via", "%s cannot be reached: %s has no address; give it an "
                              "address on the gateway's segment" % (gateway, where))
                 continue
+            if gateway in own_addresses:
+                problems.add(owner, item_field + ".via", "%s is %s own address; route via a neighbour's address"
+                             % (gateway, "the port's" if field.startswith("lab_host_ports") else "the VM's"))
+                continue
+            # the kernel refuses a second route to one destination, and already has one to an attached segment
+            if networks and network in networks:
+                problems.add(owner, item_field + ".to", "%s is a segment of %s, reached directly; drop this route"
+                             % (network, where))
+                continue
+            if network in seen:
+                problems.add(owner, item_field + ".to", "%s is already routed by %s[%d]; keep one route per "
+                             "destination" % (network, field, seen[network]))
+                continue
+            seen[network] = index
             routes.append({"to": str(network), "via": str(gateway), "network": network, "gateway": gateway})
         return routes
 
@@ -806,7 +826,8 @@ class _Planner(object):
             networks = None if name in self.unresolved else [net for _, net in attached]
             routes_in = vm["_routes_in"]
             if routes_in is not _MISSING and routes_in is not None:
-                for route in self.parse_routes(routes_in, name, "vm_routes", networks, "the VM's NICs"):
+                own = [nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")]
+                for route in self.parse_routes(routes_in, name, "vm_routes", networks, "the VM's NICs", own):
                     dev = next((dev for dev, net in attached if route["gateway"] in net), None)
                     if dev:
                         vm["routes"].append({"to": route["to"], "via": route["via"], "dev": dev})
@@ -824,6 +845,9 @@ class _Planner(object):
                 elif any(gateway == nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")):
                     self.problems.add(name, "vm_gateway", "%s is the VM's own address; use a router's address"
                                       % gateway)
+                elif any(route["to"] == "0.0.0.0/0" for route in vm["routes"]):
+                    self.problems.add(name, "vm_gateway", "%s duplicates the default route in vm_routes; keep only "
+                                      "one of them" % gateway)
                 else:
                     vm["gateway"] = str(gateway)
             for nic in vm["nics"]:

@@ -324,6 +324,13 @@ def test_claim_by_the_same_inventory_is_accepted_and_by_another_refused():
     ("r1", "vm_routes", [{"to": "10.9.0.5/24", "via": "10.1.1.2"}], "r1: vm_routes[0].to 10.9.0.5/24 has host bits"),
     ("r1", "vm_routes", [{"to": "10.9.0.0/24", "gw": "10.1.1.2"}], "r1: vm_routes[0].gw is not a known key"),
     ("r1", "vm_routes", "10.9.0.0/24", "r1: vm_routes '10.9.0.0/24' is not a list"),
+    ("r1", "vm_routes", [{"via": "10.1.1.2"}], "r1: vm_routes[0].to is not set; give the destination network"),
+    ("r1", "vm_routes", [{"to": "10.9.0.0/24", "via": "10.1.1.1"}], "r1: vm_routes[0].via 10.1.1.1 is the VM's own"),
+    ("r1", "vm_routes", [{"to": "10.1.2.0/24", "via": "10.1.1.2"}],
+     "r1: vm_routes[0].to 10.1.2.0/24 is a segment of the VM's NICs, reached directly; drop this route"),
+    ("r1", "vm_routes", [{"to": "10.9.0.0/24", "via": "10.1.1.2"}, {"to": "10.9.0.0/24", "via": "10.1.2.2"}],
+     "r1: vm_routes[1].to 10.9.0.0/24 is already routed by vm_routes[0]; keep one route per destination"),
+    ("a1", "vm_routes", [{"to": "default", "via": "10.1.1.1"}], "a1: vm_gateway 10.1.1.1 duplicates the default"),
     ("r1", "vm_kernel", "relative/bzImage", "r1: vm_kernel relative/bzImage is not an absolute path"),
 ])
 def test_each_vm_check_names_host_field_and_fix(host, field, value, fragment):
