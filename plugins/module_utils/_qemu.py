@@ -1,0 +1,568 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU for qemulab modules: config normalisation, argv builder, accelerator probe, vhost decision, fingerprint,
+process identification and tap file descriptors opened inside a namespace.
+
+Nothing here imports pyroute2: tap fds are opened with the tun ioctl, namespaces are entered with setns(2).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+
+from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient, QMPError, query_status
+
+RUN_ROOT = "/run/qemulab"
+ACCEL_CACHE = "/var/cache/qemulab/accel.json"
+NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+MEMORY_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+MEMORY_UNITS_MIB = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+# Fields that change what QEMU runs; state, timeouts and on_change do not.
+CONFIG_FIELDS = ("name", "lab", "run_dir", "kernel", "initrd", "append", "disks", "memory", "vcpus", "accelerator",
+                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox")
+
+
+class QemuConfigError(Exception):
+    """The requested VM cannot be built as asked; the message names the VM, the field and the fix."""
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def parse_memory(value, vm="", field="memory"):
+    """Memory in MiB from an int (MiB) or a string like `512M`, `1G`, `1GiB`."""
+    where = "VM %s: %s" % (vm, field) if vm else field
+    if isinstance(value, bool):
+        raise QemuConfigError("%s: %r is not a size; give MiB as an integer or a string like 512M or 1G" % (where, value))
+    if isinstance(value, int):
+        mib = value
+    else:
+        match = MEMORY_RE.match(str(value))
+        if not match or match.group(2).lower() == "k":
+            raise QemuConfigError("%s: %r is not a size; give MiB as an integer or a string like 512M or 1G"
+                                  % (where, value))
+        mib = int(match.group(1)) * MEMORY_UNITS_MIB[match.group(2).lower()]
+    if mib < 16:
+        raise QemuConfigError("%s: %r is below 16 MiB; give at least 16M" % (where, value))
+    return mib
+
+
+def normalise_mac(mac, vm, index):
+    text = str(mac).strip().strip("'\"").lower().replace("-", ":")
+    if not MAC_RE.match(text):
+        raise QemuConfigError("VM %s: nics[%d].mac %r is not a MAC address like 52:54:00:12:34:56" % (vm, index, mac))
+    if int(text[:2], 16) & 1:
+        raise QemuConfigError("VM %s: nics[%d].mac %s is a multicast address; the first octet must be even"
+                              % (vm, index, text))
+    return text
+
+
+def normalise_config(params):
+    """The VM's desired configuration as a plain, comparable dict (defaults filled, values normalised)."""
+    name = params["name"]
+    lab = params.get("lab") or "default"
+    run_dir = params.get("run_dir") or os.path.join(RUN_ROOT, lab, name)
+    netns = params.get("netns") or ""
+    disks = []
+    for disk in params.get("disks") or []:
+        disks.append({
+            "file": disk["file"],
+            "interface": disk.get("interface") or "virtio",
+            "format": disk.get("format") or "raw",
+            "readonly": bool(disk.get("readonly")),
+        })
+    nics = []
+    seen_macs = {}
+    for index, nic in enumerate(params.get("nics") or []):
+        backend = nic.get("backend") or "tap"
+        mac = normalise_mac(nic["mac"], name, index) if nic.get("mac") else None
+        if mac:
+            if mac in seen_macs:
+                raise QemuConfigError("VM %s: nics[%d].mac %s is already used by nics[%d]; give every NIC its own MAC"
+                                      % (name, index, mac, seen_macs[mac]))
+            seen_macs[mac] = index
+        entry = {"model": nic.get("model") or "virtio-net-pci", "mac": mac, "backend": backend}
+        if backend == "tap":
+            if not nic.get("ifname"):
+                raise QemuConfigError("VM %s: nics[%d] has backend tap but no ifname; name the tap it uses"
+                                      % (name, index))
+            entry.update({"ifname": nic["ifname"], "netns": nic.get("netns") if nic.get("netns") is not None
+                          else netns, "vhost": nic.get("vhost") or "auto"})
+        else:
+            forwards = []
+            for fwd in nic.get("hostfwd") or []:
+                forwards.append({"host_port": int(fwd["host_port"]), "guest_port": int(fwd["guest_port"]),
+                                 "protocol": fwd.get("protocol") or "tcp"})
+            entry.update({"hostfwd": forwards, "net": nic.get("net") or None,
+                          "restrict": True if nic.get("restrict") is None else bool(nic["restrict"])})
+        nics.append(entry)
+    return {
+        "name": name,
+        "lab": lab,
+        "run_dir": run_dir,
+        "kernel": params.get("kernel") or None,
+        "initrd": params.get("initrd") or None,
+        "append": params.get("append") or None,
+        "disks": disks,
+        "memory": parse_memory(params.get("memory") if params.get("memory") is not None else 512, name),
+        "vcpus": int(params.get("vcpus") or 1),
+        "accelerator": params.get("accelerator") or "auto",
+        "tb_size": int(params["tb_size"]) if params.get("tb_size") is not None else 64,
+        "nics": nics,
+        "netns": netns,
+        "qemu_binary": params.get("qemu_binary") or "qemu-system-x86_64",
+        "extra_args": list(params.get("extra_args") or []),
+        "sandbox": True if params.get("sandbox") is None else bool(params["sandbox"]),
+    }
+
+
+def fingerprint(config):
+    data = json.dumps(dict((k, config.get(k)) for k in CONFIG_FIELDS), sort_keys=True)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def config_diff(old, new):
+    """(before, after) holding only the top-level fields that differ."""
+    old = old or {}
+    before, after = {}, {}
+    for key in CONFIG_FIELDS:
+        if old.get(key) != new.get(key):
+            before[key] = old.get(key)
+            after[key] = new.get(key)
+    return before, after
+
+
+def missing_files(config):
+    """Human-readable problems with the files the VM boots from."""
+    problems = []
+    for field in ("kernel", "initrd"):
+        path = config.get(field)
+        if path and not os.path.isfile(path):
+            problems.append("VM %s: %s %s does not exist; build the image first (qemulab.network guest_image role) "
+                            "or fix the path" % (config["name"], field, path))
+    for index, disk in enumerate(config["disks"]):
+        if not os.path.exists(disk["file"]):
+            problems.append("VM %s: disks[%d].file %s does not exist; create it (qemu-img create) or fix the path"
+                            % (config["name"], index, disk["file"]))
+    if config.get("initrd") and not config.get("kernel"):
+        problems.append("VM %s: initrd is set without kernel; give kernel too" % config["name"])
+    return problems
+
+
+def port_in_use(port, protocol="tcp"):
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except (OSError, socket.error):
+        return True
+    finally:
+        sock.close()
+    return False
+
+
+# ---------------------------------------------------------------- host capabilities
+
+
+def vhost_usable(device="/dev/vhost-net"):
+    """(usable, reason): vhost needs a /dev/vhost-net this process can open read-write."""
+    if not os.path.exists(device):
+        return False, "%s does not exist (vhost_net module not loaded or not available)" % device
+    try:
+        fd = os.open(device, os.O_RDWR)
+    except OSError as exc:
+        return False, "%s cannot be opened: %s" % (device, exc.strerror)
+    os.close(fd)
+    return True, "%s is usable" % device
+
+
+def decide_vhost(nic, usable, reason, vm, index):
+    """(vhost on?, reason) for one tap NIC; `on` where impossible is an error, since QEMU 7.2 would abort."""
+    wanted = nic.get("vhost", "auto")
+    if wanted == "off":
+        return False, "vhost: off requested"
+    if usable:
+        return True, reason
+    if wanted == "on":
+        raise QemuConfigError("VM %s: nics[%d].vhost is on but %s; use vhost: auto or off, or load vhost_net"
+                              % (vm, index, reason))
+    return False, reason
+
+
+def qemu_version(binary):
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"version (\S+)", out)
+    return match.group(1) if match else None
+
+
+def _read_cache(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json_atomic(path, data, mode=0o644):
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def probe_kvm(binary, kernel, timeout=10.0):
+    """(works, reason) from a bounded boot of `kernel` under KVM that must reach start_kernel on its serial.
+
+    /dev/kvm opening and QMP saying KVM is on prove nothing here: guests can hang after the real-mode setup, so
+    success means the long-mode kernel printed "Linux version" through earlyprintk.
+    """
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError as exc:
+        return False, "/dev/kvm cannot be opened: %s" % exc.strerror
+    if not kernel or not os.path.isfile(kernel):
+        return False, "no kernel to probe KVM with; using TCG"
+    work = tempfile.mkdtemp(prefix="qemulab-kvm-probe-")
+    serial = os.path.join(work, "serial.log")
+    argv = [binary, "-accel", "kvm", "-m", "128", "-display", "none", "-nodefaults", "-no-user-config",
+            "-kernel", kernel, "-append", "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1",
+            "-serial", "file:" + serial, "-no-reboot"]
+    proc = None
+    try:
+        started = time.time()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        while time.time() - started < timeout:
+            if os.path.exists(serial):
+                with open(serial, "rb") as f:
+                    if b"Linux version" in f.read():
+                        return True, "KVM guest reached start_kernel in %.1fs" % (time.time() - started)
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode("utf-8", "replace").strip()
+                return False, "KVM probe QEMU exited with %s: %s" % (proc.returncode, err[-300:])
+            time.sleep(0.2)
+        return False, "KVM probe guest printed nothing on its serial within %ds; using TCG" % timeout
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def resolve_accelerator(requested, binary, kernel, cache_path=ACCEL_CACHE, probe=True):
+    """(accelerator, reason). `auto` uses the per-host cache keyed by kernel release and QEMU version."""
+    if requested in ("kvm", "tcg"):
+        return requested, "%s requested" % requested
+    key = "%s|%s|%s" % (os.uname().release, binary, qemu_version(binary))
+    cached = _read_cache(cache_path).get(key)
+    if cached:
+        return cached["accelerator"], "%s (cached probe %s)" % (cached["reason"], cached.get("probed_at", ""))
+    if not probe:
+        return "tcg", "KVM not probed yet (check mode); the real run probes it"
+    works, reason = probe_kvm(binary, kernel)
+    accel = "kvm" if works else "tcg"
+    cache = _read_cache(cache_path)
+    cache[key] = {"accelerator": accel, "reason": reason,
+                  "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_json_atomic(cache_path, cache)
+    return accel, reason
+
+
+# ---------------------------------------------------------------- paths and argv
+
+
+def vm_paths(run_dir):
+    return {
+        "run_dir": run_dir,
+        "pidfile": os.path.join(run_dir, "qemu.pid"),
+        "qmp_socket": os.path.join(run_dir, "qmp.sock"),
+        "console_socket": os.path.join(run_dir, "console.sock"),
+        "console_log": os.path.join(run_dir, "console.log"),
+        "log": os.path.join(run_dir, "qemu.log"),
+        "fingerprint": os.path.join(run_dir, "fingerprint.json"),
+    }
+
+
+def _netdev_tap(index, nic, vhost, tap_fd):
+    parts = ["tap", "id=net%d" % index]
+    if tap_fd is not None:
+        parts.append("fd=%d" % tap_fd)
+    else:
+        parts += ["ifname=%s" % nic["ifname"], "script=no", "downscript=no"]
+    if vhost:
+        parts.append("vhost=on")
+    return ",".join(parts)
+
+
+def _netdev_user(index, nic):
+    parts = ["user", "id=net%d" % index]
+    if nic.get("net"):
+        parts.append("net=%s" % nic["net"])
+    if nic.get("restrict", True):
+        parts.append("restrict=on")
+    for fwd in nic.get("hostfwd") or []:
+        parts.append("hostfwd=%s:127.0.0.1:%d-:%d" % (fwd["protocol"], fwd["host_port"], fwd["guest_port"]))
+    return ",".join(parts)
+
+
+def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True):
+    """QEMU's argv for `config`. vhost: {nic index: bool}; tap_fds: {nic index: fd} for taps opened by us."""
+    vhost = vhost or {}
+    tap_fds = tap_fds or {}
+    paths = vm_paths(config["run_dir"])
+    accel = accelerator
+    if accelerator == "tcg" and config.get("tb_size"):
+        accel = "tcg,tb-size=%d" % config["tb_size"]
+    argv = [config["qemu_binary"], "-name", config["name"], "-accel", accel,
+            "-m", str(config["memory"]), "-smp", str(config["vcpus"])]
+    if config.get("kernel"):
+        argv += ["-kernel", config["kernel"]]
+    if config.get("initrd"):
+        argv += ["-initrd", config["initrd"]]
+    if config.get("append"):
+        argv += ["-append", config["append"]]
+    for disk in config["disks"]:
+        drive = "file=%s,if=%s,format=%s" % (disk["file"].replace(",", ",,"), disk["interface"], disk["format"])
+        if disk.get("readonly"):
+            drive += ",readonly=on"
+        argv += ["-drive", drive]
+    for index, nic in enumerate(config["nics"]):
+        device = "%s,netdev=net%d" % (nic["model"], index)
+        if nic.get("mac"):
+            device += ",mac=%s" % nic["mac"]
+        if nic["backend"] == "tap":
+            netdev = _netdev_tap(index, nic, vhost.get(index, False), tap_fds.get(index))
+        else:
+            netdev = _netdev_user(index, nic)
+        argv += ["-device", device, "-netdev", netdev]
+    argv += ["-display", "none", "-nodefaults", "-no-user-config"]
+    if daemon:
+        argv += ["-pidfile", paths["pidfile"],
+                 "-qmp", "unix:%s,server=on,wait=off" % paths["qmp_socket"],
+                 "-chardev", "socket,id=console,path=%s,server=on,wait=off,logfile=%s"
+                 % (paths["console_socket"], paths["console_log"]),
+                 "-serial", "chardev:console", "-D", paths["log"]]
+    if config.get("sandbox"):
+        argv += ["-sandbox", SANDBOX]
+    argv += config.get("extra_args") or []
+    return argv
+
+
+# ---------------------------------------------------------------- processes
+
+
+def read_pid(pidfile):
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def proc_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except (OSError, IOError):
+        return None
+
+
+def is_our_qemu(pid, run_dir):
+    """True only when `pid` is a QEMU whose -pidfile lies in `run_dir`: a reused PID is never trusted."""
+    if not pid:
+        return False
+    argv = proc_cmdline(pid)
+    if not argv or "qemu" not in os.path.basename(argv[0]):
+        return False
+    try:
+        pidfile = argv[argv.index("-pidfile") + 1]
+    except (ValueError, IndexError):
+        return False
+    return os.path.dirname(os.path.abspath(pidfile)) == os.path.abspath(run_dir)
+
+
+def process_uptime(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            host_uptime = float(f.read().split()[0])
+    except (OSError, IOError, IndexError, ValueError):
+        return None
+    start_ticks = int(fields[19])
+    return round(host_uptime - start_ticks / float(os.sysconf("SC_CLK_TCK")), 1)
+
+
+def read_state(run_dir):
+    """What is actually there: {status, pid, stored} — status from QMP, pid only when it is our QEMU."""
+    paths = vm_paths(run_dir)
+    pid = read_pid(paths["pidfile"])
+    ours = is_our_qemu(pid, run_dir)
+    status = None
+    if ours and os.path.exists(paths["qmp_socket"]):
+        status = query_status(paths["qmp_socket"])
+        if status is None:
+            status = "unresponsive"
+    stored = _read_cache(paths["fingerprint"]) or None
+    return {"status": status or "not running", "pid": pid if ours else None, "stored": stored}
+
+
+def _wait_gone(pid, run_dir, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not is_our_qemu(pid, run_dir):
+            return True
+        time.sleep(0.1)
+    return not is_our_qemu(pid, run_dir)
+
+
+def stop_vm(run_dir, stop_timeout):
+    """Stop our QEMU: ACPI powerdown, bounded wait, QMP quit, then SIGTERM/SIGKILL; returns how it ended."""
+    paths = vm_paths(run_dir)
+    pid = read_pid(paths["pidfile"])
+    if not is_our_qemu(pid, run_dir):
+        return "not running"
+    how = None
+    if stop_timeout > 0:
+        try:
+            with QMPClient(paths["qmp_socket"], timeout=3) as qmp:
+                qmp.command("system_powerdown")
+        except QMPError:
+            pass
+        if _wait_gone(pid, run_dir, stop_timeout):
+            how = "powerdown"
+    if how is None:
+        try:
+            with QMPClient(paths["qmp_socket"], timeout=3) as qmp:
+                qmp.command("quit")
+        except QMPError:
+            pass
+        if _wait_gone(pid, run_dir, 5):
+            how = "quit"
+    for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGKILL, "SIGKILL")):
+        if how is not None:
+            break
+        if is_our_qemu(pid, run_dir):
+            os.kill(pid, sig)
+        if _wait_gone(pid, run_dir, 5):
+            how = name
+    for key in ("pidfile", "qmp_socket", "console_socket"):
+        if os.path.exists(paths[key]):
+            os.unlink(paths[key])
+    return how or "still running"
+
+
+# ---------------------------------------------------------------- taps
+
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454ca
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+
+def _setns(fd):
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def open_tap(ifname, netns=None):
+    """An fd for the existing persistent tap `ifname`, opened inside `netns` (the tap stays there; we come back)."""
+    own = ns_fd = None
+    if netns:
+        own = os.open("/proc/self/ns/net", os.O_RDONLY)
+        ns_fd = os.open(os.path.join("/var/run/netns", netns), os.O_RDONLY)
+    try:
+        if netns:
+            _setns(ns_fd)
+        tun = os.open("/dev/net/tun", os.O_RDWR)
+        try:
+            ifr = struct.pack("16sH22x", ifname.encode("utf-8"), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+            fcntl.ioctl(tun, TUNSETIFF, ifr)
+        except Exception:
+            os.close(tun)
+            raise
+        return tun
+    finally:
+        if own is not None:
+            _setns(own)
+            os.close(own)
+        if ns_fd is not None:
+            os.close(ns_fd)
+
+
+def prepare_run_dir(run_dir):
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    paths = vm_paths(run_dir)
+    for key in ("pidfile", "qmp_socket", "console_socket"):
+        if os.path.exists(paths[key]):
+            os.unlink(paths[key])
+
+
+def launch(config, argv, pass_fds):
+    """Start QEMU detached from us; wait until QMP answers; record the fingerprint. Returns the QEMU pid.
+
+    QEMU's own -daemonize forks and calls setsid, which the sandbox (spawn=deny, elevateprivileges=deny) kills
+    with SIGSYS in QEMU 7.2, so we detach it ourselves: new session, stdio to RUN/qemu.stderr.
+    """
+    paths = vm_paths(config["run_dir"])
+    stderr_path = os.path.join(config["run_dir"], "qemu.stderr")
+    with open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                pass_fds=tuple(pass_fds), close_fds=True, start_new_session=True)
+    deadline = time.time() + 60
+    status = None
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            with open(stderr_path, "rb") as f:
+                err = f.read().decode("utf-8", "replace").strip()
+            raise QemuConfigError("VM %s: QEMU exited with %s: %s" % (config["name"], proc.returncode, err[-1000:]))
+        if os.path.exists(paths["qmp_socket"]):
+            status = query_status(paths["qmp_socket"])
+            if status is not None:
+                break
+        time.sleep(0.05)
+    if status is None:
+        proc.kill()
+        proc.wait()
+        raise QemuConfigError("VM %s: QEMU did not answer on QMP within 60s; see %s" % (config["name"], paths["log"]))
+    for key in ("qmp_socket", "console_socket"):
+        if os.path.exists(paths[key]):
+            os.chmod(paths[key], 0o600)
+    # Popen must not reap or kill it later: the VM outlives this process.
+    proc.returncode = 0
+    _write_json_atomic(paths["fingerprint"], {"fingerprint": fingerprint(config), "config": config,
+                                              "started_at": time.time()}, mode=0o600)
+    return proc.pid

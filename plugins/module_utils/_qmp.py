@@ -1,0 +1,98 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A small QMP client over a VM's unix socket (QEMU Machine Protocol, JSON lines)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import socket
+import time
+
+
+class QMPError(Exception):
+    """QMP could not be reached or answered with an error."""
+
+
+class QMPClient(object):
+    """One QMP session: greeting, qmp_capabilities, then commands. Use as a context manager."""
+
+    def __init__(self, path, timeout=5.0):
+        self.path = path
+        self.timeout = timeout
+        self._sock = None
+        self._buf = b""
+        self.greeting = None
+
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except (OSError, socket.error) as exc:
+            sock.close()
+            raise QMPError("cannot connect to QMP socket %s: %s" % (self.path, exc))
+        self._sock = sock
+        # QMP serves one client at a time: a busy monitor shows up as a greeting timeout.
+        self.greeting = self._read_message()
+        if "QMP" not in self.greeting:
+            raise QMPError("unexpected QMP greeting on %s: %r" % (self.path, self.greeting))
+        self.command("qmp_capabilities")
+
+    def close(self):
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def _read_message(self):
+        while b"\n" not in self._buf:
+            try:
+                chunk = self._sock.recv(65536)
+            except (OSError, socket.error) as exc:
+                raise QMPError("reading QMP socket %s: %s" % (self.path, exc))
+            if not chunk:
+                raise QMPError("QMP socket %s closed" % self.path)
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            return json.loads(line.decode("utf-8"))
+        except ValueError:
+            raise QMPError("QMP socket %s sent invalid JSON: %r" % (self.path, line[:200]))
+
+    def command(self, name, **arguments):
+        """Run one command and return its `return` value; asynchronous events in between are skipped."""
+        msg = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        try:
+            self._sock.sendall(json.dumps(msg).encode("utf-8") + b"\n")
+        except (OSError, socket.error) as exc:
+            raise QMPError("writing QMP socket %s: %s" % (self.path, exc))
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            reply = self._read_message()
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                err = reply["error"]
+                raise QMPError("QMP %s failed: %s: %s" % (name, err.get("class"), err.get("desc")))
+        raise QMPError("QMP %s: no reply within %ss" % (name, self.timeout))
+
+
+def query_status(path, timeout=3.0):
+    """The VM's run status (`running`, `paused`, `shutdown`, ...) or None when QMP does not answer."""
+    try:
+        with QMPClient(path, timeout=timeout) as qmp:
+            return qmp.command("query-status").get("status")
+    except QMPError:
+        return None
