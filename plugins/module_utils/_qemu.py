@@ -566,3 +566,187 @@ def launch(config, argv, pass_fds):
     _write_json_atomic(paths["fingerprint"], {"fingerprint": fingerprint(config), "config": config,
                                               "started_at": time.time()}, mode=0o600)
     return proc.pid
+
+
+# ---------------------------------------------------------------- the qemu_vm module's logic
+
+QEMU_VM_ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    lab=dict(type="str", default="default"),
+    state=dict(type="str", default="running", choices=["running", "stopped", "absent", "restarted"]),
+    run_dir=dict(type="path"),
+    kernel=dict(type="path"),
+    initrd=dict(type="path"),
+    append=dict(type="str"),
+    disks=dict(type="list", elements="dict", default=[], options=dict(
+        file=dict(type="path", required=True),
+        interface=dict(type="str", default="virtio", choices=["virtio", "ide", "scsi", "none"]),
+        format=dict(type="str", default="raw", choices=["raw", "qcow2"]),
+        readonly=dict(type="bool", default=False),
+    )),
+    memory=dict(type="raw", default=512),
+    vcpus=dict(type="int", default=1),
+    accelerator=dict(type="str", default="auto", choices=["auto", "kvm", "tcg"]),
+    tb_size=dict(type="int", default=64),
+    nics=dict(type="list", elements="dict", default=[], options=dict(
+        model=dict(type="str", default="virtio-net-pci", choices=list(NIC_MODELS)),
+        mac=dict(type="str"),
+        backend=dict(type="str", default="tap", choices=["tap", "user"]),
+        ifname=dict(type="str"),
+        netns=dict(type="str"),
+        vhost=dict(type="str", default="auto", choices=["auto", "on", "off"]),
+        hostfwd=dict(type="list", elements="dict", options=dict(
+            host_port=dict(type="int", required=True),
+            guest_port=dict(type="int", required=True),
+            protocol=dict(type="str", default="tcp", choices=["tcp", "udp"]),
+        )),
+        net=dict(type="str"),
+        restrict=dict(type="bool", default=True),
+    ), required_if=[("backend", "tap", ("ifname",))]),
+    netns=dict(type="str", default=""),
+    stop_timeout=dict(type="int", default=10),
+    on_change=dict(type="str", default="restart", choices=["restart", "report"]),
+    qemu_binary=dict(type="str", default="qemu-system-x86_64"),
+    extra_args=dict(type="list", elements="str", default=[]),
+    sandbox=dict(type="bool", default=True),
+)
+
+
+def tap_problems(config, get_tap):
+    """Problems with the taps the VM needs; get_tap(ifname, netns) -> link dict or None (raises on netlink errors)."""
+    problems = []
+    for index, nic in enumerate(config["nics"]):
+        if nic["backend"] != "tap":
+            continue
+        where = "namespace %s" % nic["netns"] if nic["netns"] else "the root namespace"
+        if get_tap(nic["ifname"], nic["netns"]) is None:
+            problems.append("VM %s: nics[%d] needs tap %s, which does not exist in %s; create it first with "
+                            "qemulab.network.tap" % (config["name"], index, nic["ifname"], where))
+    return problems
+
+
+def hostfwd_problems(config):
+    problems = []
+    for index, nic in enumerate(config["nics"]):
+        for fwd in nic.get("hostfwd") or []:
+            if port_in_use(fwd["host_port"], fwd["protocol"]):
+                problems.append("VM %s: nics[%d].hostfwd host_port %d (%s) on 127.0.0.1 is already taken; pick a "
+                                "free port" % (config["name"], index, fwd["host_port"], fwd["protocol"]))
+    return problems
+
+
+def _get_tap_netlink(ifname, netns):
+    from ansible_collections.qemulab.network.plugins.module_utils._netlink import get_link, netlink
+    with netlink(netns or None) as ipr:
+        return get_link(ipr, ifname)
+
+
+def nics_result(config, vhost, vhost_reasons):
+    out = []
+    for index, nic in enumerate(config["nics"]):
+        entry = dict(nic)
+        if nic["backend"] == "tap":
+            entry["vhost"] = vhost.get(index, False)
+            entry["vhost_reason"] = vhost_reasons.get(index, "")
+        out.append(entry)
+    return out
+
+
+def run_qemu_vm(module, get_tap=_get_tap_netlink):
+    """Read, plan, act for one VM. Returns the module result (fails the module on errors)."""
+    params = module.params
+    try:
+        config = normalise_config(params)
+    except QemuConfigError as exc:
+        module.fail_json(msg=str(exc))
+    paths = vm_paths(config["run_dir"])
+    have = read_state(config["run_dir"])
+    running = have["pid"] is not None
+    stored_config = (have["stored"] or {}).get("config") if running else None
+    before_diff, after_diff = config_diff(stored_config, config) if running else ({}, {})
+    changes = sorted(after_diff)
+    state = params["state"]
+
+    need_stop = running and (state in ("stopped", "absent", "restarted")
+                             or (state == "running" and changes and params["on_change"] == "restart"))
+    need_start = state == "restarted" or (state == "running" and (not running or need_stop))
+    remove_dir = state == "absent" and os.path.isdir(config["run_dir"])
+    changed = bool(need_stop or need_start or remove_dir)
+
+    result = dict(changed=changed, changes=changes, run_dir=paths["run_dir"], qmp_socket=paths["qmp_socket"],
+                  console_socket=paths["console_socket"], console_log=paths["console_log"], log=paths["log"],
+                  pid=have["pid"], state=have["status"], argv=(have["stored"] or {}).get("argv", []),
+                  nics=nics_result(config, {}, {}))
+    if running and stored_config:
+        result["accelerator"] = (have["stored"] or {}).get("accelerator")
+        result["accelerator_reason"] = (have["stored"] or {}).get("accelerator_reason")
+    before = {"state": "running" if running else "not running"}
+    after = {"state": "running" if state in ("running", "restarted") else ("absent" if state == "absent"
+                                                                             else "stopped")}
+    if changes:
+        before.update(before_diff)
+        after.update(after_diff)
+    elif need_start and not running:
+        after.update(dict((k, config[k]) for k in CONFIG_FIELDS))
+    result["diff"] = dict(before=before, after=after)
+
+    vhost, vhost_reasons, fds = {}, {}, {}
+    if need_start:
+        problems = missing_files(config) + hostfwd_problems_after_stop(config, need_stop)
+        try:
+            problems += tap_problems(config, get_tap)
+        except Exception as exc:  # netlink errors carry a readable message already
+            problems.append("VM %s: cannot check taps: %s" % (config["name"], exc))
+        if problems:
+            module.fail_json(msg="; ".join(problems), **dict((k, v) for k, v in result.items() if k != "changed"))
+        usable, reason = vhost_usable()
+        try:
+            for index, nic in enumerate(config["nics"]):
+                if nic["backend"] == "tap":
+                    vhost[index], vhost_reasons[index] = decide_vhost(nic, usable, reason, config["name"], index)
+        except QemuConfigError as exc:
+            module.fail_json(msg=str(exc))
+        result["nics"] = nics_result(config, vhost, vhost_reasons)
+        accel, accel_reason = resolve_accelerator(config["accelerator"], config["qemu_binary"], config["kernel"],
+                                                  probe=not module.check_mode)
+        result["accelerator"], result["accelerator_reason"] = accel, accel_reason
+
+    if module.check_mode:
+        return result
+
+    if need_stop or (state in ("stopped", "absent") and have["pid"]):
+        result["stopped_by"] = stop_vm(config["run_dir"], params["stop_timeout"])
+    if need_start:
+        try:
+            prepare_run_dir(config["run_dir"])
+            for index, nic in enumerate(config["nics"]):
+                if nic["backend"] == "tap" and nic["netns"]:
+                    try:
+                        fds[index] = open_tap(nic["ifname"], nic["netns"])
+                    except OSError as exc:
+                        raise QemuConfigError("VM %s: nics[%d]: cannot open tap %s in namespace %s: %s; check the "
+                                              "tap exists and is not attached to another QEMU"
+                                              % (config["name"], index, nic["ifname"], nic["netns"], exc))
+            argv = build_argv(config, result["accelerator"], vhost, fds)
+            pid = launch(config, argv, fds.values())
+        except QemuConfigError as exc:
+            module.fail_json(msg=str(exc))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        stored = _read_cache(paths["fingerprint"])
+        stored.update({"argv": argv, "accelerator": result["accelerator"],
+                       "accelerator_reason": result["accelerator_reason"], "nics": result["nics"]})
+        _write_json_atomic(paths["fingerprint"], stored, mode=0o600)
+        result.update(pid=pid, argv=argv)
+    if remove_dir:
+        shutil.rmtree(config["run_dir"])
+    final = read_state(config["run_dir"]) if os.path.isdir(config["run_dir"]) else {"status": "not running",
+                                                                                  "pid": None}
+    result.update(state=final["status"], pid=final["pid"])
+    return result
+
+
+def hostfwd_problems_after_stop(config, will_stop):
+    # A VM about to be restarted still holds its own forwards; they are free again once it stops.
+    return [] if will_stop else hostfwd_problems(config)

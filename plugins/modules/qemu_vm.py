@@ -1,0 +1,276 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: qemu_vm
+short_description: Run one QEMU guest of a lab and manage its whole life (start, stop, restart, remove)
+version_added: 0.1.0
+description:
+  - Builds the QEMU command line from the options, starts QEMU detached with a pidfile, a QMP socket and a serial
+    console socket with a log in a private run directory, and keeps a fingerprint of the configuration there.
+  - Idempotent. A running VM whose configuration is unchanged is left alone; a changed configuration restarts it
+    (or is only reported with O(on_change=report)). Liveness comes from QMP C(query-status); a PID is never
+    signalled unless C(/proc/PID/cmdline) is a QEMU whose pidfile lies in O(run_dir).
+  - Taps in a namespace are opened by this module inside that namespace and handed to QEMU as file descriptors, so
+    QEMU itself stays in the root namespace and user-mode C(hostfwd) ports on 127.0.0.1 are reachable.
+  - QEMU runs under C(-sandbox) by default; because the sandbox forbids fork and setsid, QEMU is detached by this
+    module rather than with C(-daemonize).
+author:
+  - qemulab developers
+options:
+  name:
+    description: Name of the VM (QEMU C(-name)).
+    type: str
+    required: true
+  lab:
+    description: Lab the VM belongs to; part of the default run directory.
+    type: str
+    default: default
+  state:
+    description:
+      - C(running) starts the VM if needed and restarts it when its configuration changed.
+      - C(stopped) powers it down (ACPI, then QMP quit, then signals). C(absent) also removes the run directory.
+      - C(restarted) always restarts it.
+    type: str
+    choices: [running, stopped, absent, restarted]
+    default: running
+  run_dir:
+    description: Directory for pidfile, sockets, logs and fingerprint. Defaults to C(/run/qemulab/<lab>/<name>).
+    type: path
+  kernel:
+    description: Kernel for direct kernel boot.
+    type: path
+  initrd:
+    description: Initial ramdisk; needs O(kernel).
+    type: path
+  append:
+    description: Kernel command line.
+    type: str
+  disks:
+    description: Disks, in order.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      file:
+        description: Image file.
+        type: path
+        required: true
+      interface:
+        description: QEMU drive interface.
+        type: str
+        choices: [virtio, ide, scsi, none]
+        default: virtio
+      format:
+        description: Image format.
+        type: str
+        choices: [raw, qcow2]
+        default: raw
+      readonly:
+        description: Attach read-only.
+        type: bool
+        default: false
+  memory:
+    description: Guest memory; an integer in MiB or a string such as C(512M) or C(1G).
+    type: raw
+    default: 512
+  vcpus:
+    description: Number of virtual CPUs.
+    type: int
+    default: 1
+  accelerator:
+    description:
+      - C(auto) probes KVM once per host with a bounded boot that must print on the serial console and caches the
+        result in C(/var/cache/qemulab/accel.json); C(kvm) and C(tcg) force one.
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+  tb_size:
+    description: TCG translation cache size in MiB (QEMU's default of 1 GiB makes each guest use ~850 MB resident).
+    type: int
+    default: 64
+  nics:
+    description: Network cards, in guest order.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      model:
+        description: Emulated NIC model.
+        type: str
+        choices: [virtio-net-pci, e1000, rtl8139]
+        default: virtio-net-pci
+      mac:
+        description: MAC address.
+        type: str
+      backend:
+        description: C(tap) uses an existing tap; C(user) is QEMU user-mode networking.
+        type: str
+        choices: [tap, user]
+        default: tap
+      ifname:
+        description: Name of the tap (backend tap). It must already exist (qemulab.network.tap).
+        type: str
+      netns:
+        description: Namespace the tap lives in; defaults to O(netns).
+        type: str
+      vhost:
+        description: C(auto) enables vhost only where /dev/vhost-net is usable; C(on) fails where it is not.
+        type: str
+        choices: [auto, "on", "off"]
+        default: auto
+      hostfwd:
+        description: Port forwards from 127.0.0.1 on the host to the guest (backend user).
+        type: list
+        elements: dict
+        suboptions:
+          host_port:
+            description: Port on 127.0.0.1; must be free.
+            type: int
+            required: true
+          guest_port:
+            description: Port in the guest.
+            type: int
+            required: true
+          protocol:
+            description: Protocol.
+            type: str
+            choices: [tcp, udp]
+            default: tcp
+      net:
+        description: User-mode network in CIDR form (backend user), QEMU's default 10.0.2.0/24 when omitted.
+        type: str
+      restrict:
+        description: Isolate a user-mode guest from the outside (only forwards reach it).
+        type: bool
+        default: true
+  netns:
+    description: Namespace the taps live in; empty for the root namespace.
+    type: str
+    default: ""
+  stop_timeout:
+    description: Seconds to wait after ACPI powerdown before QMP quit; 0 quits at once.
+    type: int
+    default: 10
+  on_change:
+    description: What to do when a running VM's configuration differs.
+    type: str
+    choices: [restart, report]
+    default: restart
+  qemu_binary:
+    description: QEMU system emulator.
+    type: str
+    default: qemu-system-x86_64
+  extra_args:
+    description: Further QEMU arguments, appended as given.
+    type: list
+    elements: str
+    default: []
+  sandbox:
+    description: Run QEMU with C(-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny).
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Router rt1 of the seed lab, three NICs on taps in the lab namespace, plus a management forward
+  qemulab.network.qemu_vm:
+    name: rt1
+    lab: seed
+    netns: qlab-seed
+    kernel: /var/cache/qemulab/images/abc/vmlinuz
+    initrd: /var/cache/qemulab/images/abc/initrd.img
+    append: root=/dev/vda rw console=ttyS0
+    disks:
+      - file: /var/lib/qemulab/labs/seed/rt1.qcow2
+        format: qcow2
+    memory: 1G
+    nics:
+      - {mac: "12:34:56:ab:cd:71", ifname: vport11}
+      - {mac: "12:34:56:ab:cd:72", ifname: vport21}
+      - {mac: "12:34:56:ab:cd:73", ifname: vport31}
+      - {backend: user, mac: "52:54:00:00:01:01", hostfwd: [{host_port: 2201, guest_port: 22}]}
+
+- name: Stop it and remove its run files
+  qemulab.network.qemu_vm:
+    name: rt1
+    lab: seed
+    state: absent
+"""
+
+RETURN = r"""
+state:
+  description: QMP status after the task (running, paused, shutdown, ...) or C(not running).
+  returned: always
+  type: str
+pid:
+  description: QEMU's process id, when running.
+  returned: always
+  type: int
+accelerator:
+  description: Accelerator used (kvm or tcg).
+  returned: when the VM was started or is running
+  type: str
+accelerator_reason:
+  description: Why that accelerator was chosen.
+  returned: when the VM was started or is running
+  type: str
+argv:
+  description: QEMU command line of the last start (tap file descriptor numbers are per launch).
+  returned: always
+  type: list
+  elements: str
+qmp_socket:
+  description: QMP socket path.
+  returned: always
+  type: str
+console_socket:
+  description: Serial console socket path.
+  returned: always
+  type: str
+console_log:
+  description: Serial console log path.
+  returned: always
+  type: str
+log:
+  description: QEMU's own log (C(-D)).
+  returned: always
+  type: str
+run_dir:
+  description: Run directory.
+  returned: always
+  type: str
+nics:
+  description: NICs as configured, with the vhost decision for taps (C(vhost), C(vhost_reason)).
+  returned: always
+  type: list
+  elements: dict
+changes:
+  description: Configuration fields that differ from the running VM.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.qemulab.network.plugins.module_utils._qemu import QEMU_VM_ARGUMENT_SPEC, run_qemu_vm
+
+
+def main():
+    module = AnsibleModule(argument_spec=QEMU_VM_ARGUMENT_SPEC, supports_check_mode=True)
+    module.exit_json(**run_qemu_vm(module))
+
+
+if __name__ == "__main__":
+    main()

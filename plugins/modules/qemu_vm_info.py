@@ -1,0 +1,127 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: qemu_vm_info
+short_description: Report the QEMU guests of a lab started by qemulab.network.qemu_vm
+version_added: 0.1.0
+description:
+  - Reads the run directories under O(run_root)/O(lab) and asks each VM's QMP socket for its status. A pidfile is
+    trusted only when C(/proc/PID/cmdline) is a QEMU whose pidfile lies in that run directory.
+  - Read-only.
+author:
+  - qemulab developers
+options:
+  lab:
+    description: Lab whose VMs to report.
+    type: str
+    default: default
+  name:
+    description: Report only this VM.
+    type: str
+  run_root:
+    description: Root of the run directories.
+    type: path
+    default: /run/qemulab
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Status of every VM of the seed lab
+  qemulab.network.qemu_vm_info:
+    lab: seed
+  register: seed_vms
+
+- name: Status of rt1 only
+  qemulab.network.qemu_vm_info:
+    lab: seed
+    name: rt1
+"""
+
+RETURN = r"""
+vms:
+  description: One entry per VM run directory, sorted by name.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: VM name.
+      type: str
+    state:
+      description: QMP status (running, paused, shutdown, ...), C(unresponsive), or C(not running).
+      type: str
+    pid:
+      description: QEMU's process id when it is running.
+      type: int
+    uptime:
+      description: Seconds since QEMU started, when running.
+      type: float
+    nics:
+      description: NICs as recorded at the last start.
+      type: list
+      elements: dict
+    accelerator:
+      description: Accelerator of the last start.
+      type: str
+    run_dir:
+      description: Run directory.
+      type: str
+    qmp_socket:
+      description: QMP socket path.
+      type: str
+    console_socket:
+      description: Serial console socket path.
+      type: str
+    console_log:
+      description: Serial console log path.
+      type: str
+    log:
+      description: QEMU log path.
+      type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.qemulab.network.plugins.module_utils._qemu import process_uptime, read_state, vm_paths
+
+
+def vm_info(run_dir):
+    have = read_state(run_dir)
+    stored = have["stored"] or {}
+    info = dict(vm_paths(run_dir))
+    del info["pidfile"], info["fingerprint"]
+    info.update(name=os.path.basename(run_dir), state=have["status"], pid=have["pid"],
+                uptime=process_uptime(have["pid"]) if have["pid"] else None,
+                nics=stored.get("nics") or (stored.get("config") or {}).get("nics") or [],
+                accelerator=stored.get("accelerator"))
+    return info
+
+
+def main():
+    module = AnsibleModule(argument_spec=dict(
+        lab=dict(type="str", default="default"),
+        name=dict(type="str"),
+        run_root=dict(type="path", default="/run/qemulab"),
+    ), supports_check_mode=True)
+    lab_dir = os.path.join(module.params["run_root"], module.params["lab"])
+    names = sorted(os.listdir(lab_dir)) if os.path.isdir(lab_dir) else []
+    if module.params["name"]:
+        names = [n for n in names if n == module.params["name"]]
+    vms = [vm_info(os.path.join(lab_dir, n)) for n in names if os.path.isdir(os.path.join(lab_dir, n))]
+    module.exit_json(changed=False, vms=vms)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""qemu_vm and qemu_vm_info against real QEMU guests on taps in a bridge inside a throwaway namespace.
+
+The guests are the minimal busybox guest (tests/integration/minimal_guest.py): each configures eth0 from its kernel
+command line, pings its peer over the bridge and prints the result on its serial console, whose log we read.
+"""
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from minimal_guest import PING_FAIL, PING_OK, build
+
+pytestmark = pytest.mark.integration
+
+RUN_ROOT = "/run/qemulab"
+
+
+@pytest.fixture(scope="module")
+def guest():
+    return build()
+
+
+def _qemu_pids_under(path):
+    """PIDs of processes whose command line mentions `path` (our run dirs are unique per test)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % entry, "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if path.encode() in cmdline and b"qemu" in cmdline.split(b"\0")[0]:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture
+def lab(netns):
+    """A bridge and two taps in the test namespace, a unique lab name; every QEMU and run file removed after."""
+    name = "qvm" + secrets.token_hex(3)
+    bridge, taps = name + "br", [name + "t0", name + "t1"]
+    subprocess.run(["ip", "-n", netns, "link", "add", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", netns, "link", "set", bridge, "up"], check=True)
+    for tap in taps:
+        subprocess.run(["ip", "-n", netns, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", tap, "master", bridge, "up"], check=True)
+    lab_dir = os.path.join(RUN_ROOT, name)
+    try:
+        yield {"name": name, "netns": netns, "taps": taps, "dir": lab_dir}
+    finally:
+        for pid in _qemu_pids_under(lab_dir):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(lab_dir, ignore_errors=True)
+
+
+def _vm_task(lab, guest, vm, tap, mac, ip, peer, state="running"):
+    return """
+    - name: {vm}
+      qemulab.network.qemu_vm:
+        name: {vm}
+        lab: {lab}
+        state: {state}
+        netns: {netns}
+        accelerator: tcg
+        kernel: {kernel}
+        initrd: {initrd}
+        append: "console=ttyS0 qemulab.ip={ip}/24 qemulab.ping={peer}"
+        memory: 256M
+        stop_timeout: 0
+        nics:
+          - {{mac: "{mac}", ifname: {tap}}}
+""".format(vm=vm, lab=lab["name"], state=state, netns=lab["netns"], kernel=guest["kernel"],
+           initrd=guest["initrd"], ip=ip, peer=peer, mac=mac, tap=tap)
+
+
+def _play(*tasks):
+    return "- hosts: localhost\n  gather_facts: false\n  tasks:\n" + "".join(tasks)
+
+
+def _wait_console(path, timeout=120):
+    deadline = time.time() + timeout
+    text = ""
+    while time.time() < deadline:
+        if os.path.exists(path):
+            with open(path, errors="replace") as f:
+                text = f.read()
+            if PING_OK in text or PING_FAIL in text:
+                return text
+        time.sleep(0.5)
+    return text
+
+
+def _info(playbook, lab, name):
+    res = playbook(_play("""
+    - name: info
+      qemulab.network.qemu_vm_info:
+        lab: {lab}
+        name: {name}
+""".format(lab=lab["name"], name=name)))
+    assert res.rc == 0, res
+    return res.result("info")["vms"]
+
+
+def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
+    macs = {"a": "52:54:00:5a:00:01", "b": "52:54:00:5a:00:02"}
+    task_a = _vm_task(lab, guest, "vma", lab["taps"][0], macs["a"], "10.77.0.1", "10.77.0.2")
+    task_b = _vm_task(lab, guest, "vmb", lab["taps"][1], macs["b"], "10.77.0.2", "10.77.0.1")
+
+    first = playbook(_play(task_a, task_b), diff=True)
+    assert first.rc == 0, first
+    res_a, res_b = first.result("vma"), first.result("vmb")
+    assert res_a["changed"] and res_b["changed"]
+    assert res_a["state"] == "running" and res_a["accelerator"] == "tcg"
+    # QEMU stays in the root namespace and gets the tap as an fd opened inside the lab namespace.
+    netdev = [a for a in res_a["argv"] if a.startswith("tap,")]
+    assert len(netdev) == 1 and ",fd=" in netdev[0] and "ifname" not in netdev[0], res_a["argv"]
+    assert res_a["nics"][0]["vhost"] is False and "vhost-net" in res_a["nics"][0]["vhost_reason"]
+    with open("/proc/%d/ns/net" % res_a["pid"], "rb"):
+        assert os.readlink("/proc/%d/ns/net" % res_a["pid"]) == os.readlink("/proc/self/ns/net")
+    run_a = res_a["run_dir"]
+    assert oct(os.stat(run_a).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(res_a["qmp_socket"]).st_mode & 0o777) == "0o600"
+
+    console_a = _wait_console(res_a["console_log"])
+    console_b = _wait_console(res_b["console_log"])
+    assert PING_OK + " 10.77.0.2" in console_a, console_a[-2000:]
+    assert PING_OK + " 10.77.0.1" in console_b, console_b[-2000:]
+
+    # Identical task against running VMs: nothing to do, same processes.
+    second = playbook(_play(task_a, task_b))
+    assert second.rc == 0, second
+    assert second.changed() == 0, second
+    assert second.result("vma")["pid"] == res_a["pid"]
+
+    # A changed MAC restarts that VM only, and the diff names the NICs.
+    task_a2 = _vm_task(lab, guest, "vma", lab["taps"][0], "52:54:00:5a:00:11", "10.77.0.1", "10.77.0.2")
+    third = playbook(_play(task_a2, task_b), diff=True)
+    assert third.rc == 0, third
+    res_a3 = third.result("vma")
+    assert res_a3["changed"] and res_a3["changes"] == ["nics"], res_a3
+    assert res_a3["pid"] != res_a["pid"] and not third.result("vmb")["changed"]
+    assert res_a3["diff"]["after"]["nics"][0]["mac"] == "52:54:00:5a:00:11"
+    assert _qemu_pids_under(run_a) == [res_a3["pid"]]
+
+    # A SIGKILLed VM is reported not running and started again.
+    os.kill(res_b["pid"], signal.SIGKILL)
+    deadline = time.time() + 10
+    while res_b["pid"] in _qemu_pids_under(res_b["run_dir"]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert _info(playbook, lab, "vmb")[0]["state"] == "not running"
+    fourth = playbook(_play(task_b))
+    assert fourth.rc == 0, fourth
+    assert fourth.result("vmb")["changed"] and fourth.result("vmb")["state"] == "running"
+    info_b = _info(playbook, lab, "vmb")[0]
+    assert info_b["state"] == "running" and info_b["pid"] == fourth.result("vmb")["pid"] and info_b["uptime"] >= 0
+
+    # stopped: no process left; a stale pidfile naming an unrelated process is never signalled.
+    stop_a = _vm_task(lab, guest, "vma", lab["taps"][0], "52:54:00:5a:00:11", "10.77.0.1", "10.77.0.2",
+                      state="stopped")
+    fifth = playbook(_play(stop_a))
+    assert fifth.rc == 0, fifth
+    assert fifth.result("vma")["changed"] and fifth.result("vma")["state"] == "not running"
+    assert _qemu_pids_under(run_a) == []
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        with open(os.path.join(run_a, "qemu.pid"), "w") as f:
+            f.write("%d\n" % sleeper.pid)
+        assert _info(playbook, lab, "vma")[0]["state"] == "not running"
+        again = playbook(_play(stop_a))
+        assert again.rc == 0 and not again.result("vma")["changed"], again
+        absent_a = _vm_task(lab, guest, "vma", lab["taps"][0], "52:54:00:5a:00:11", "10.77.0.1", "10.77.0.2",
+                            state="absent")
+        absent_b = _vm_task(lab, guest, "vmb", lab["taps"][1], macs["b"], "10.77.0.2", "10.77.0.1",
+                            state="absent")
+        gone = playbook(_play(absent_a, absent_b))
+        assert gone.rc == 0, gone
+        assert sleeper.poll() is None, "the unrelated sleep was signalled"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert _qemu_pids_under(lab["dir"]) == []
+    assert not os.path.exists(run_a) and not os.path.exists(res_b["run_dir"])
+    assert playbook(_play(absent_a, absent_b)).changed() == 0
+
+
+def test_missing_tap_and_taken_port_are_named(guest, lab, playbook):
+    import socket
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        res = playbook(_play("""
+    - name: vm
+      qemulab.network.qemu_vm:
+        name: vmx
+        lab: {lab}
+        netns: {netns}
+        accelerator: tcg
+        kernel: {kernel}
+        nics:
+          - {{mac: "52:54:00:5a:00:21", ifname: {lab}nope}}
+          - {{backend: user, mac: "52:54:00:5a:00:22", hostfwd: [{{host_port: {port}, guest_port: 22}}]}}
+""".format(lab=lab["name"], netns=lab["netns"], kernel=guest["kernel"], port=port)))
+    finally:
+        holder.close()
+    msg = res.result("vm")["msg"]
+    assert res.rc != 0
+    assert "VM vmx: nics[0] needs tap %snope" % lab["name"] in msg and "qemulab.network.tap" in msg, msg
+    assert "nics[1].hostfwd host_port %d" % port in msg, msg
+    assert _qemu_pids_under(lab["dir"]) == []
