@@ -1,0 +1,91 @@
+"""qemu_vm's plan with the kernel and QEMU replaced: check mode, errors naming VM/NIC/tap/fix, spec vs docs."""
+import os
+
+import pytest
+import yaml
+
+from ansible_collections.qemulab.network.plugins.module_utils import _qemu
+from ansible_collections.qemulab.network.plugins.modules import qemu_vm
+
+pytestmark = pytest.mark.unit
+
+
+class Failed(Exception):
+    pass
+
+
+class FakeModule(object):
+    def __init__(self, check_mode=False, **params):
+        self.params = dict((k, v.get("default")) for k, v in _qemu.QEMU_VM_ARGUMENT_SPEC.items())
+        self.params.update(params)
+        self.check_mode = check_mode
+
+    def fail_json(self, msg, **kwargs):
+        raise Failed(msg)
+
+
+def _params(tmp_path, **extra):
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    params = dict(name="rt1", lab="t", run_dir=str(tmp_path / "run" / "rt1"), kernel=str(kernel),
+                  accelerator="tcg", nics=[{"mac": "12:34:56:ab:cd:71", "ifname": "vport11", "backend": "tap"}])
+    params.update(extra)
+    return params
+
+
+def test_check_mode_plans_a_start_and_touches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(_qemu, "vhost_usable", lambda: (False, "/dev/vhost-net does not exist"))
+    monkeypatch.setattr(_qemu.subprocess, "Popen", lambda *a, **k: pytest.fail("check mode started a process"))
+    module = FakeModule(check_mode=True, **_params(tmp_path))
+    result = _qemu.run_qemu_vm(module, get_tap=lambda ifname, netns: {"name": ifname})
+    assert result["changed"] is True
+    assert result["diff"]["before"] == {"state": "not running"}
+    assert result["diff"]["after"]["state"] == "running" and result["diff"]["after"]["memory"] == 512
+    assert result["nics"][0]["vhost"] is False and "vhost-net" in result["nics"][0]["vhost_reason"]
+    assert not os.path.exists(module.params["run_dir"])
+
+
+def test_missing_tap_kernel_and_vhost_on_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(_qemu, "vhost_usable", lambda: (False, "/dev/vhost-net does not exist"))
+    params = _params(tmp_path, netns="labns", kernel=str(tmp_path / "nokernel"))
+    with pytest.raises(Failed) as err:
+        _qemu.run_qemu_vm(FakeModule(check_mode=True, **params), get_tap=lambda ifname, netns: None)
+    msg = str(err.value)
+    assert "VM rt1: kernel %s does not exist" % (tmp_path / "nokernel") in msg
+    assert ("VM rt1: nics[0] needs tap vport11, which does not exist in namespace labns; create it first with "
+            "qemulab.network.tap") in msg
+    params = _params(tmp_path, nics=[{"mac": "12:34:56:ab:cd:71", "ifname": "vport11", "vhost": "on"}])
+    with pytest.raises(Failed, match=r"VM rt1: nics\[0\]\.vhost is on but /dev/vhost-net does not exist"):
+        _qemu.run_qemu_vm(FakeModule(check_mode=True, **params), get_tap=lambda ifname, netns: {"name": ifname})
+
+
+def test_absent_vm_without_run_dir_is_unchanged(tmp_path):
+    result = _qemu.run_qemu_vm(FakeModule(state="absent", **_params(tmp_path)), get_tap=lambda i, n: None)
+    assert result["changed"] is False and result["state"] == "not running"
+
+
+def _doc_options(options):
+    out = {}
+    for name, spec in options.items():
+        entry = {"type": spec.get("type", "str"), "default": spec.get("default"), "choices": spec.get("choices"),
+                 "required": spec.get("required", False), "elements": spec.get("elements")}
+        if "suboptions" in spec:
+            entry["options"] = _doc_options(spec["suboptions"])
+        out[name] = entry
+    return out
+
+
+def _spec_options(spec):
+    out = {}
+    for name, opt in spec.items():
+        entry = {"type": opt.get("type", "str"), "default": opt.get("default"), "choices": opt.get("choices"),
+                 "required": opt.get("required", False), "elements": opt.get("elements")}
+        if "options" in opt:
+            entry["options"] = _spec_options(opt["options"])
+        out[name] = entry
+    return out
+
+
+def test_documentation_matches_argument_spec():
+    doc = yaml.safe_load(qemu_vm.DOCUMENTATION)
+    assert _doc_options(doc["options"]) == _spec_options(_qemu.QEMU_VM_ARGUMENT_SPEC)
