@@ -238,22 +238,15 @@ def _write_json_atomic(path, data, mode=0o644):
         raise
 
 
-def probe_kvm(binary, kernel, timeout=10.0):
-    """(works, reason) from a bounded boot of `kernel` under KVM that must reach start_kernel on its serial.
+def boot_reaches_kernel(binary, kernel, accel, timeout):
+    """(reached, seconds or error) for a bounded boot of `kernel` that must print "Linux version" on its serial.
 
-    /dev/kvm opening and QMP saying KVM is on prove nothing here: guests can hang after the real-mode setup, so
-    success means the long-mode kernel printed "Linux version" through earlyprintk.
+    That line comes from start_kernel through earlyprintk, i.e. after the long-mode switch where KVM guests hang
+    on some hosts although /dev/kvm opens and QMP says KVM is enabled.
     """
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-        os.close(fd)
-    except OSError as exc:
-        return False, "/dev/kvm cannot be opened: %s" % exc.strerror
-    if not kernel or not os.path.isfile(kernel):
-        return False, "no kernel to probe KVM with; using TCG"
-    work = tempfile.mkdtemp(prefix="qemulab-kvm-probe-")
+    work = tempfile.mkdtemp(prefix="qemulab-accel-probe-")
     serial = os.path.join(work, "serial.log")
-    argv = [binary, "-accel", "kvm", "-m", "128", "-display", "none", "-nodefaults", "-no-user-config",
+    argv = [binary, "-accel", accel, "-m", "128", "-display", "none", "-nodefaults", "-no-user-config",
             "-kernel", kernel, "-append", "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1",
             "-serial", "file:" + serial, "-no-reboot"]
     proc = None
@@ -265,17 +258,32 @@ def probe_kvm(binary, kernel, timeout=10.0):
             if os.path.exists(serial):
                 with open(serial, "rb") as f:
                     if b"Linux version" in f.read():
-                        return True, "KVM guest reached start_kernel in %.1fs" % (time.time() - started)
+                        return True, round(time.time() - started, 1)
             if proc.poll() is not None:
                 err = proc.stderr.read().decode("utf-8", "replace").strip()
-                return False, "KVM probe QEMU exited with %s: %s" % (proc.returncode, err[-300:])
-            time.sleep(0.2)
-        return False, "KVM probe guest printed nothing on its serial within %ds; using TCG" % timeout
+                return False, "QEMU exited with %s: %s" % (proc.returncode, err[-300:])
+            time.sleep(0.1)
+        return False, "the guest printed nothing on its serial within %ds" % timeout
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def probe_kvm(binary, kernel, timeout=10.0):
+    """(works, reason): KVM counts only when a guest under it really runs its kernel (see boot_reaches_kernel)."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+        os.close(fd)
+    except OSError as exc:
+        return False, "/dev/kvm cannot be opened: %s; using TCG" % exc.strerror
+    if not kernel or not os.path.isfile(kernel):
+        return False, "no kernel to probe KVM with; using TCG"
+    reached, detail = boot_reaches_kernel(binary, kernel, "kvm", timeout)
+    if reached:
+        return True, "a KVM guest reached start_kernel in %ss" % detail
+    return False, "KVM probe: %s; using TCG" % detail
 
 
 def resolve_accelerator(requested, binary, kernel, cache_path=ACCEL_CACHE, probe=True):

@@ -3,10 +3,12 @@
 The guests are the minimal busybox guest (tests/integration/minimal_guest.py): each configures eth0 from its kernel
 command line, pings its peer over the bridge and prints the result on its serial console, whose log we read.
 """
+import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -190,7 +192,6 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
 
 
 def test_missing_tap_and_taken_port_are_named(guest, lab, playbook):
-    import socket
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen(1)
@@ -215,3 +216,60 @@ def test_missing_tap_and_taken_port_are_named(guest, lab, playbook):
     assert "VM vmx: nics[0] needs tap %snope" % lab["name"] in msg and "qemulab.network.tap" in msg, msg
     assert "nics[1].hostfwd host_port %d" % port in msg, msg
     assert _qemu_pids_under(lab["dir"]) == []
+
+
+def test_accelerator_probe_is_a_real_boot(guest, tmp_path):
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu import boot_reaches_kernel, resolve_accelerator
+    # The probe's yardstick must be reachable at all: the same boot under TCG gets to start_kernel.
+    reached, seconds = boot_reaches_kernel("qemu-system-x86_64", guest["kernel"], "tcg", 60)
+    assert reached, seconds
+    cache = tmp_path / "accel.json"
+    accel, reason = resolve_accelerator("auto", "qemu-system-x86_64", guest["kernel"], str(cache))
+    assert accel in ("kvm", "tcg") and reason
+    if accel == "kvm":
+        assert boot_reaches_kernel("qemu-system-x86_64", guest["kernel"], "kvm", 30)[0]
+    cached = json.loads(cache.read_text())
+    assert [v["accelerator"] for v in cached.values()] == [accel]
+    assert os.uname().release in list(cached)[0]
+
+
+def test_user_mode_forward_reaches_the_guest_on_loopback(guest, lab, playbook):
+    """Taps in the namespace, a forward on the host's 127.0.0.1: QEMU must stay in the root namespace."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    res = playbook(_play("""
+    - name: vm
+      qemulab.network.qemu_vm:
+        name: vmu
+        lab: {lab}
+        netns: {netns}
+        accelerator: tcg
+        kernel: {kernel}
+        initrd: {initrd}
+        append: "console=ttyS0 qemulab.ip=10.0.2.15/24"
+        memory: 256M
+        stop_timeout: 0
+        nics:
+          - {{mac: "52:54:00:5a:00:31", ifname: {tap}}}
+          - {{model: e1000, backend: user, mac: "52:54:00:5a:00:32", hostfwd: [{{host_port: {port}, guest_port: 7}}]}}
+""".format(lab=lab["name"], netns=lab["netns"], kernel=guest["kernel"], initrd=guest["initrd"], tap=lab["taps"][0],
+           port=port)))
+    assert res.rc == 0, res
+    vm = res.result("vm")
+    assert "hostfwd=tcp:127.0.0.1:%d-:7" % port in " ".join(vm["argv"])
+    # SLIRP listens on the forward in QEMU's own namespace: reachable here means QEMU is in the root namespace.
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+    taken = playbook(_play("""
+    - name: vm
+      qemulab.network.qemu_vm:
+        name: vmu2
+        lab: {lab}
+        accelerator: tcg
+        kernel: {kernel}
+        nics:
+          - {{backend: user, mac: "52:54:00:5a:00:33", hostfwd: [{{host_port: {port}, guest_port: 22}}]}}
+""".format(lab=lab["name"], kernel=guest["kernel"], port=port)))
+    assert taken.rc != 0 and "host_port %d (tcp) on 127.0.0.1 is already taken" % port in taken.result("vm")["msg"]
