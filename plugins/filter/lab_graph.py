@@ -144,7 +144,8 @@ def _port_label(port):
 
 # -- DOT ----------------------------------------------------------------------------------------------------------
 def _dot_id(kind, name):
-    return '"%s:%s"' % (kind, _dot_escape(name))
+    """A quoted node id; odd characters become _xx so no name can break out of its quotes."""
+    return '"%s:%s"' % (kind, re.sub(r"[^A-Za-z0-9_.-]", lambda m: "_%02x" % ord(m.group(0)), str(name)))
 
 
 def _dot_escape(text):
@@ -229,7 +230,7 @@ def lab_graph_dot(plan):
 # -- Mermaid ------------------------------------------------------------------------------------------------------
 def _mermaid_id(kind, name):
     """Mermaid ids are plain words; keep the kind as a prefix so a VM and a bridge never share one."""
-    return "%s_%s" % (kind, re.sub(r"[^A-Za-z0-9_]", lambda m: "_%02x" % ord(m.group(0)), str(name)))
+    return "%s_%s" % (kind, re.sub(r"[^A-Za-z0-9]", lambda m: "_%02x" % ord(m.group(0)), str(name)))
 
 
 def _mermaid_text(lines, bold_first=False):
