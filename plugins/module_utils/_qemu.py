@@ -549,7 +549,8 @@ def launch(config, argv, pass_fds):
     stderr_path = os.path.join(config["run_dir"], "qemu.stderr")
     with open(stderr_path, "wb") as stderr:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                                pass_fds=tuple(pass_fds), close_fds=True, start_new_session=True)
+                                pass_fds=tuple(pass_fds), close_fds=True, start_new_session=True,
+                                cwd=config["run_dir"])
     deadline = time.time() + 60
     status = None
     while time.time() < deadline:
@@ -674,6 +675,10 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
     before_diff, after_diff = config_diff(stored_config, config) if running else ({}, {})
     changes = sorted(after_diff)
     state = params["state"]
+    warnings = []
+    if changes and state == "running" and params["on_change"] == "report":
+        warnings.append("VM %s runs with an older configuration (%s differ); restart it (state: restarted) to apply"
+                        % (config["name"], ", ".join(changes)))
 
     need_stop = running and (state in ("stopped", "absent", "restarted")
                              or (state == "running" and changes and params["on_change"] == "restart"))
@@ -685,6 +690,8 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
                   console_socket=paths["console_socket"], console_log=paths["console_log"], log=paths["log"],
                   pid=have["pid"], state=have["status"], argv=(have["stored"] or {}).get("argv", []),
                   nics=nics_result(config, {}, {}))
+    if warnings:
+        result["warnings"] = warnings
     if running and stored_config:
         result["accelerator"] = (have["stored"] or {}).get("accelerator")
         result["accelerator_reason"] = (have["stored"] or {}).get("accelerator_reason")
@@ -705,7 +712,10 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
             problems += tap_problems(config, get_tap)
         except Exception as exc:  # netlink errors carry a readable message already
             problems.append("VM %s: cannot check taps: %s" % (config["name"], exc))
-        if problems:
+        if problems and module.check_mode:
+            # In a check-mode run of the whole lab the taps and images of earlier tasks were not created either.
+            result["warnings"] = warnings + ["would fail unless an earlier task creates it: %s" % p for p in problems]
+        elif problems:
             module.fail_json(msg="; ".join(problems), **dict((k, v) for k, v in result.items() if k != "changed"))
         usable, reason = vhost_usable()
         try:

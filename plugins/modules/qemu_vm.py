@@ -255,6 +255,10 @@ nics:
   returned: always
   type: list
   elements: dict
+stopped_by:
+  description: How QEMU ended (powerdown, quit, SIGTERM, SIGKILL, not running).
+  returned: when the task stopped a VM
+  type: str
 changes:
   description: Configuration fields that differ from the running VM.
   returned: always

@@ -114,6 +114,11 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
     task_a = _vm_task(lab, guest, "vma", lab["taps"][0], macs["a"], "10.77.0.1", "10.77.0.2")
     task_b = _vm_task(lab, guest, "vmb", lab["taps"][1], macs["b"], "10.77.0.2", "10.77.0.1")
 
+    planned = playbook(_play(task_a, task_b), check=True, diff=True)
+    assert planned.rc == 0, planned
+    assert planned.result("vma")["changed"] and planned.result("vma")["diff"]["after"]["state"] == "running"
+    assert _qemu_pids_under(lab["dir"]) == [] and not os.path.exists(lab["dir"])
+
     first = playbook(_play(task_a, task_b), diff=True)
     assert first.rc == 0, first
     res_a, res_b = first.result("vma"), first.result("vmb")
@@ -134,7 +139,8 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
     assert PING_OK + " 10.77.0.2" in console_a, console_a[-2000:]
     assert PING_OK + " 10.77.0.1" in console_b, console_b[-2000:]
 
-    # Identical task against running VMs: nothing to do, same processes.
+    # Identical task against running VMs: nothing to do, same processes; check mode agrees.
+    assert playbook(_play(task_a, task_b), check=True).changed() == 0
     second = playbook(_play(task_a, task_b))
     assert second.rc == 0, second
     assert second.changed() == 0, second
@@ -169,6 +175,7 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
     assert fifth.rc == 0, fifth
     assert fifth.result("vma")["changed"] and fifth.result("vma")["state"] == "not running"
     assert _qemu_pids_under(run_a) == []
+    assert not {"qemu.pid", "qmp.sock", "console.sock"} & set(os.listdir(run_a))
     sleeper = subprocess.Popen(["sleep", "300"])
     try:
         with open(os.path.join(run_a, "qemu.pid"), "w") as f:

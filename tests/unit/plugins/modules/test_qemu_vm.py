@@ -47,9 +47,10 @@ def test_check_mode_plans_a_start_and_touches_nothing(tmp_path, monkeypatch):
 
 def test_missing_tap_kernel_and_vhost_on_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(_qemu, "vhost_usable", lambda: (False, "/dev/vhost-net does not exist"))
+    monkeypatch.setattr(_qemu.subprocess, "Popen", lambda *a, **k: pytest.fail("started QEMU despite problems"))
     params = _params(tmp_path, netns="labns", kernel=str(tmp_path / "nokernel"))
     with pytest.raises(Failed) as err:
-        _qemu.run_qemu_vm(FakeModule(check_mode=True, **params), get_tap=lambda ifname, netns: None)
+        _qemu.run_qemu_vm(FakeModule(**params), get_tap=lambda ifname, netns: None)
     msg = str(err.value)
     assert "VM rt1: kernel %s does not exist" % (tmp_path / "nokernel") in msg
     assert ("VM rt1: nics[0] needs tap vport11, which does not exist in namespace labns; create it first with "
@@ -57,6 +58,15 @@ def test_missing_tap_kernel_and_vhost_on_are_named(tmp_path, monkeypatch):
     params = _params(tmp_path, nics=[{"mac": "12:34:56:ab:cd:71", "ifname": "vport11", "vhost": "on"}])
     with pytest.raises(Failed, match=r"VM rt1: nics\[0\]\.vhost is on but /dev/vhost-net does not exist"):
         _qemu.run_qemu_vm(FakeModule(check_mode=True, **params), get_tap=lambda ifname, netns: {"name": ifname})
+
+
+def test_check_mode_only_warns_about_missing_tap(tmp_path, monkeypatch):
+    monkeypatch.setattr(_qemu, "vhost_usable", lambda: (False, "/dev/vhost-net does not exist"))
+    result = _qemu.run_qemu_vm(FakeModule(check_mode=True, **_params(tmp_path)), get_tap=lambda ifname, netns: None)
+    assert result["changed"] is True
+    assert result["warnings"] == ["would fail unless an earlier task creates it: VM rt1: nics[0] needs tap vport11, "
+                                  "which does not exist in the root namespace; create it first with "
+                                  "qemulab.network.tap"]
 
 
 def test_absent_vm_without_run_dir_is_unchanged(tmp_path):
