@@ -296,6 +296,9 @@ def resolve_accelerator(requested, binary, kernel, cache_path=ACCEL_CACHE, probe
         return cached["accelerator"], "%s (cached probe %s)" % (cached["reason"], cached.get("probed_at", ""))
     if not probe:
         return "tcg", "KVM not probed yet (check mode); the real run probes it"
+    if not kernel or not os.path.isfile(kernel):
+        # Not cached: a later VM with a kernel can still run the real probe.
+        return "tcg", "no kernel to probe KVM with; using TCG"
     works, reason = probe_kvm(binary, kernel)
     accel = "kvm" if works else "tcg"
     cache = _read_cache(cache_path)
@@ -634,10 +637,18 @@ def tap_problems(config, get_tap):
     return problems
 
 
-def hostfwd_problems(config):
+def _forwards(config):
+    return set((fwd["host_port"], fwd["protocol"]) for nic in (config or {}).get("nics") or []
+               for fwd in nic.get("hostfwd") or [])
+
+
+def hostfwd_problems(config, held=()):
+    """Forwards whose port on 127.0.0.1 is taken, except those `held` by this VM's own QEMU (about to stop)."""
     problems = []
     for index, nic in enumerate(config["nics"]):
         for fwd in nic.get("hostfwd") or []:
+            if (fwd["host_port"], fwd["protocol"]) in held:
+                continue
             if port_in_use(fwd["host_port"], fwd["protocol"]):
                 problems.append("VM %s: nics[%d].hostfwd host_port %d (%s) on 127.0.0.1 is already taken; pick a "
                                 "free port" % (config["name"], index, fwd["host_port"], fwd["protocol"]))
@@ -707,7 +718,7 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
 
     vhost, vhost_reasons, fds = {}, {}, {}
     if need_start:
-        problems = missing_files(config) + hostfwd_problems_after_stop(config, need_stop)
+        problems = missing_files(config) + hostfwd_problems(config, _forwards(stored_config) if need_stop else ())
         try:
             problems += tap_problems(config, get_tap)
         except Exception as exc:  # netlink errors carry a readable message already
@@ -764,7 +775,3 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
     result.update(state=final["status"], pid=final["pid"])
     return result
 
-
-def hostfwd_problems_after_stop(config, will_stop):
-    # A VM about to be restarted still holds its own forwards; they are free again once it stops.
-    return [] if will_stop else hostfwd_problems(config)

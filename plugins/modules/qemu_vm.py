@@ -91,7 +91,7 @@ options:
     choices: [auto, kvm, tcg]
     default: auto
   tb_size:
-    description: TCG translation cache size in MiB (QEMU's default of 1 GiB makes each guest use ~850 MB resident).
+    description: TCG translation cache size in MiB; 0 keeps QEMU's default of 1 GiB, which makes a guest use ~850 MB resident.
     type: int
     default: 64
   nics:

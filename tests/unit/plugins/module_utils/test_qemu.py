@@ -268,11 +268,32 @@ def test_accelerator_cache_is_used_and_written(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_qemu, "probe_kvm", fake_probe)
     monkeypatch.setattr(_qemu, "qemu_version", lambda binary: "7.2.22")
-    assert resolve_accelerator("tcg", "qemu-system-x86_64", "k", str(cache)) == ("tcg", "tcg requested")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    k = str(kernel)
+    assert resolve_accelerator("tcg", "qemu-system-x86_64", k, str(cache)) == ("tcg", "tcg requested")
+    # A disk-booted VM has no kernel to probe with: TCG for now, nothing cached.
+    assert resolve_accelerator("auto", "qemu-system-x86_64", None, str(cache))[0] == "tcg"
     assert calls == [] and not cache.exists()
-    accel, reason = resolve_accelerator("auto", "qemu-system-x86_64", "k", str(cache))
-    assert (accel, reason) == ("tcg", "probe guest printed nothing") and calls == ["k"]
+    accel, reason = resolve_accelerator("auto", "qemu-system-x86_64", k, str(cache))
+    assert (accel, reason) == ("tcg", "probe guest printed nothing") and calls == [k]
     stored = json.loads(cache.read_text())
     assert list(stored.values())[0]["accelerator"] == "tcg"
-    assert resolve_accelerator("auto", "qemu-system-x86_64", "k", str(cache))[0] == "tcg" and calls == ["k"]
+    assert resolve_accelerator("auto", "qemu-system-x86_64", k, str(cache))[0] == "tcg" and calls == [k]
     assert resolve_accelerator("auto", "qemu-system-x86_64", "k", str(tmp_path / "none.json"), probe=False)[0] == "tcg"
+
+
+def test_taken_forward_port_is_named_unless_this_vm_holds_it():
+    import socket
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        config = normalise_config(dict(name="h1", nics=[{"backend": "user", "mac": "52:54:00:00:00:09",
+                                                         "hostfwd": [{"host_port": port, "guest_port": 22}]}]))
+        assert _qemu.hostfwd_problems(config) == [
+            "VM h1: nics[0].hostfwd host_port %d (tcp) on 127.0.0.1 is already taken; pick a free port" % port]
+        assert _qemu.hostfwd_problems(config, held={(port, "tcp")}) == []
+    finally:
+        holder.close()
+    assert _qemu.hostfwd_problems(config) == []
