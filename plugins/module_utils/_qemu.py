@@ -208,7 +208,8 @@ def decide_vhost(nic, usable, reason, vm, index):
 
 def qemu_version(binary):
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     match = re.search(r"version (\S+)", out)
@@ -656,7 +657,10 @@ def hostfwd_problems(config, held=()):
 
 
 def _get_tap_netlink(ifname, netns):
-    from ansible_collections.qemulab.network.plugins.module_utils._netlink import get_link, netlink
+    from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, get_link, netlink
+    if not HAS_PYROUTE2:
+        raise RuntimeError("the Python library pyroute2 is needed to check taps; install it for the interpreter "
+                           "that runs this module (pip install pyroute2, or Debian's python3-pyroute2)")
     with netlink(netns or None) as ipr:
         return get_link(ipr, ifname)
 
@@ -707,8 +711,8 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
         result["accelerator"] = (have["stored"] or {}).get("accelerator")
         result["accelerator_reason"] = (have["stored"] or {}).get("accelerator_reason")
     before = {"state": "running" if running else "not running"}
-    after = {"state": "running" if state in ("running", "restarted") else ("absent" if state == "absent"
-                                                                             else "stopped")}
+    after_state = {"running": "running", "restarted": "running", "stopped": "stopped", "absent": "absent"}[state]
+    after = {"state": after_state}
     if changes:
         before.update(before_diff)
         after.update(after_diff)
@@ -745,6 +749,9 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
 
     if need_stop or (state in ("stopped", "absent") and have["pid"]):
         result["stopped_by"] = stop_vm(config["run_dir"], params["stop_timeout"])
+        if result["stopped_by"] == "still running":
+            module.fail_json(msg="VM %s: QEMU (pid %s) survived powerdown, QMP quit, SIGTERM and SIGKILL; see %s"
+                             % (config["name"], have["pid"], paths["log"]))
     if need_start:
         try:
             prepare_run_dir(config["run_dir"])
@@ -770,8 +777,9 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
         result.update(pid=pid, argv=argv)
     if remove_dir:
         shutil.rmtree(config["run_dir"])
-    final = read_state(config["run_dir"]) if os.path.isdir(config["run_dir"]) else {"status": "not running",
-                                                                                  "pid": None}
+    if os.path.isdir(config["run_dir"]):
+        final = read_state(config["run_dir"])
+    else:
+        final = {"status": "not running", "pid": None}
     result.update(state=final["status"], pid=final["pid"])
     return result
-

@@ -21,7 +21,7 @@ description:
   - QEMU runs under C(-sandbox) by default; because the sandbox forbids fork and setsid, QEMU is detached by this
     module rather than with C(-daemonize).
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 options:
   name:
     description: Name of the VM (QEMU C(-name)).
@@ -177,8 +177,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
 """
 

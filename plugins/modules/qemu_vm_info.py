@@ -15,7 +15,7 @@ description:
     trusted only when C(/proc/PID/cmdline) is a QEMU whose pidfile lies in that run directory.
   - Read-only.
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 options:
   lab:
     description: Lab whose VMs to report.
@@ -30,8 +30,10 @@ options:
     default: /run/qemulab
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 """
 
