@@ -1,0 +1,41 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+
+class ModuleDocFragment(object):
+
+    # The namespace an object lives in.
+    DOCUMENTATION = r"""
+options:
+  netns:
+    description:
+      - Network namespace (a name under C(/run/netns)) to work in. Omit for the host's own namespace.
+      - The namespace must exist; create it with M(qemulab.network.netns). In check mode a missing namespace is
+        reported as a warning, since an earlier task would have created it.
+    type: str
+"""
+
+    # Which lab owns what, and overriding that.
+    OWNERSHIP = r"""
+options:
+  lab:
+    description:
+      - Name of the lab that owns the object. Interfaces the lab creates get the alias C(qemulab:<lab>);
+        namespaces get a marker file C(/run/qemulab/netns/<name>.owner).
+      - An existing object of the same name that is not marked for this lab (no mark, or another lab's) is never
+        adopted or deleted silently; the task fails naming it unless O(force=true).
+    type: str
+    default: default
+  force:
+    description:
+      - Adopt (mark as this lab's) an existing object that is not this lab's with O(state=present), or delete
+        one with O(state=absent).
+    type: bool
+    default: false
+notes:
+  - Ownership rule shared by all qemulab host modules; see O(lab) and O(force).
+"""

@@ -1,0 +1,276 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Desired vs actual for one host interface (bridge, tap, veth end): read, plan, apply.
+
+The bridge, tap and veth modules share this so that ownership, comparison and the order of kernel calls are the
+same everywhere. Only fields the user set are compared; both sides are normalised first.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.qemulab.network.plugins.module_utils._diff import DifferenceTracker
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
+    add_address,
+    delete_link,
+    delete_address,
+    get_addresses,
+    get_link,
+    set_link,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._ownership import (
+    alias_for,
+    foreign_object_error,
+    owner_from_alias,
+    where_text,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._validate import (
+    check_cidr,
+    check_ifname,
+    check_lab_name,
+    check_mtu,
+    check_netns_name,
+    normalize_cidr,
+)
+
+LINK_FIELDS = ("alias", "mtu", "master", "addresses", "up")
+# What a link we are about to create looks like, for comparing before it exists.
+FRESH_LINK = {"alias": None, "mtu": None, "master": "", "addresses": [], "up": False}
+
+
+def read_link(ipr, name):
+    """The link as a dict (see _netlink.link_info) plus its addresses, or None."""
+    link = get_link(ipr, name)
+    if link is not None:
+        link["addresses"] = get_addresses(ipr, name)
+        link["master"] = link["master"] or ""
+        tun = link.get("tun")
+        if tun:
+            link.update(owner=tun["owner"], group=tun["group"], multi_queue=bool(tun["multi_queue"]))
+    return link
+
+
+def link_view(link, extra_fields=()):
+    """What a module reports about a link: state plus the comparable fields."""
+    if link is None:
+        return {"state": "absent"}
+    view = {"state": "present", "kind": link["kind"]}
+    for field in LINK_FIELDS + tuple(extra_fields):
+        view[field] = link.get(field)
+    return view
+
+
+def want_link(params, prefix=""):
+    """Desired link fields from module params (`prefix` selects e.g. the peer_ options); None = not compared."""
+    addresses = params.get(prefix + "addresses")
+    want = {
+        "mtu": params.get("mtu"),
+        "master": params.get(prefix + "bridge"),
+        "addresses": sorted(normalize_cidr(a) for a in addresses) if addresses is not None else None,
+        "up": params.get(prefix + "up"),
+    }
+    return want
+
+
+def param_errors(kind, name, params, prefix=""):
+    """Validation errors for the link options of one end, each naming object, field and fix."""
+    errors = []
+    problem = check_ifname(name)
+    if problem:
+        errors.append("%s %s: %sname: %s" % (kind, name, prefix, problem))
+    if params.get(prefix + "bridge"):
+        problem = check_ifname(params[prefix + "bridge"])
+        if problem:
+            errors.append("%s %s: %sbridge: %s" % (kind, name, prefix, problem))
+    if params.get(prefix + "netns"):
+        problem = check_netns_name(params[prefix + "netns"])
+        if problem:
+            errors.append("%s %s: %snetns: %s" % (kind, name, prefix, problem))
+    if not prefix:
+        if params.get("mtu") is not None:
+            problem = check_mtu(params["mtu"])
+            if problem:
+                errors.append("%s %s: %s" % (kind, name, problem))
+        problem = check_lab_name(params.get("lab"))
+        if problem:
+            errors.append("%s %s: lab: %s" % (kind, name, problem))
+    for index, address in enumerate(params.get(prefix + "addresses") or []):
+        problem = check_cidr(address)
+        if problem:
+            errors.append("%s %s: %saddresses[%d]: %s" % (kind, name, prefix, index, problem))
+    return errors
+
+
+def plan_link(tracker, kind, name, netns, have, want, lab, force, state, expected_kinds, prefix=""):
+    """Record in `tracker` what must change for `name` to match `want`; returns an error text or None.
+
+    A field is recorded as `<prefix><field>`; creation/deletion as `<prefix>state`.
+    """
+    where = where_text(netns)
+    if have is not None and have["kind"] not in expected_kinds:
+        return ("%s %s%s: an interface of that name exists but is of kind %s, not %s; pick another name or remove "
+                "it" % (kind, name, where, have["kind"] or "(plain device)", "/".join(expected_kinds)))
+    owner = owner_from_alias(have["alias"]) if have is not None else None
+    if have is not None and owner != lab and not force:
+        return foreign_object_error(kind, name, where, owner, lab, state)
+    if state == "absent":
+        if have is not None:
+            tracker.add(prefix + "state", "present", "absent")
+        return None
+    if have is None:
+        tracker.add(prefix + "state", "absent", "present")
+    base = have if have is not None else FRESH_LINK
+    full_want = dict(want, alias=alias_for(lab))
+    for field in LINK_FIELDS:
+        if full_want.get(field) is None:
+            continue
+        tracker.compare(prefix + field, base.get(field), full_want[field])
+    return None
+
+
+def apply_link(ipr, name, tracker, create, prefix=""):
+    """Do what plan_link recorded: create (via `create()`) or delete, then fields; up comes last."""
+    if tracker.has(prefix + "state"):
+        if tracker.get(prefix + "state")[1] == "absent":
+            delete_link(ipr, name)
+            return
+        create()
+
+    def after(field):
+        return tracker.get(prefix + field)[1] if tracker.has(prefix + field) else None
+
+    set_link(ipr, name, alias=after("alias"), mtu=after("mtu"), master=after("master"))
+    if tracker.has(prefix + "addresses"):
+        before, wanted = tracker.get(prefix + "addresses")
+        for address in sorted(set(before or []) - set(wanted)):
+            delete_address(ipr, name, address)
+        for address in sorted(set(wanted) - set(before or [])):
+            add_address(ipr, name, address)
+    if after("up") is not None:
+        set_link(ipr, name, up=after("up"))
+
+
+def predicted_view(have, tracker, prefix="", extra_fields=()):
+    """The view of the link after applying `tracker` (what check mode reports as `after`)."""
+    if tracker.has(prefix + "state") and tracker.get(prefix + "state")[1] == "absent":
+        return {"state": "absent"}
+    view = link_view(have, extra_fields) if have is not None else {"state": "present", "kind": None}
+    if have is None:
+        for field in LINK_FIELDS + tuple(extra_fields):
+            view[field] = FRESH_LINK.get(field)
+    view["state"] = "present"
+    for field in LINK_FIELDS + tuple(extra_fields):
+        if tracker.has(prefix + field):
+            view[field] = tracker.get(prefix + field)[1]
+    return view
+
+
+def new_tracker():
+    return DifferenceTracker()
+
+
+def run_link_module(module, kind, expected_kinds, create, plan_extra=None, apply_extra=None, extra_fields=()):
+    """Read, plan, act for a module managing one interface (bridge, tap); exits the module.
+
+    `create(ipr)` makes the interface; `plan_extra(tracker, have)` records kind-specific differences and returns an
+    error text or None; `apply_extra(ipr, tracker)` applies them (after creation, before `up`).
+    """
+    from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
+        HAS_PYROUTE2,
+        PYROUTE2_IMPORT_ERROR,
+        NetlinkError,
+        netlink,
+        netns_exists,
+    )
+    from ansible.module_utils.basic import missing_required_lib
+
+    params = module.params
+    if not HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
+    errors = param_errors(kind, params["name"], params)
+    if errors:
+        module.fail_json(msg="; ".join(errors), errors=errors)
+    name, netns, state = params["name"], params.get("netns"), params["state"]
+    where = where_text(netns)
+    warnings = []
+    netns_missing = bool(netns) and not netns_exists(netns)
+    if netns_missing and state == "present" and not module.check_mode:
+        module.fail_json(msg="%s %s: namespace %s does not exist; create it first with qemulab.network.netns"
+                         % (kind, name, netns))
+    if netns_missing and state == "present":
+        warnings.append("%s %s: namespace %s does not exist yet; assuming an earlier task creates it" % (kind, name, netns))
+
+    tracker = new_tracker()
+    have = None
+    try:
+        if netns_missing:
+            error = _plan(tracker, kind, name, netns, None, params, expected_kinds, plan_extra, module, warnings)
+        else:
+            with netlink(netns) as ipr:
+                have = read_link(ipr, name)
+                error = _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, module,
+                              warnings, ipr)
+                if error:
+                    module.fail_json(msg=error)
+                if tracker.changed and not module.check_mode:
+                    apply_link(ipr, name, _without_up(tracker), lambda: create(ipr))
+                    if apply_extra and state == "present":
+                        apply_extra(ipr, tracker)
+                    if tracker.has("up"):
+                        set_link(ipr, name, up=tracker.get("up")[1])
+        if netns_missing and error:
+            module.fail_json(msg=error)
+    except NetlinkError as exc:
+        module.fail_json(msg="%s %s%s: %s" % (kind, name, where, exc))
+
+    before = link_view(have, extra_fields)
+    after = predicted_view(have, tracker, extra_fields=extra_fields)
+    if after["state"] == "present" and after.get("kind") is None:
+        after["kind"] = expected_kinds[0]
+    result = dict(changed=tracker.changed, name=name, netns=netns, changes=tracker.fields, before=before,
+                  after=after, warnings=warnings)
+    if module._diff:
+        result["diff"] = {"before": before, "after": after}
+    module.exit_json(**result)
+
+
+def _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, module, warnings, ipr=None):
+    state = params["state"]
+    error = plan_link(tracker, kind, name, netns, have, want_link(params), params["lab"], params["force"], state,
+                      expected_kinds)
+    if error or state == "absent":
+        return error
+    bridge = params.get("bridge")
+    if bridge:
+        master = read_link(ipr, bridge) if ipr is not None else None
+        if master is None or master["kind"] != "bridge":
+            problem = ("%s %s: bridge %s does not exist in namespace %s; create it first with "
+                       "qemulab.network.bridge" % (kind, name, bridge, netns or "(host)"))
+            if master is not None:
+                problem = ("%s %s: bridge %s%s is a %s, not a bridge; pick the right bridge"
+                           % (kind, name, bridge, where_text(netns), master["kind"] or "plain device"))
+                return problem
+            if not module.check_mode:
+                return problem
+            warnings.append(problem + " (check mode: assuming an earlier task creates it)")
+    if plan_extra:
+        return plan_extra(tracker, have)
+    return None
+
+
+class _WithoutUp(object):
+    """A view of a tracker that hides `up`, so it can be applied after the kind-specific settings."""
+
+    def __init__(self, tracker):
+        self._tracker = tracker
+
+    def has(self, field):
+        return field != "up" and self._tracker.has(field)
+
+    def get(self, field):
+        return self._tracker.get(field)
+
+
+def _without_up(tracker):
+    return _WithoutUp(tracker)

@@ -1,0 +1,145 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: bridge
+short_description: Create, adjust or delete a Linux bridge owned by a qemulab lab
+version_added: 0.1.0
+description:
+  - Makes a Linux bridge match the declaration (existence, MTU, STP, addresses, up), in the host namespace or in a
+    lab namespace, through netlink. Only the options given are compared.
+  - A bridge the lab creates gets the alias C(qemulab:<lab>). A bridge of the same name that is not this lab's
+    (unmarked or another lab's) is neither adopted nor deleted unless O(force=true).
+author:
+  - qemulab developers
+requirements:
+  - pyroute2
+extends_documentation_fragment:
+  - qemulab.network.netns
+  - qemulab.network.netns.ownership
+options:
+  name:
+    description: Bridge name (at most 15 bytes, no C(/), C(:) or whitespace).
+    type: str
+    required: true
+  state:
+    description: Whether the bridge exists.
+    type: str
+    choices: [present, absent]
+    default: present
+  mtu:
+    description: MTU of the bridge. Omit to leave it alone.
+    type: int
+  stp:
+    description: Spanning tree on or off. Omit to leave it alone (the kernel creates bridges with STP off).
+    type: bool
+  addresses:
+    description:
+      - Exactly the addresses (CIDR, like C(10.20.10.1/24)) the bridge carries; others are removed. Omit to leave
+        addresses alone. IPv6 link-local addresses the kernel adds are ignored.
+    type: list
+    elements: str
+  up:
+    description: Bring the bridge up (V(true)) or down (V(false)). V(null) leaves it alone.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: The seed's first segment, inside the lab namespace
+  qemulab.network.bridge:
+    name: br1
+    netns: qemulab-seed
+    lab: seed
+
+- name: Remove it again (only if lab seed made it)
+  qemulab.network.bridge:
+    name: br1
+    netns: qemulab-seed
+    lab: seed
+    state: absent
+"""
+
+RETURN = r"""
+name:
+  description: The bridge name.
+  returned: always
+  type: str
+  sample: br1
+netns:
+  description: The namespace worked in (null for the host's).
+  returned: always
+  type: str
+  sample: qemulab-seed
+changes:
+  description: Fields that differ (and are, or in check mode would be, changed); C(state) for creation/deletion.
+  returned: always
+  type: list
+  elements: str
+  sample: [state, alias, up]
+before:
+  description: The bridge as found (C(state) absent or present, and its fields).
+  returned: always
+  type: dict
+  sample: {state: absent}
+after:
+  description: The bridge as left (in check mode, as it would be left).
+  returned: always
+  type: dict
+  sample: {state: present, kind: bridge, alias: "qemulab:seed", mtu: 1500, master: "", addresses: [], up: true,
+           stp: false}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.qemulab.network.plugins.module_utils._link import run_link_module
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
+    NETNS_ARGUMENT_SPEC,
+    add_bridge,
+    set_bridge_stp,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC
+
+
+def argument_spec():
+    spec = dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        mtu=dict(type="int"),
+        stp=dict(type="bool"),
+        addresses=dict(type="list", elements="str"),
+        up=dict(type="bool", default=True),
+    )
+    spec.update(NETNS_ARGUMENT_SPEC)
+    spec.update(OWNERSHIP_ARGUMENT_SPEC)
+    return spec
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    stp = module.params["stp"]
+
+    def plan_stp(tracker, have):
+        if stp is not None:
+            tracker.compare("stp", have["stp"] if have is not None else False, stp)
+        return None
+
+    def apply_stp(ipr, tracker):
+        if tracker.has("stp"):
+            set_bridge_stp(ipr, module.params["name"], stp)
+
+    run_link_module(module, "bridge", ("bridge",), lambda ipr: add_bridge(ipr, module.params["name"]),
+                    plan_extra=plan_stp, apply_extra=apply_stp, extra_fields=("stp",))
+
+
+if __name__ == "__main__":
+    main()

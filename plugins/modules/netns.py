@@ -1,0 +1,171 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: netns
+short_description: Create or delete a named network namespace owned by a qemulab lab
+version_added: 0.1.0
+description:
+  - Makes a named network namespace (as C(ip netns add) makes, under C(/run/netns)) exist or not.
+  - A namespace the lab creates gets a marker file C(/run/qemulab/netns/<name>.owner) holding the lab name and
+    the device/inode of the namespace, so a namespace someone else later creates under the same name is not taken
+    for ours. An existing namespace that is not this lab's (no marker, or another lab's) is neither adopted nor
+    deleted unless O(force=true).
+  - Deleting a namespace deletes every interface in it (bridges, taps, veth ends).
+author:
+  - qemulab developers
+requirements:
+  - pyroute2
+extends_documentation_fragment:
+  - qemulab.network.netns.ownership
+options:
+  name:
+    description: Namespace name.
+    type: str
+    required: true
+  state:
+    description: Whether the namespace exists.
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: The namespace the seed lab lives in
+  qemulab.network.netns:
+    name: qemulab-seed
+    lab: seed
+
+- name: Delete it (only if lab seed made it)
+  qemulab.network.netns:
+    name: qemulab-seed
+    lab: seed
+    state: absent
+"""
+
+RETURN = r"""
+name:
+  description: The namespace name.
+  returned: always
+  type: str
+  sample: qemulab-seed
+changes:
+  description: What differs (C(state), C(owner)).
+  returned: always
+  type: list
+  elements: str
+  sample: [state, owner]
+before:
+  description: The namespace as found (C(state), C(owner)).
+  returned: always
+  type: dict
+  sample: {state: absent, owner: null}
+after:
+  description: The namespace as left (in check mode, as it would be left).
+  returned: always
+  type: dict
+  sample: {state: present, owner: seed}
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.qemulab.network.plugins.module_utils._diff import DifferenceTracker
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
+    HAS_PYROUTE2,
+    PYROUTE2_IMPORT_ERROR,
+    NetlinkError,
+    create_netns,
+    delete_netns,
+    netns_exists,
+    netns_identity,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._ownership import (
+    OWNERSHIP_ARGUMENT_SPEC,
+    foreign_object_error,
+    read_netns_owner,
+    remove_netns_owner,
+    write_netns_owner,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name, check_netns_name
+
+
+def argument_spec():
+    spec = dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+    )
+    spec.update(OWNERSHIP_ARGUMENT_SPEC)
+    return spec
+
+
+def read_netns(name):
+    """{'state', 'owner'} of the namespace as it is now."""
+    if not netns_exists(name):
+        return {"state": "absent", "owner": None}
+    return {"state": "present", "owner": read_netns_owner(name, netns_identity(name))}
+
+
+def plan_netns(name, have, lab, force, state):
+    """(tracker, error): what must change for namespace `name`."""
+    tracker = DifferenceTracker()
+    if have["state"] == "present" and have["owner"] != lab and not force:
+        return None, foreign_object_error("namespace", name, "", have["owner"], lab, state)
+    if state == "absent":
+        if have["state"] == "present":
+            tracker.add("state", "present", "absent")
+            tracker.add("owner", have["owner"], None)
+        return tracker, None
+    tracker.compare("state", have["state"], "present")
+    tracker.compare("owner", have["owner"], lab)
+    return tracker, None
+
+
+def apply_netns(name, tracker, lab):
+    if tracker.has("state") and tracker.get("state")[1] == "absent":
+        delete_netns(name)
+        remove_netns_owner(name)
+        return
+    if tracker.has("state"):
+        remove_netns_owner(name)  # a stale marker of an earlier namespace of this name
+        create_netns(name)
+    if tracker.has("owner"):
+        write_netns_owner(name, netns_identity(name), lab)
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
+    name, lab, state = module.params["name"], module.params["lab"], module.params["state"]
+    for field, problem in (("name", check_netns_name(name)), ("lab", check_lab_name(lab))):
+        if problem:
+            module.fail_json(msg="namespace %s: %s: %s" % (name, field, problem))
+    have = read_netns(name)
+    tracker, error = plan_netns(name, have, lab, module.params["force"], state)
+    if error:
+        module.fail_json(msg=error)
+    if tracker.changed and not module.check_mode:
+        try:
+            apply_netns(name, tracker, lab)
+        except (NetlinkError, OSError) as exc:
+            module.fail_json(msg="namespace %s: %s" % (name, exc))
+    after = dict(have)
+    for field in tracker.fields:
+        after[field] = tracker.get(field)[1]
+    result = dict(changed=tracker.changed, name=name, changes=tracker.fields, before=have, after=after)
+    if module._diff:
+        result["diff"] = {"before": have, "after": after}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: tap
+short_description: Create, attach to a bridge, adjust or delete a persistent tap owned by a qemulab lab
+version_added: 0.1.0
+description:
+  - Makes a persistent tap (as C(ip tuntap add mode tap) makes) match the declaration: existence, bridge, MTU,
+    owner/group, multi-queue, up. Works in the host namespace or in a lab namespace, through netlink and
+    C(/dev/net/tun) ioctls (C(TUNSETIFF), C(TUNSETOWNER), C(TUNSETGROUP), C(TUNSETPERSIST)).
+  - A tap the lab creates gets the alias C(qemulab:<lab>). A tap of the same name that is not this lab's
+    (unmarked or another lab's) is neither adopted nor deleted unless O(force=true).
+  - O(owner), O(group) and O(multi_queue) are fixed when the tap is created. When an existing tap differs in one of
+    them the task fails instead of recreating it under a running guest; delete it (O(state=absent)) first.
+author:
+  - qemulab developers
+requirements:
+  - pyroute2
+extends_documentation_fragment:
+  - qemulab.network.netns
+  - qemulab.network.netns.ownership
+options:
+  name:
+    description: Tap name (at most 15 bytes, no C(/), C(:) or whitespace).
+    type: str
+    required: true
+  state:
+    description: Whether the tap exists.
+    type: str
+    choices: [present, absent]
+    default: present
+  bridge:
+    description:
+      - Bridge the tap is a port of; it must exist in the same namespace. V("") detaches the tap from any bridge.
+        Omit to leave it alone.
+    type: str
+  mtu:
+    description: MTU of the tap. Omit to leave it alone.
+    type: int
+  owner:
+    description: User (name or uid) allowed to open the tap without root. Omit for root only.
+    type: str
+  group:
+    description: Group (name or gid) allowed to open the tap without root.
+    type: str
+  multi_queue:
+    description: Create the tap with IFF_MULTI_QUEUE (needed for a guest NIC with more than one queue).
+    type: bool
+  vnet_hdr:
+    description:
+      - Create the tap with IFF_VNET_HDR. Only used at creation; QEMU sets this flag itself when it opens the tap,
+        so it is not compared afterwards.
+    type: bool
+    default: false
+  up:
+    description: Bring the tap up (V(true)) or down (V(false)). V(null) leaves it alone.
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Tap vport11 on br1 in the lab namespace, as the seed's preparation script makes it
+  qemulab.network.tap:
+    name: vport11
+    bridge: br1
+    netns: qemulab-seed
+    lab: seed
+
+- name: A tap an unprivileged QEMU may open
+  qemulab.network.tap:
+    name: vport13
+    bridge: br1
+    owner: qemu
+    lab: seed
+
+- name: Delete it (only if lab seed made it)
+  qemulab.network.tap:
+    name: vport13
+    lab: seed
+    state: absent
+"""
+
+RETURN = r"""
+name:
+  description: The tap name.
+  returned: always
+  type: str
+  sample: vport11
+netns:
+  description: The namespace worked in (null for the host's).
+  returned: always
+  type: str
+  sample: qemulab-seed
+changes:
+  description: Fields that differ (and are, or in check mode would be, changed); C(state) for creation/deletion.
+  returned: always
+  type: list
+  elements: str
+  sample: [state, alias, master, up]
+before:
+  description: The tap as found.
+  returned: always
+  type: dict
+  sample: {state: absent}
+after:
+  description: The tap as left (in check mode, as it would be left).
+  returned: always
+  type: dict
+  sample: {state: present, kind: tun, alias: "qemulab:seed", mtu: 1500, master: br1, addresses: [], up: true,
+           owner: null, group: null, multi_queue: false}
+"""
+
+import grp
+import pwd
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.qemulab.network.plugins.module_utils._link import run_link_module
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import NETNS_ARGUMENT_SPEC, add_tap
+from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC
+
+CREATION_FIELDS = ("owner", "group", "multi_queue")
+
+
+def argument_spec():
+    spec = dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        bridge=dict(type="str"),
+        mtu=dict(type="int"),
+        owner=dict(type="str"),
+        group=dict(type="str"),
+        multi_queue=dict(type="bool"),
+        vnet_hdr=dict(type="bool", default=False),
+        up=dict(type="bool", default=True),
+    )
+    spec.update(NETNS_ARGUMENT_SPEC)
+    spec.update(OWNERSHIP_ARGUMENT_SPEC)
+    return spec
+
+
+def resolve_id(value, lookup, what):
+    """uid/gid from a name or a number; ValueError naming the field when there is no such user/group."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return lookup(value)[2]
+    except KeyError:
+        raise ValueError("%s %r does not exist on this host; create it or give a numeric id" % (what, value))
+
+
+def tap_view(have):
+    """The creation-time fields of an existing tap, as compared."""
+    tun = (have or {}).get("tun") or {}
+    return {"owner": tun.get("owner"), "group": tun.get("group"), "multi_queue": bool(tun.get("multi_queue"))}
+
+
+def plan_creation_fields(tracker, have, want, name):
+    """Record creation-time fields; an existing tap that differs is an error (it cannot change in place)."""
+    current = tap_view(have) if have is not None else {"owner": None, "group": None, "multi_queue": False}
+    for field in CREATION_FIELDS:
+        if want[field] is None or current[field] == want[field]:
+            continue
+        if have is not None:
+            return ("tap %s: %s is %r but %r is wanted; this is fixed when a tap is created, so delete the tap "
+                    "(state: absent) and create it again" % (name, field, current[field], want[field]))
+        tracker.add(field, current[field], want[field])
+    return None
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
+    try:
+        want = {
+            "owner": resolve_id(params["owner"], pwd.getpwnam, "owner: user"),
+            "group": resolve_id(params["group"], grp.getgrnam, "group: group"),
+            "multi_queue": params["multi_queue"],
+        }
+    except ValueError as exc:
+        module.fail_json(msg="tap %s: %s" % (params["name"], exc))
+
+    def create(ipr):
+        add_tap(ipr, params["name"], owner=want["owner"], group=want["group"],
+                multi_queue=bool(want["multi_queue"]), vnet_hdr=params["vnet_hdr"])
+
+    def plan_extra(tracker, have):
+        if have is not None and (have.get("tun") or {}).get("type") != "tap":
+            return "tap %s: an interface of that name exists but is a tun, not a tap; pick another name" % params["name"]
+        return plan_creation_fields(tracker, have, want, params["name"])
+
+    run_link_module(module, "tap", ("tun",), create, plan_extra=plan_extra, extra_fields=CREATION_FIELDS)
+
+
+if __name__ == "__main__":
+    main()
