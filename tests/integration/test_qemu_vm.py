@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient
 from minimal_guest import PING_FAIL, PING_OK, build
 
 pytestmark = pytest.mark.integration
@@ -167,6 +168,18 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
     assert fourth.result("vmb")["changed"] and fourth.result("vmb")["state"] == "running"
     info_b = _info(playbook, lab, "vmb")[0]
     assert info_b["state"] == "running" and info_b["pid"] == fourth.result("vmb")["pid"] and info_b["uptime"] >= 0
+    with QMPClient(info_b["qmp_socket"]) as qmp:
+        qmp.command("stop")
+    assert _info(playbook, lab, "vmb")[0]["state"] == "paused"
+    with QMPClient(info_b["qmp_socket"]) as qmp:
+        qmp.command("cont")
+
+    # restarted always restarts, even with nothing changed.
+    restart_b = _vm_task(lab, guest, "vmb", lab["taps"][1], macs["b"], "10.77.0.2", "10.77.0.1", state="restarted")
+    fifth_b = playbook(_play(restart_b))
+    assert fifth_b.rc == 0 and fifth_b.result("vmb")["changed"], fifth_b
+    assert fifth_b.result("vmb")["pid"] != info_b["pid"] and _qemu_pids_under(res_b["run_dir"]) == [
+        fifth_b.result("vmb")["pid"]]
 
     # stopped: no process left; a stale pidfile naming an unrelated process is never signalled.
     stop_a = _vm_task(lab, guest, "vma", lab["taps"][0], "52:54:00:5a:00:11", "10.77.0.1", "10.77.0.2",
