@@ -297,3 +297,19 @@ def test_taken_forward_port_is_named_unless_this_vm_holds_it():
     finally:
         holder.close()
     assert _qemu.hostfwd_problems(config) == []
+
+
+def test_missing_boot_files_are_named_with_the_fix(tmp_path):
+    config = normalise_config(dict(name="h1", initrd=str(tmp_path / "initrd.img"),
+                                   disks=[{"file": str(tmp_path / "h1.qcow2"), "format": "qcow2"}]))
+    assert _qemu.missing_files(config) == [
+        "VM h1: initrd %s does not exist; build the image first (qemulab.network guest_image role) or fix the path"
+        % (tmp_path / "initrd.img"),
+        "VM h1: disks[0].file %s does not exist; create it (qemu-img create) or fix the path" % (tmp_path / "h1.qcow2"),
+        "VM h1: initrd is set without kernel; give kernel too",
+    ]
+    (tmp_path / "initrd.img").write_bytes(b"i")
+    (tmp_path / "h1.qcow2").write_bytes(b"d")
+    (tmp_path / "vmlinuz").write_bytes(b"k")
+    config["kernel"] = str(tmp_path / "vmlinuz")
+    assert _qemu.missing_files(config) == []
