@@ -11,6 +11,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -518,6 +519,11 @@ def open_tap(ifname, netns=None):
     try:
         if netns:
             _setns(ns_fd)
+        # TUNSETIFF would silently create a missing tap (one that vanishes with QEMU): require it to exist.
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            raise OSError(errno.ENODEV, "tap %s does not exist" % ifname)
         tun = os.open("/dev/net/tun", os.O_RDWR)
         try:
             ifr = struct.pack("16sH22x", ifname.encode("utf-8"), IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)

@@ -293,3 +293,21 @@ def test_user_mode_forward_reaches_the_guest_on_loopback(guest, lab, playbook):
           - {{backend: user, mac: "52:54:00:5a:00:33", hostfwd: [{{host_port: {port}, guest_port: 22}}]}}
 """.format(lab=lab["name"], kernel=guest["kernel"], port=port)))
     assert taken.rc != 0 and "host_port %d (tcp) on 127.0.0.1 is already taken" % port in taken.result("vm")["msg"]
+
+
+def test_open_tap_inside_namespace_never_creates_one(netns):
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu import open_tap
+    own_ns = os.readlink("/proc/self/ns/net")
+    subprocess.run(["ip", "-n", netns, "tuntap", "add", "dev", "qvmtap0", "mode", "tap"], check=True)
+    fd = open_tap("qvmtap0", netns)
+    try:
+        assert os.readlink("/proc/self/ns/net") == own_ns
+        with open("/proc/self/fdinfo/%d" % fd) as f:
+            assert "iff:\tqvmtap0" in f.read()
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError, match="tap qvmtap9 does not exist"):
+        open_tap("qvmtap9", netns)
+    assert os.readlink("/proc/self/ns/net") == own_ns
+    links = subprocess.run(["ip", "-n", netns, "-br", "link"], check=True, capture_output=True, text=True).stdout
+    assert "qvmtap9" not in links and "qvmtap0" in links
