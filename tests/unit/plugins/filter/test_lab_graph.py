@@ -186,3 +186,31 @@ def test_a_plan_with_errors_is_refused_naming_them(graph_filter):
 def test_input_that_is_not_a_plan_is_refused_with_the_fix(graph_filter, not_a_plan):
     with pytest.raises(AnsibleFilterError, match="qemulab.network.lab_plan"):
         graph_filter(not_a_plan)
+
+
+# -- every valid lab, as lab_plan plans it, is drawn completely ---------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402  (kept next to the property it serves)
+
+from ansible_collections.qemulab.network.plugins.filter.lab_plan import lab_plan  # noqa: E402
+from test_lab_plan_properties import valid_labs  # noqa: E402  (the lab_plan tests' own generator of valid labs)
+
+
+@needs_graphviz
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_labs())
+def test_every_planned_lab_is_drawn_with_every_nic_and_port(lab):
+    hostvars, groups = lab
+    plan = lab_plan(hostvars, groups, check_files=False)
+    assert plan["errors"] == []
+    graph = graphviz_json(lab_graph_dot(plan))
+    nics = [(vm["name"], nic) for vm in plan["vms"] for nic in vm["nics"]]
+    assert len(graph["objects"]) == len(plan["bridges"]) + len(plan["vms"]) + len(plan["host_ports"])
+    labels = sorted(edge["label"].replace("\\n", "\n") for edge in graph["edges"])
+    expected = sorted(["%s %s\ntap %s%s" % (nic["dev"], nic["address"], nic["tap"],
+                                            "" if nic["model"] == "virtio-net-pci" else " (%s)" % nic["model"])
+                       for _, nic in nics] + ["%s (veth)" % port["name"] for port in plan["host_ports"]])
+    assert labels == expected
+    mermaid = lab_graph_mermaid(plan)
+    assert mermaid.count("---|") == len(nics) + len(plan["host_ports"])
+    node_ids = re.findall(r"^  (\w+)[\[({>]", mermaid, re.MULTILINE)
+    assert len(node_ids) == len(set(node_ids)) == len(graph["objects"])
