@@ -98,9 +98,9 @@ def _oriented_links(plan):
     oriented = []
     for a, b, kind, item in links:
         if depth.get(a, 0) <= depth.get(b, 0):
-            oriented.append((a, b, a, kind, item))
+            oriented.append((a, b, kind, item))
         else:
-            oriented.append((b, a, a, kind, item))
+            oriented.append((b, a, kind, item))
     return oriented
 
 
@@ -217,7 +217,7 @@ def lab_graph_dot(plan):
             ("color", '"%s"' % colour["line"]), ("margin", '"0.3,0.15"'),
             ("label", _dot_node_label(label[0], [label[1]], label[2:], "routes:" if label[2:] else None)),
         ])))
-    for tail, head, owner, kind, item in _oriented_links(plan):
+    for tail, head, kind, item in _oriented_links(plan):
         if kind == "nic":
             label = "\\n".join(_dot_escape(line) for line in _nic_label(item))
         else:
@@ -262,7 +262,7 @@ def lab_graph_mermaid(plan):
     for port in plan.get("host_ports") or []:
         text = _mermaid_text(_port_label(port), bold_first=True)
         out.append('  %s>"%s"]' % (_mermaid_id("port", port["name"]), text))
-    for tail, head, owner, kind, item in _oriented_links(plan):
+    for tail, head, kind, item in _oriented_links(plan):
         if kind == "nic":
             label = _mermaid_text(_nic_label(item))
         else:
