@@ -57,7 +57,7 @@ def foreign_object_error(kind, name, where, owner, lab, state):
     else:
         fix = ("pick another name, remove it yourself, or adopt it with force: true "
                "(it is then marked as belonging to lab %s)" % lab)
-    return "%s %s%s already exists and belongs to %s, not to lab %s; %s" % (
+    return "%s %s%s exists and belongs to %s, not to lab %s; %s" % (
         kind, name, where, whose, lab, fix)
 
 

@@ -1,0 +1,310 @@
+"""The seed's whole host side (bridges br1..br6, taps vport11..vport62 and vport13, host port veth0/veth1) built by
+the netns, bridge, tap and veth modules in throwaway namespaces, read back over netlink.
+
+Lab addresses live only in namespaces these tests create: the lab namespace (fixture `netns`) and a second one
+for the host end veth1.
+"""
+import os
+import secrets
+
+import pytest
+from pyroute2 import NetNS
+from pyroute2 import netns as pr_netns
+
+
+pytestmark = pytest.mark.integration
+
+MARKER_DIR = "/run/qemulab/netns"
+
+
+def unique_name(prefix):
+    return prefix + secrets.token_hex(3)
+
+SEED_TAPS = [(bridge, "vport%d%d" % (bridge, port)) for bridge in range(1, 7) for port in (1, 2)] + [(1, "vport13")]
+
+HOST_SIDE = """
+- name: Seed host side
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Lab namespace
+      qemulab.network.netns:
+        name: "{{ ns }}"
+        lab: "{{ lab }}"
+        force: "{{ adopt_ns | default(false) }}"
+    - name: Bridges
+      qemulab.network.bridge:
+        name: "br{{ item }}"
+        netns: "{{ ns }}"
+        lab: "{{ lab }}"
+        mtu: "{{ bridge_mtu | default(omit) }}"
+      loop: [1, 2, 3, 4, 5, 6]
+    - name: Taps
+      qemulab.network.tap:
+        name: "{{ item.1 }}"
+        bridge: "br{{ item.0 }}"
+        netns: "{{ ns }}"
+        lab: "{{ lab }}"
+      loop: "{{ taps }}"
+    - name: Host port
+      qemulab.network.veth:
+        name: veth0
+        netns: "{{ ns }}"
+        bridge: br1
+        peer: veth1
+        peer_netns: "{{ host_ns }}"
+        peer_addresses: ["{{ host_address | default('10.20.10.4/24') }}"]
+        lab: "{{ lab }}"
+"""
+
+TEARDOWN = """
+- name: Seed host side, removed
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Host port gone
+      qemulab.network.veth:
+        name: veth0
+        netns: "{{ ns }}"
+        lab: "{{ lab }}"
+        state: absent
+    - name: Taps gone
+      qemulab.network.tap:
+        name: "{{ item.1 }}"
+        netns: "{{ ns }}"
+        lab: "{{ lab }}"
+        state: absent
+      loop: "{{ taps }}"
+    - name: Bridges gone
+      qemulab.network.bridge:
+        name: "br{{ item }}"
+        netns: "{{ ns }}"
+        lab: "{{ lab }}"
+        state: absent
+      loop: [1, 2, 3, 4, 5, 6]
+"""
+
+ONE_OBJECT = """
+- name: One object
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: The object
+      qemulab.network.{{ module }}:
+        name: "{{ name }}"
+        netns: "{{ ns }}"
+        lab: "{{ lab }}"
+        state: "{{ state }}"
+        force: "{{ force | default(false) }}"
+"""
+
+
+def links(ns):
+    """Every interface of namespace `ns` with what the modules manage, read over netlink."""
+    out = {}
+    with NetNS(ns) as ipr:
+        names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.get_links()}
+        for msg in ipr.get_links():
+            info = msg.get_attr("IFLA_LINKINFO")
+            addresses = sorted("%s/%d" % (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                               for a in ipr.get_addr(index=msg["index"])
+                               if not a.get_attr("IFA_ADDRESS").startswith("fe80:"))
+            out[msg.get_attr("IFLA_IFNAME")] = {
+                "kind": info.get_attr("IFLA_INFO_KIND") if info is not None else None,
+                "alias": msg.get_attr("IFLA_IFALIAS"),
+                "master": names.get(msg.get_attr("IFLA_MASTER")),
+                "mtu": msg.get_attr("IFLA_MTU"),
+                "up": bool(msg["flags"] & 1),
+                "addresses": addresses,
+            }
+    return out
+
+
+@pytest.fixture
+def host_ns():
+    """A second throwaway namespace standing in for the host side of the host port (veth1)."""
+    name = unique_name("qltho")
+    pr_netns.create(name)
+    try:
+        yield name
+    finally:
+        if name in pr_netns.listnetns():
+            pr_netns.remove(name)
+
+
+@pytest.fixture
+def lab():
+    return unique_name("t")
+
+
+@pytest.fixture
+def foreign(netns):
+    """A bridge and a tap with seed-like names made without the lab's mark, as someone else's would be."""
+    with NetNS(netns) as ipr:
+        ipr.link("add", ifname="br7", kind="bridge")
+        ipr.link("add", ifname="vport71", kind="tuntap", mode="tap", ifr={"no_pi": True})
+        ipr.link("set", index=ipr.link_lookup(ifname="vport71")[0], master=ipr.link_lookup(ifname="br7")[0])
+    return ("br7", "vport71")
+
+
+def seed_vars(netns, host_ns, lab, **extra):
+    variables = {"ns": netns, "host_ns": host_ns, "lab": lab, "taps": [list(t) for t in SEED_TAPS],
+                 "adopt_ns": True}
+    variables.update(extra)
+    return variables
+
+
+def assert_seed_host_side(netns, host_ns, lab):
+    alias = "qemulab:" + lab
+    lab_links = links(netns)
+    for number in range(1, 7):
+        bridge = lab_links["br%d" % number]
+        assert (bridge["kind"], bridge["alias"], bridge["up"]) == ("bridge", alias, True), bridge
+    for number, tap in SEED_TAPS:
+        found = lab_links[tap]
+        assert (found["kind"], found["master"], found["alias"], found["up"]) == ("tun", "br%d" % number, alias,
+                                                                                 True), (tap, found)
+    assert (lab_links["veth0"]["kind"], lab_links["veth0"]["master"], lab_links["veth0"]["up"]) == ("veth", "br1",
+                                                                                                    True)
+    assert "veth1" not in lab_links
+    host_links = links(host_ns)
+    assert host_links["veth1"]["addresses"] == ["10.20.10.4/24"]
+    assert (host_links["veth1"]["alias"], host_links["veth1"]["up"]) == (alias, True)
+
+
+@pytest.fixture
+def drop_marker(netns):
+    """The lab namespace's marker goes even when a test fails before the lab deletes the namespace."""
+    yield
+    marker = os.path.join(MARKER_DIR, netns + ".owner")
+    if os.path.exists(marker):
+        os.unlink(marker)
+
+
+def test_seed_host_side_build_rerun_check_teardown(playbook, netns, host_ns, lab, foreign, drop_marker):
+    variables = seed_vars(netns, host_ns, lab)
+
+    built = playbook(HOST_SIDE, variables, diff=True)
+    assert built.rc == 0 and built.failed() == 0, built
+    assert built.result("Bridges")["changed"] and built.result("Taps")["changed"], built
+    assert_seed_host_side(netns, host_ns, lab)
+    assert os.path.exists(os.path.join(MARKER_DIR, netns + ".owner"))
+
+    again = playbook(HOST_SIDE, variables)
+    assert again.rc == 0 and again.changed() == 0, again
+
+    # Desired state changes (bridge MTU, the host address), checked only: reported, not done.
+    state_before = (links(netns), links(host_ns))
+    checked = playbook(HOST_SIDE, seed_vars(netns, host_ns, lab, bridge_mtu=1400, host_address="10.20.10.5/24"),
+                           check=True, diff=True)
+    assert checked.rc == 0, checked
+    assert checked.result("Bridges")["changed"] and checked.result("Host port")["changed"], checked
+    assert checked.result("Host port")["after"]["peer"]["addresses"] == ["10.20.10.5/24"]
+    assert not checked.result("Taps")["changed"]
+    assert (links(netns), links(host_ns)) == state_before
+
+    gone = playbook(TEARDOWN, variables)
+    assert gone.rc == 0 and gone.failed() == 0, gone
+    left = links(netns)
+    assert sorted(left) == ["br7", "lo", "vport71"], left
+    assert left["vport71"]["master"] == "br7"
+    assert "veth1" not in links(host_ns)
+
+    again_gone = playbook(TEARDOWN, variables)
+    assert again_gone.rc == 0 and again_gone.changed() == 0, again_gone
+
+    # The namespace was adopted by the lab, so the lab may delete it (and what is still in it).
+    dropped = playbook(NETNS_ONLY, {"ns": netns, "lab": lab, "state": "absent"})
+    assert dropped.rc == 0 and dropped.changed() == 1, dropped
+    assert netns not in pr_netns.listnetns()
+    assert not os.path.exists(os.path.join(MARKER_DIR, netns + ".owner"))
+
+
+@pytest.mark.parametrize("module,name", [("bridge", "br7"), ("tap", "vport71")])
+def test_foreign_objects_are_refused_unless_forced(playbook, netns, lab, foreign, module, name):
+    one_object = ONE_OBJECT.replace("{{ module }}", module)
+    base = {"name": name, "ns": netns, "lab": lab}
+    for state in ("absent", "present"):
+        refused = playbook(one_object, dict(base, state=state))
+        assert refused.failed() == 1, refused
+        message = refused.failure_messages()[0]
+        assert "%s %s in namespace %s" % (module, name, netns) in message and "force: true" in message, message
+        assert links(netns)[name]["alias"] is None
+
+    adopted = playbook(one_object, dict(base, state="present", force=True))
+    assert adopted.rc == 0 and adopted.changed() == 1, adopted
+    assert links(netns)[name]["alias"] == "qemulab:" + lab
+    removed = playbook(one_object, dict(base, state="absent"))
+    assert removed.rc == 0 and removed.changed() == 1, removed
+    assert name not in links(netns)
+
+
+NETNS_ONLY = """
+- name: Namespace
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: The namespace
+      qemulab.network.netns:
+        name: "{{ ns }}"
+        lab: "{{ lab }}"
+        state: "{{ state }}"
+"""
+
+
+def test_netns_lifecycle_leaves_nothing(playbook, lab):
+    name = unique_name("qltnm")
+    other_lab = lab + "x"
+    try:
+        made = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "present"})
+        assert made.rc == 0 and made.changed() == 1, made
+        assert name in pr_netns.listnetns()
+        assert playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "present"}).changed() == 0
+
+        for state in ("present", "absent"):
+            refused = playbook(NETNS_ONLY, {"ns": name, "lab": other_lab, "state": state})
+            assert refused.failed() == 1 and "belongs to lab %s" % lab in refused.failure_messages()[0], refused
+
+        checked = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"}, check=True)
+        assert checked.changed() == 1 and name in pr_netns.listnetns(), checked
+
+        removed = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"})
+        assert removed.rc == 0 and removed.changed() == 1, removed
+        assert name not in pr_netns.listnetns()
+        assert not os.path.exists(os.path.join(MARKER_DIR, name + ".owner"))
+        assert playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"}).changed() == 0
+    finally:
+        if name in pr_netns.listnetns():
+            pr_netns.remove(name)
+
+
+def test_marker_of_a_replaced_namespace_does_not_count(playbook, lab):
+    """Someone deletes our namespace and makes another of the same name: it is not ours."""
+    name = unique_name("qltnr")
+    try:
+        assert playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "present"}).changed() == 1
+        pr_netns.remove(name)
+        pr_netns.create(name)
+        refused = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"})
+        assert refused.failed() == 1 and "no qemulab lab" in refused.failure_messages()[0], refused
+        assert name in pr_netns.listnetns()
+    finally:
+        if name in pr_netns.listnetns():
+            pr_netns.remove(name)
+        marker = os.path.join(MARKER_DIR, name + ".owner")
+        if os.path.exists(marker):
+            os.unlink(marker)
+
+
+def test_nothing_of_the_tests_remains():
+    """Runs last in this file: no test namespace, marker or root-namespace interface of ours is left behind."""
+    leftovers = [ns for ns in pr_netns.listnetns() if ns.startswith(("qltho", "qltnm", "qltnr"))]
+    assert leftovers == []
+    markers = [m for m in (os.listdir(MARKER_DIR) if os.path.isdir(MARKER_DIR) else [])
+               if m.startswith(("qltns", "qltho", "qltnm", "qltnr"))]
+    assert markers == []
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        ours = [msg.get_attr("IFLA_IFNAME") for msg in ipr.get_links()
+                if (msg.get_attr("IFLA_IFALIAS") or "").startswith("qemulab:t")]
+    assert ours == []
