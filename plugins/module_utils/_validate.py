@@ -88,7 +88,7 @@ def parse_cidr(cidr):
     if not isinstance(cidr, str) or "/" not in cidr:
         raise ValueError("address %r needs a prefix length, like 10.20.10.4/24" % (cidr,))
     try:
-        return ipaddress.ip_interface(cidr)
+        return ipaddress.ip_interface(cidr.strip())
     except ValueError:
         raise ValueError("address %r is not an IPv4/IPv6 address with prefix length (like 10.20.10.4/24)" % cidr)
 

@@ -11,8 +11,8 @@ module: tap
 short_description: Create, attach to a bridge, adjust or delete a persistent tap owned by a qemulab lab
 version_added: 0.1.0
 description:
-  - Makes a persistent tap (as C(ip tuntap add mode tap) makes) match the declaration: existence, bridge, MTU,
-    owner/group, multi-queue, up. Works in the host namespace or in a lab namespace, through netlink and
+  - Makes a persistent tap (as C(ip tuntap add mode tap) makes) match the declaration (existence, bridge, MTU,
+    owner/group, multi-queue, up). Works in the host namespace or in a lab namespace, through netlink and
     C(/dev/net/tun) ioctls (C(TUNSETIFF), C(TUNSETOWNER), C(TUNSETGROUP), C(TUNSETPERSIST)).
   - A tap the lab creates gets the alias C(qemulab:<lab>). A tap of the same name that is not this lab's
     (unmarked or another lab's) is neither adopted nor deleted unless O(force=true).

@@ -1,0 +1,47 @@
+"""Unit tests (no kernel): interface aliases and namespace markers that say which lab owns what."""
+import json
+
+import pytest
+
+from ansible_collections.qemulab.network.plugins.module_utils import _ownership as ownership
+
+pytestmark = pytest.mark.unit
+
+
+def test_alias_round_trip():
+    assert ownership.alias_for("seed") == "qemulab:seed"
+    assert ownership.owner_from_alias("qemulab:seed") == "seed"
+    assert ownership.owner_from_alias("qemulab:") is None
+    assert ownership.owner_from_alias("someone else's bridge") is None
+    assert ownership.owner_from_alias(None) is None
+
+
+def test_own_object_is_no_error():
+    assert ownership.foreign_object_error("tap", "vport11", "", "seed", "seed", "absent") is None
+
+
+@pytest.mark.parametrize("owner,whose", [(None, "no qemulab mark"), ("other", "lab other")])
+@pytest.mark.parametrize("state,fix", [("absent", "delete it with force: true"),
+                                       ("present", "adopt it with force: true")])
+def test_foreign_object_error_names_object_owner_and_fix(owner, whose, state, fix):
+    message = ownership.foreign_object_error("bridge", "br7", " in namespace ns1", owner, "seed", state)
+    assert message.startswith("bridge br7 in namespace ns1 exists")
+    assert whose in message and "not to lab seed" in message and fix in message
+
+
+def test_marker_counts_only_for_the_same_namespace(tmp_path):
+    ownership.write_netns_owner("ns1", (10, 4026532000), "seed", marker_dir=str(tmp_path))
+    assert json.loads((tmp_path / "ns1.owner").read_text()) == {"lab": "seed", "dev": 10, "ino": 4026532000}
+    assert ownership.read_netns_owner("ns1", (10, 4026532000), marker_dir=str(tmp_path)) == "seed"
+    # The same name, another namespace (another inode): the marker is stale.
+    assert ownership.read_netns_owner("ns1", (10, 4026532999), marker_dir=str(tmp_path)) is None
+    assert ownership.read_netns_owner("ns2", (10, 4026532000), marker_dir=str(tmp_path)) is None
+    ownership.remove_netns_owner("ns1", marker_dir=str(tmp_path))
+    ownership.remove_netns_owner("ns1", marker_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", '{"lab": "", "dev": 1, "ino": 2}', '{"lab": 3, "dev": 1, "ino": 2}'])
+def test_damaged_markers_mean_not_ours(tmp_path, content):
+    (tmp_path / "ns1.owner").write_text(content)
+    assert ownership.read_netns_owner("ns1", (1, 2), marker_dir=str(tmp_path)) is None
