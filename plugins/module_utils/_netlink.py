@@ -26,7 +26,9 @@ try:
 except ImportError:
     HAS_PYROUTE2 = False
     PYROUTE2_IMPORT_ERROR = traceback.format_exc()
-    _PyrouteNetlinkError = OSError
+
+    class _PyrouteNetlinkError(Exception):
+        """Stands in for pyroute2's NetlinkError when pyroute2 is missing; never raised."""
 
 NETNS_RUN_DIR = "/var/run/netns"
 IFNAMSIZ = 16  # kernel buffer size; usable names are at most 15 bytes

@@ -16,7 +16,7 @@ description:
   - A bridge the lab creates gets the alias C(qemulab:<lab>). A bridge of the same name that is not this lab's
     (unmarked or another lab's) is neither adopted nor deleted unless O(force=true).
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 requirements:
   - pyroute2
 extends_documentation_fragment:
@@ -50,8 +50,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Reports what would change (C(changes), C(before), C(after)) without changing anything.
     support: full
   diff_mode:
+    description: Returns C(before) and C(after) as the diff.
     support: full
 """
 

@@ -18,7 +18,7 @@ description:
     deleted unless O(force=true).
   - Deleting a namespace deletes every interface in it (bridges, taps, veth ends).
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 requirements:
   - pyroute2
 extends_documentation_fragment:
@@ -35,8 +35,10 @@ options:
     default: present
 attributes:
   check_mode:
+    description: Reports what would change (C(changes), C(before), C(after)) without changing anything.
     support: full
   diff_mode:
+    description: Returns C(before) and C(after) as the diff.
     support: full
 """
 

@@ -19,7 +19,7 @@ description:
   - O(owner), O(group) and O(multi_queue) are fixed when the tap is created. When an existing tap differs in one of
     them the task fails instead of recreating it under a running guest; delete it (O(state=absent)) first.
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 requirements:
   - pyroute2
 extends_documentation_fragment:
@@ -64,8 +64,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Reports what would change (C(changes), C(before), C(after)) without changing anything.
     support: full
   diff_mode:
+    description: Returns C(before) and C(after) as the diff.
     support: full
 """
 

@@ -19,7 +19,7 @@ description:
   - Both ends get the alias C(qemulab:<lab>). A pair that is not this lab's (unmarked or another lab's) is neither
     adopted nor deleted unless O(force=true). Deleting either end deletes the pair.
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 requirements:
   - pyroute2
 extends_documentation_fragment:
@@ -69,8 +69,10 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Reports what would change (C(changes), C(before), C(after)) without changing anything.
     support: full
   diff_mode:
+    description: Returns C(before) and C(after) as the diff.
     support: full
 """
 
@@ -184,11 +186,11 @@ def namespaces(params):
 
 
 def locate(ipr_end, ipr_peer, name, peer, end_ns, peer_ns, tracker):
-    """Read both ends; an end sitting in the other end's namespace is planned to move. Returns (end, peer, error)."""
+    """Read both ends; an end sitting in the other end's namespace is planned to move. Returns (end, peer)."""
     end = read_link(ipr_end, name)
     other = read_link(ipr_peer, peer) if peer else None
     if end_ns == peer_ns or not peer:
-        return end, other, None
+        return end, other
     if end is not None and other is None:
         stray = read_link(ipr_end, peer)
         if is_pair(end, stray):
@@ -199,7 +201,7 @@ def locate(ipr_end, ipr_peer, name, peer, end_ns, peer_ns, tracker):
         if is_pair(stray, other):
             tracker.add("netns", peer_ns, end_ns)
             end = dict(stray, **MOVED_RESET)
-    return end, other, None
+    return end, other
 
 
 def pair_error(name, peer, end, other, end_ns, peer_ns):
@@ -251,7 +253,7 @@ def main():
             else:
                 ipr_end = stack.enter_context(netlink(end_ns))
                 ipr_peer = ipr_end if peer_ns == end_ns else stack.enter_context(netlink(peer_ns))
-                end, other, _ = locate(ipr_end, ipr_peer, name, peer, end_ns, peer_ns, tracker)
+                end, other = locate(ipr_end, ipr_peer, name, peer, end_ns, peer_ns, tracker)
             if state == "present":
                 error = pair_error(name, peer, end, other, end_ns, peer_ns)
                 if error:

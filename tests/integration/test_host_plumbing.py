@@ -20,6 +20,7 @@ MARKER_DIR = "/run/qemulab/netns"
 def unique_name(prefix):
     return prefix + secrets.token_hex(3)
 
+
 SEED_TAPS = [(bridge, "vport%d%d" % (bridge, port)) for bridge in range(1, 7) for port in (1, 2)] + [(1, "vport13")]
 
 HOST_SIDE = """
@@ -196,7 +197,7 @@ def test_seed_host_side_build_rerun_check_teardown(playbook, netns, host_ns, lab
     # Desired state changes (bridge MTU, the host address), checked only: reported, not done.
     state_before = (links(netns), links(host_ns))
     checked = playbook(HOST_SIDE, seed_vars(netns, host_ns, lab, bridge_mtu=1400, host_address="10.20.10.5/24"),
-                           check=True, diff=True)
+                       check=True, diff=True)
     assert checked.rc == 0, checked
     assert checked.result("Bridges")["changed"] and checked.result("Host port")["changed"], checked
     assert checked.result("Host port")["after"]["peer"]["addresses"] == ["10.20.10.5/24"]

@@ -42,16 +42,16 @@ def test_new_link_plans_creation_alias_master_and_up():
 
 
 def test_only_options_given_are_compared():
-    tracker, _ = plan(existing(mtu=9000, addresses=["10.0.0.1/24"]), bridge=None)
+    tracker, _error = plan(existing(mtu=9000, addresses=["10.0.0.1/24"]), bridge=None)
     assert not tracker.changed
-    tracker, _ = plan(existing(mtu=9000), mtu=1500, bridge="")
+    tracker, _error = plan(existing(mtu=9000), mtu=1500, bridge="")
     assert tracker.fields == ["mtu", "master"] and tracker.get("master") == ("br1", "")
 
 
 def test_addresses_are_compared_normalised_as_a_set():
-    tracker, _ = plan(existing(addresses=["10.20.10.4/24"]), addresses=[" 10.20.10.4/24"])
+    tracker, _error = plan(existing(addresses=["10.20.10.4/24"]), addresses=[" 10.20.10.4/24"])
     assert not tracker.changed
-    tracker, _ = plan(existing(addresses=["10.20.10.4/24", "10.20.10.9/24"]), addresses=["10.20.10.5/24"])
+    tracker, _error = plan(existing(addresses=["10.20.10.4/24", "10.20.10.9/24"]), addresses=["10.20.10.5/24"])
     assert tracker.get("addresses") == (["10.20.10.4/24", "10.20.10.9/24"], ["10.20.10.5/24"])
 
 
@@ -76,7 +76,7 @@ def test_absent_of_missing_link_is_no_change():
 
 
 def test_wrong_kind_is_named():
-    _, error = plan(existing(kind="bridge"))
+    _tracker, error = plan(existing(kind="bridge"))
     assert "is of kind bridge, not tun" in error
 
 

@@ -18,14 +18,14 @@ def test_create_plans_state_and_marker():
 
 
 def test_own_namespace_is_unchanged_and_deleted_on_absent():
-    tracker, _ = netns.plan_netns("ns1", ours(), "seed", False, "present")
+    tracker, _error = netns.plan_netns("ns1", ours(), "seed", False, "present")
     assert not tracker.changed
-    tracker, _ = netns.plan_netns("ns1", ours(), "seed", False, "absent")
+    tracker, _error = netns.plan_netns("ns1", ours(), "seed", False, "absent")
     assert tracker.fields == ["state", "owner"] and tracker.get("state") == ("present", "absent")
 
 
 def test_absent_of_missing_namespace_is_no_change():
-    tracker, _ = netns.plan_netns("ns1", ABSENT, "seed", False, "absent")
+    tracker, _error = netns.plan_netns("ns1", ABSENT, "seed", False, "absent")
     assert not tracker.changed
 
 
