@@ -297,9 +297,85 @@ def test_marker_of_a_replaced_namespace_does_not_count(playbook, lab):
             os.unlink(marker)
 
 
+def test_check_mode_on_nothing_reports_everything_and_makes_nothing(playbook, lab):
+    """Check mode of the whole host side before any namespace exists: every task changed, nothing made."""
+    ns, host = unique_name("qltnc"), unique_name("qltnc")
+    before = sorted(pr_netns.listnetns())
+    checked = playbook(HOST_SIDE, seed_vars(ns, host, lab, adopt_ns=False), check=True)
+    assert checked.rc == 0 and checked.failed() == 0, checked
+    for task in ("Lab namespace", "Bridges", "Taps", "Host port"):
+        assert checked.result(task)["changed"], task
+    assert checked.result("Host port")["after"]["peer"]["addresses"] == ["10.20.10.4/24"]
+    assert sorted(pr_netns.listnetns()) == before
+
+
+BAD_INPUT = """
+- name: Bad input
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Name too long
+      qemulab.network.tap: {name: vport1234567890123, netns: "{{ ns }}", lab: "{{ lab }}"}
+      ignore_errors: true
+    - name: Bridge missing
+      qemulab.network.tap: {name: vport11, bridge: br9, netns: "{{ ns }}", lab: "{{ lab }}"}
+      ignore_errors: true
+    - name: Namespace missing
+      qemulab.network.bridge: {name: br1, netns: "{{ ns }}x", lab: "{{ lab }}"}
+      ignore_errors: true
+    - name: Bad address
+      qemulab.network.veth: {name: veth0, peer: veth1, peer_addresses: [10.20.10.4], netns: "{{ ns }}", lab: "{{ lab }}"}
+      ignore_errors: true
+"""
+
+
+def test_bad_input_fails_naming_object_field_and_fix(playbook, netns, lab):
+    ran = playbook(BAD_INPUT, {"ns": netns, "lab": lab})
+    assert ran.rc == 0, ran
+    assert "tap vport1234567890123: name:" in ran.result("Name too long")["msg"]
+    assert "at most 15" in ran.result("Name too long")["msg"]
+    assert ("tap vport11: bridge br9 does not exist in namespace %s; create it first with qemulab.network.bridge"
+            % netns) in ran.result("Bridge missing")["msg"]
+    assert ("bridge br1: namespace %sx does not exist; create it first with qemulab.network.netns" % netns
+            in ran.result("Namespace missing")["msg"])
+    assert "peer_addresses[0]" in ran.result("Bad address")["msg"] and "prefix length" in ran.result("Bad address")["msg"]
+    assert sorted(links(netns)) == ["lo"]
+
+
+VETH_ONLY = """
+- name: A veth pair
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: The pair
+      qemulab.network.veth:
+        name: vm0
+        peer: vm1
+        netns: "{{ ns }}"
+        peer_netns: "{{ peer_ns | default(omit) }}"
+        peer_addresses: "{{ peer_addresses | default(omit) }}"
+        lab: "{{ lab }}"
+"""
+
+
+def test_veth_end_moves_into_its_declared_namespace(playbook, netns, host_ns, lab):
+    together = playbook(VETH_ONLY, {"ns": netns, "lab": lab})
+    assert together.rc == 0 and together.changed() == 1, together
+    assert {"vm0", "vm1"} <= set(links(netns))
+
+    declared = {"ns": netns, "peer_ns": host_ns, "peer_addresses": ["10.20.30.4/24"], "lab": lab}
+    moved = playbook(VETH_ONLY, declared)
+    assert moved.rc == 0, moved
+    assert {"peer_netns", "peer_addresses", "peer_up"} <= set(moved.result("The pair")["changes"])
+    assert "vm1" not in links(netns)
+    assert links(host_ns)["vm1"]["addresses"] == ["10.20.30.4/24"]
+    assert links(host_ns)["vm1"]["alias"] == "qemulab:" + lab
+    assert playbook(VETH_ONLY, declared).changed() == 0
+
+
 def test_nothing_of_the_tests_remains():
     """Runs last in this file: no test namespace, marker or root-namespace interface of ours is left behind."""
-    leftovers = [ns for ns in pr_netns.listnetns() if ns.startswith(("qltho", "qltnm", "qltnr"))]
+    leftovers = [ns for ns in pr_netns.listnetns() if ns.startswith(("qltho", "qltnm", "qltnr", "qltnc"))]
     assert leftovers == []
     markers = [m for m in (os.listdir(MARKER_DIR) if os.path.isdir(MARKER_DIR) else [])
                if m.startswith(("qltns", "qltho", "qltnm", "qltnr"))]
