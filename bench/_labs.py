@@ -131,7 +131,8 @@ def _ansible_env(timing_path):
 def _failure_summary(log_path, limit=3):
     try:
         with open(log_path, errors="replace") as f:
-            lines = [ln.strip() for ln in f if ln.startswith(("fatal:", "failed:")) or "FAILED!" in ln]
+            lines = [ln.strip() for ln in f
+                     if ln.startswith(("fatal:", "failed:", "[ERROR]", "ERROR!")) or "FAILED!" in ln]
     except OSError:
         return "(no log)"
     return " | ".join(ln[:400] for ln in lines[-limit:]) or "(no failed task in the log)"
