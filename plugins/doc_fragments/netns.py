@@ -25,7 +25,7 @@ options:
   lab:
     description:
       - Name of the lab that owns the object. Interfaces the lab creates get the alias C(qemulab:<lab>);
-        namespaces get a marker file C(/run/qemulab/netns/<name>.owner).
+        namespaces get a marker file C(/run/qemulab/_netns/<name>.owner).
       - An existing object of the same name that is not marked for this lab (no mark, or another lab's) is never
         adopted or deleted silently; the task fails naming it unless O(force=true).
     type: str

@@ -5,7 +5,7 @@
 Interfaces: the lab writes the alias ``qemulab:<lab>`` (IFLA_IFALIAS, what ``ip link show`` prints as ``alias``) on
 every bridge, tap and veth end it creates. The alias lives in the kernel with the interface, so it cannot go stale.
 
-Namespaces cannot carry an alias, so the lab writes a marker file ``/run/qemulab/netns/<name>.owner`` holding JSON
+Namespaces cannot carry an alias, so the lab writes a marker file ``/run/qemulab/_netns/<name>.owner`` holding JSON
 ``{"lab": ..., "dev": ..., "ino": ...}``: the lab name plus the device/inode of the namespace's bind mount in
 /run/netns. A marker whose device/inode do not match the namespace now present (someone deleted ours and made
 another of the same name) does not count, and /run is a tmpfs, so markers never survive a reboot that took the
@@ -24,7 +24,8 @@ import json
 import os
 
 ALIAS_PREFIX = "qemulab:"
-NETNS_MARKER_DIR = "/run/qemulab/netns"
+# Beside the per-lab run directories /run/qemulab/<lab>/; no valid lab name starts with "_", so none collides.
+NETNS_MARKER_DIR = "/run/qemulab/_netns"
 
 OWNERSHIP_ARGUMENT_SPEC = dict(
     lab=dict(type="str", default="default"),

@@ -12,7 +12,7 @@ short_description: Create or delete a named network namespace owned by a qemulab
 version_added: 0.1.0
 description:
   - Makes a named network namespace (as C(ip netns add) makes, under C(/run/netns)) exist or not.
-  - A namespace the lab creates gets a marker file C(/run/qemulab/netns/<name>.owner) holding the lab name and
+  - A namespace the lab creates gets a marker file C(/run/qemulab/_netns/<name>.owner) holding the lab name and
     the device/inode of the namespace, so a namespace someone else later creates under the same name is not taken
     for ours. An existing namespace that is not this lab's (no marker, or another lab's) is neither adopted nor
     deleted unless O(force=true).

@@ -14,7 +14,7 @@ from pyroute2 import netns as pr_netns
 
 pytestmark = pytest.mark.integration
 
-MARKER_DIR = "/run/qemulab/netns"
+MARKER_DIR = "/run/qemulab/_netns"
 
 
 def unique_name(prefix):
