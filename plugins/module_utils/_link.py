@@ -10,13 +10,19 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.qemulab.network.plugins.module_utils._diff import DifferenceTracker
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
+    HAS_PYROUTE2,
+    PYROUTE2_IMPORT_ERROR,
+    NetlinkError,
     add_address,
-    delete_link,
     delete_address,
+    delete_link,
     get_addresses,
     get_link,
+    netlink,
+    netns_exists,
     set_link,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._ownership import (
@@ -174,17 +180,8 @@ def run_link_module(module, kind, expected_kinds, create, plan_extra=None, apply
     """Read, plan, act for a module managing one interface (bridge, tap); exits the module.
 
     `create(ipr)` makes the interface; `plan_extra(tracker, have)` records kind-specific differences and returns an
-    error text or None; `apply_extra(ipr, tracker)` applies them (after creation, before `up`).
+    error text or None; `apply_extra(ipr, tracker)` applies them after the common fields.
     """
-    from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
-        HAS_PYROUTE2,
-        PYROUTE2_IMPORT_ERROR,
-        NetlinkError,
-        netlink,
-        netns_exists,
-    )
-    from ansible.module_utils.basic import missing_required_lib
-
     params = module.params
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
@@ -192,17 +189,17 @@ def run_link_module(module, kind, expected_kinds, create, plan_extra=None, apply
     if errors:
         module.fail_json(msg="; ".join(errors), errors=errors)
     name, netns, state = params["name"], params.get("netns"), params["state"]
-    where = where_text(netns)
     warnings = []
     netns_missing = bool(netns) and not netns_exists(netns)
-    if netns_missing and state == "present" and not module.check_mode:
-        module.fail_json(msg="%s %s: namespace %s does not exist; create it first with qemulab.network.netns"
-                         % (kind, name, netns))
     if netns_missing and state == "present":
-        warnings.append("%s %s: namespace %s does not exist yet; assuming an earlier task creates it" % (kind, name, netns))
+        problem = "%s %s: namespace %s does not exist; create it first with qemulab.network.netns" % (kind, name, netns)
+        if not module.check_mode:
+            module.fail_json(msg=problem)
+        warnings.append(problem + " (check mode: assuming an earlier task creates it)")
 
     tracker = new_tracker()
     have = None
+    error = None
     try:
         if netns_missing:
             error = _plan(tracker, kind, name, netns, None, params, expected_kinds, plan_extra, module, warnings)
@@ -211,18 +208,14 @@ def run_link_module(module, kind, expected_kinds, create, plan_extra=None, apply
                 have = read_link(ipr, name)
                 error = _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, module,
                               warnings, ipr)
-                if error:
-                    module.fail_json(msg=error)
-                if tracker.changed and not module.check_mode:
-                    apply_link(ipr, name, _without_up(tracker), lambda: create(ipr))
+                if not error and tracker.changed and not module.check_mode:
+                    apply_link(ipr, name, tracker, lambda: create(ipr))
                     if apply_extra and state == "present":
                         apply_extra(ipr, tracker)
-                    if tracker.has("up"):
-                        set_link(ipr, name, up=tracker.get("up")[1])
-        if netns_missing and error:
-            module.fail_json(msg=error)
     except NetlinkError as exc:
-        module.fail_json(msg="%s %s%s: %s" % (kind, name, where, exc))
+        module.fail_json(msg="%s %s%s: %s" % (kind, name, where_text(netns), exc))
+    if error:
+        module.fail_json(msg=error)
 
     before = link_view(have, extra_fields)
     after = predicted_view(have, tracker, extra_fields=extra_fields)
@@ -235,42 +228,36 @@ def run_link_module(module, kind, expected_kinds, create, plan_extra=None, apply
     module.exit_json(**result)
 
 
+def check_bridge(ipr, kind, name, field, bridge, netns, check_mode, warnings):
+    """An error when `bridge` (option `field`) cannot be the interface's master; None when it can or is not set.
+
+    In check mode a missing bridge only warns, since an earlier task in the same run would have created it.
+    """
+    if not bridge:
+        return None
+    master = read_link(ipr, bridge) if ipr is not None else None
+    where = "namespace %s" % netns if netns else "the host namespace"
+    if master is not None and master["kind"] != "bridge":
+        return ("%s %s: %s %s in %s is a %s, not a bridge; pick the right bridge"
+                % (kind, name, field, bridge, where, master["kind"] or "plain device"))
+    if master is None:
+        problem = ("%s %s: %s %s does not exist in %s; create it first with qemulab.network.bridge"
+                   % (kind, name, field, bridge, where))
+        if not check_mode:
+            return problem
+        warnings.append(problem + " (check mode: assuming an earlier task creates it)")
+    return None
+
+
 def _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, module, warnings, ipr=None):
     state = params["state"]
     error = plan_link(tracker, kind, name, netns, have, want_link(params), params["lab"], params["force"], state,
                       expected_kinds)
     if error or state == "absent":
         return error
-    bridge = params.get("bridge")
-    if bridge:
-        master = read_link(ipr, bridge) if ipr is not None else None
-        if master is None or master["kind"] != "bridge":
-            problem = ("%s %s: bridge %s does not exist in namespace %s; create it first with "
-                       "qemulab.network.bridge" % (kind, name, bridge, netns or "(host)"))
-            if master is not None:
-                problem = ("%s %s: bridge %s%s is a %s, not a bridge; pick the right bridge"
-                           % (kind, name, bridge, where_text(netns), master["kind"] or "plain device"))
-                return problem
-            if not module.check_mode:
-                return problem
-            warnings.append(problem + " (check mode: assuming an earlier task creates it)")
+    error = check_bridge(ipr, kind, name, "bridge", params.get("bridge"), netns, module.check_mode, warnings)
+    if error:
+        return error
     if plan_extra:
         return plan_extra(tracker, have)
     return None
-
-
-class _WithoutUp(object):
-    """A view of a tracker that hides `up`, so it can be applied after the kind-specific settings."""
-
-    def __init__(self, tracker):
-        self._tracker = tracker
-
-    def has(self, field):
-        return field != "up" and self._tracker.has(field)
-
-    def get(self, field):
-        return self._tracker.get(field)
-
-
-def _without_up(tracker):
-    return _WithoutUp(tracker)

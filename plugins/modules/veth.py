@@ -129,6 +129,7 @@ import contextlib
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.qemulab.network.plugins.module_utils._link import (
     apply_link,
+    check_bridge,
     link_view,
     new_tracker,
     param_errors,
@@ -264,17 +265,11 @@ def main():
                                   ("veth",), prefix="peer_")
             if error:
                 module.fail_json(msg=error)
-            for prefix, bridge, ipr, ns in (("", params["bridge"], ipr_end, end_ns),
-                                            ("peer_", params["peer_bridge"], ipr_peer, peer_ns)):
-                if state == "present" and bridge:
-                    master = read_link(ipr, bridge) if ipr is not None else None
-                    if master is None or master["kind"] != "bridge":
-                        problem = ("veth %s: %sbridge %s does not exist in %s; create it first with "
-                                   "qemulab.network.bridge" % (name, prefix, bridge,
-                                                               "namespace %s" % ns if ns else "the host namespace"))
-                        if not module.check_mode:
-                            module.fail_json(msg=problem)
-                        warnings.append(problem + " (check mode: assuming an earlier task creates it)")
+            for field, ipr, ns in (("bridge", ipr_end, end_ns), ("peer_bridge", ipr_peer, peer_ns)):
+                if state == "present":
+                    error = check_bridge(ipr, "veth", name, field, params[field], ns, module.check_mode, warnings)
+                    if error:
+                        module.fail_json(msg=error)
             if tracker.changed and not module.check_mode:
                 if state == "absent":
                     if tracker.has("state"):

@@ -300,13 +300,13 @@ def test_marker_of_a_replaced_namespace_does_not_count(playbook, lab):
 def test_check_mode_on_nothing_reports_everything_and_makes_nothing(playbook, lab):
     """Check mode of the whole host side before any namespace exists: every task changed, nothing made."""
     ns, host = unique_name("qltnc"), unique_name("qltnc")
-    before = sorted(pr_netns.listnetns())
     checked = playbook(HOST_SIDE, seed_vars(ns, host, lab, adopt_ns=False), check=True)
     assert checked.rc == 0 and checked.failed() == 0, checked
     for task in ("Lab namespace", "Bridges", "Taps", "Host port"):
         assert checked.result(task)["changed"], task
     assert checked.result("Host port")["after"]["peer"]["addresses"] == ["10.20.10.4/24"]
-    assert sorted(pr_netns.listnetns()) == before
+    assert ns not in pr_netns.listnetns() and host not in pr_netns.listnetns()
+    assert not os.path.exists(os.path.join(MARKER_DIR, ns + ".owner"))
 
 
 BAD_INPUT = """
