@@ -1,0 +1,142 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: disk_overlay
+short_description: A per-VM qcow2 copy-on-write disk over a shared base image
+version_added: 0.1.0
+description:
+  - Makes a qcow2 file at O(path) whose backing file is O(backing) exist (O(state=present)) or not (O(state=absent)).
+  - The current backing file and format are read with C(qemu-img info --output=json); an overlay over another
+    backing file (a rebuilt guest image has a new path) or of another format is recreated, which discards what the
+    VM wrote to it. An existing file that is not a qcow2 is never overwritten.
+  - Do not change an overlay while its VM runs.
+author:
+  - qemulab developers
+requirements:
+  - qemu-img (qemu-utils)
+options:
+  path:
+    description: The overlay file, by convention C(/var/lib/qemulab/labs/<lab>/<vm>.qcow2). Its directory is created.
+    type: path
+    required: true
+  backing:
+    description: The base image (absolute path). Required with O(state=present).
+    type: path
+  backing_format:
+    description: Format of the base image.
+    type: str
+    choices: [raw, qcow2]
+    default: raw
+  state:
+    description: Whether the overlay exists.
+    type: str
+    choices: [present, absent]
+    default: present
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Copy-on-write disk of VM rt1 over the cached guest image
+  qemulab.network.disk_overlay:
+    path: /var/lib/qemulab/labs/seed/rt1.qcow2
+    backing: "{{ guest_image_disk }}"
+    backing_format: raw
+
+- name: Teardown removes the overlay; the base stays cached
+  qemulab.network.disk_overlay:
+    path: /var/lib/qemulab/labs/seed/rt1.qcow2
+    state: absent
+"""
+
+RETURN = r"""
+path:
+  description: The overlay file.
+  returned: always
+  type: str
+backing:
+  description: The backing file the overlay now has (empty when absent).
+  returned: always
+  type: str
+"""
+
+import json
+import os
+import subprocess
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def read_overlay(module, path):
+    """{'exists', 'format', 'backing', 'backing_format'} of the file at `path`."""
+    if not os.path.lexists(path):
+        return {"exists": False, "format": "", "backing": "", "backing_format": ""}
+    proc = subprocess.run(["qemu-img", "info", "--output=json", "-U", path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        module.fail_json(msg=f"disk_overlay {path}: qemu-img info failed: {proc.stderr.strip()}; "
+                             "remove the file or fix it")
+    info = json.loads(proc.stdout)
+    backing = info.get("full-backing-filename") or info.get("backing-filename") or ""
+    return {"exists": True, "format": info.get("format", ""), "backing": backing,
+            "backing_format": info.get("backing-filename-format", "")}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            backing=dict(type="path"),
+            backing_format=dict(type="str", choices=["raw", "qcow2"], default="raw"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+        ),
+        required_if=[("state", "present", ["backing"])],
+        supports_check_mode=True,
+    )
+    path, backing, state = module.params["path"], module.params["backing"], module.params["state"]
+    have = read_overlay(module, path)
+    before = dict(have)
+
+    if state == "absent":
+        after = {"exists": False, "format": "", "backing": "", "backing_format": ""}
+        changed = have["exists"]
+        if changed and not module.check_mode:
+            os.unlink(path)
+        module.exit_json(changed=changed, path=path, backing="", diff={"before": before, "after": after})
+
+    backing = os.path.abspath(backing)
+    if not os.path.exists(backing):
+        module.fail_json(msg=f"disk_overlay {path}: backing file {backing} does not exist; build it first "
+                             "(qemulab.network.guest_image) or fix backing")
+    if have["exists"] and have["format"] != "qcow2":
+        module.fail_json(msg=f"disk_overlay {path}: exists and is {have['format']}, not a qcow2 overlay; "
+                             "refusing to overwrite it, remove it or choose another path")
+    want = {"exists": True, "format": "qcow2", "backing": backing, "backing_format": module.params["backing_format"]}
+    have_backing = os.path.realpath(have["backing"]) if have["backing"] else ""
+    changed = not (have["exists"] and have_backing == os.path.realpath(backing)
+                   and have["backing_format"] == want["backing_format"])
+    if changed and not module.check_mode:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing,
+                               "-F", want["backing_format"], tmp], capture_output=True, text=True)
+        if proc.returncode != 0:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            module.fail_json(msg=f"disk_overlay {path}: qemu-img create failed: {proc.stderr.strip()}")
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, path)
+    module.exit_json(changed=changed, path=path, backing=backing,
+                     diff={"before": before, "after": want if changed else before})
+
+
+if __name__ == "__main__":
+    main()
