@@ -11,8 +11,8 @@ def test_addresses_routes_and_errors_in_a_namespace(netns):
         nl.add_bridge(ipr, "qlbr0", stp=True)
         nl.set_link(ipr, "qlbr0", up=True, mtu=1400, alias="qemulab:unit")
         link = nl.get_link(ipr, "qlbr0")
-        assert (link["kind"], link["stp"], link["mtu"], link["alias"], link["up"]) == ("bridge", True, 1400,
-                                                                                        "qemulab:unit", True)
+        observed = (link["kind"], link["stp"], link["mtu"], link["alias"], link["up"])
+        assert observed == ("bridge", True, 1400, "qemulab:unit", True)
         nl.add_address(ipr, "qlbr0", "10.20.70.1/24")
         assert nl.get_addresses(ipr, "qlbr0") == ["10.20.70.1/24"]
         nl.add_route(ipr, "10.20.80.0/24", "10.20.70.2", dev="qlbr0")
