@@ -406,8 +406,16 @@ def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, init
             f.write("/dev/vda / ext4 rw,noatime 0 1\n")
         with open(os.path.join(rootfs, "etc", "hostname"), "w") as f:
             f.write("qemulab\n")
-        # Root has no password (locked); SSH with the lab key is the only way in.
-        _run(["chroot", rootfs, "passwd", "-l", "root"], "lock root password")
+        # Root gets no usable password ("*"), but must not be "locked" ("!"): sshd without PAM then refuses keys too.
+        shadow = os.path.join(rootfs, "etc", "shadow")
+        with open(shadow) as f:
+            lines = f.read().splitlines()
+        with open(shadow, "w") as f:
+            for line in lines:
+                fields = line.split(":")
+                if fields[0] == "root":
+                    fields[1] = "*"
+                f.write(":".join(fields) + "\n")
         for rel in TRIM:
             path = os.path.join(rootfs, rel)
             if os.path.isdir(path):

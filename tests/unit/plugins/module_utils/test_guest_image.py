@@ -1,0 +1,139 @@
+"""The guest image's inputs, key, cache trust and initramfs module order, on files made in tmp_path."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.qemulab.network.plugins.module_utils import _guest_image as gi
+
+pytestmark = pytest.mark.unit
+
+DEB822 = """Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example.org/debian/
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example.org/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def _sources(tmp_path, deb822=None, one_line=None, extra_list=None):
+    d = tmp_path / "sources.list.d"
+    d.mkdir()
+    if deb822 is not None:
+        (d / "debian.sources").write_text(deb822)
+    if extra_list is not None:
+        (d / "third.list").write_text(extra_list)
+    lst = tmp_path / "sources.list"
+    if one_line is not None:
+        lst.write_text(one_line)
+    return str(lst), str(d)
+
+
+def test_mirror_comes_from_deb822_sources(tmp_path):
+    lst, d = _sources(tmp_path, deb822=DEB822, extra_list="deb https://packages.example.com/apt cloud-sdk main\n")
+    assert gi.host_debian_mirror("bookworm", lst, d) == "http://mirror.example.org/debian"
+
+
+def test_mirror_comes_from_one_line_sources_list(tmp_path):
+    lst, d = _sources(tmp_path, one_line="# deb http://old.example.org/debian bookworm main\n"
+                                         "deb [arch=amd64] http://ftp.example.net/debian bookworm main\n"
+                                         "deb-src http://src.example.net/debian bookworm main\n")
+    assert gi.host_debian_mirror("bookworm", lst, d) == "http://ftp.example.net/debian"
+
+
+def test_disabled_deb822_stanza_is_ignored_and_other_release_still_gives_a_debian_mirror(tmp_path):
+    lst, d = _sources(tmp_path, deb822="Types: deb\nURIs: http://a.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+                                       "Types: deb\nURIs: http://b.example/debian\nSuites: trixie\n")
+    assert gi.host_debian_mirror("bookworm", lst, d) == "http://b.example/debian"
+
+
+def test_no_debian_source_is_an_error_naming_the_variable(tmp_path):
+    lst, d = _sources(tmp_path, extra_list="deb https://deb.nodesource.com/node_20.x nodistro main\n")
+    with pytest.raises(gi.GuestImageError, match="guest_image_mirror"):
+        gi.host_debian_mirror("bookworm", lst, d)
+
+
+def _inputs(**over):
+    base = dict(suite="bookworm", mirror="http://m/debian", packages=["b", "a"], kernel_version="6.1.1",
+                files_digest="f", authorized_key="ssh-ed25519 AAA k\n", disk_size_mb=2048,
+                initramfs_modules=["virtio_blk"])
+    base.update(over)
+    return gi.image_inputs(**base)
+
+
+def test_key_ignores_package_order_and_key_whitespace_but_not_any_input():
+    key = gi.image_key(_inputs())
+    assert gi.image_key(_inputs(packages=["a", "b", "a"], authorized_key="ssh-ed25519 AAA k")) == key
+    for change in (dict(suite="trixie"), dict(mirror="http://n/debian"), dict(packages=["a"]),
+                   dict(kernel_version="6.1.2"), dict(files_digest="g"), dict(authorized_key="ssh-ed25519 BBB"),
+                   dict(disk_size_mb=4096), dict(initramfs_modules=["virtio_blk", "ext4"])):
+        assert gi.image_key(_inputs(**change)) != key, change
+
+
+def test_tree_digest_sees_content_mode_and_names(tmp_path):
+    (tmp_path / "sbin").mkdir()
+    init = tmp_path / "sbin" / "init"
+    init.write_text("#!/bin/sh\n")
+    os.chmod(init, 0o755)
+    first = gi.tree_digest([str(tmp_path)])
+    os.chmod(init, 0o644)
+    assert gi.tree_digest([str(tmp_path)]) != first
+    os.chmod(init, 0o755)
+    assert gi.tree_digest([str(tmp_path)]) == first
+    init.write_text("#!/bin/sh\n:\n")
+    assert gi.tree_digest([str(tmp_path)]) != first
+
+
+def _fake_image(cache, key):
+    d = cache / key
+    d.mkdir(parents=True)
+    sizes = {}
+    for name in gi.IMAGE_FILES:
+        (d / name).write_bytes(b"x" * 10)
+        sizes[name] = 10
+    (d / gi.MANIFEST).write_text(json.dumps({"key": key, "sizes": sizes}))
+    return d
+
+
+def test_only_a_complete_image_is_trusted(tmp_path):
+    d = _fake_image(tmp_path, "k1")
+    assert gi.read_image(str(tmp_path), "k1")["key"] == "k1"
+    (d / "disk.ext4").write_bytes(b"short")
+    assert gi.read_image(str(tmp_path), "k1") is None
+    (d / "disk.ext4").unlink()
+    assert gi.read_image(str(tmp_path), "k1") is None
+    assert gi.read_image(str(tmp_path), "missing") is None
+
+
+def test_stale_build_dirs_go_live_ones_stay(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".build-k1-{dead.pid}").mkdir()
+    (tmp_path / f".build-k2-{os.getpid()}").mkdir()
+    removed = gi.remove_stale_builds(str(tmp_path))
+    assert removed == [str(tmp_path / f".build-k1-{dead.pid}")]
+    assert (tmp_path / f".build-k2-{os.getpid()}").exists()
+
+
+def test_initramfs_modules_come_with_dependencies_first(tmp_path):
+    (tmp_path / "modules.dep").write_text(
+        "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko\n"
+        "kernel/lib/crc16.ko:\nkernel/fs/mbcache.ko:\nkernel/fs/jbd2/jbd2.ko:\n"
+        "kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_ring.ko:\n")
+    (tmp_path / "modules.builtin").write_text("kernel/crypto/crc32c_generic.ko\n")
+    order = gi.module_load_order(str(tmp_path), ["virtio_blk", "crc32c_generic", "ext4"])
+    assert order.index("kernel/drivers/virtio/virtio_ring.ko") < order.index("kernel/drivers/virtio/virtio.ko")
+    assert order.index("kernel/drivers/virtio/virtio.ko") < order.index("kernel/drivers/block/virtio_blk.ko")
+    assert order[-1] == "kernel/fs/ext4/ext4.ko"
+    assert len(order) == len(set(order)) == 7
+    with pytest.raises(gi.GuestImageError, match="guest_image_initramfs_modules"):
+        gi.module_load_order(str(tmp_path), ["no_such_module"])
