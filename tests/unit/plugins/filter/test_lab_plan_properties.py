@@ -150,7 +150,8 @@ def test_a_mutated_lab_gives_a_complete_plan_or_errors_never_an_exception(lab, d
             if where == "vm":
                 hostvars[name][data.draw(st.sampled_from(FIELDS_OF_A_VM))] = junk
             else:
-                nics = [nic for nic in hostvars[name].get("vm_nics") or [] if isinstance(nic, dict)]
+                current = hostvars[name].get("vm_nics")
+                nics = [nic for nic in current if isinstance(nic, dict)] if isinstance(current, list) else []
                 if nics:  # an earlier mutation may have replaced the NIC list itself
                     nic = nics[data.draw(st.integers(0, len(nics) - 1))]
                     nic[data.draw(st.sampled_from(FIELDS_OF_A_NIC))] = junk
