@@ -302,6 +302,7 @@ def build_initramfs(rootfs, kernel_release, init_script, modules, out_path):
     if not os.path.exists(busybox):
         raise GuestImageError("guest image: the guest has no /bin/busybox; keep busybox-static in guest_image_packages")
     shutil.copy2(busybox, os.path.join(staging, "bin", "busybox"))
+    os.chmod(os.path.join(staging, "bin", "busybox"), 0o755)
     shutil.copy2(init_script, os.path.join(staging, "init"))
     os.chmod(os.path.join(staging, "init"), 0o755)
     modules_dir = os.path.join(rootfs, "lib", "modules", kernel_release)
