@@ -118,6 +118,17 @@ def check_h1_reaches(guest_h1, address):
     guest_h1.run("ping -c 1 -W 2 %s" % address, timeout=30)
 
 
+def image_rebuilt(ctx, where, timing):
+    """A bring-up is meant to start with the image cached; say so when the guest_image role built it anyway."""
+    for play in timing.get("plays", []):
+        for task in play["tasks"]:
+            if (task.get("role") or "").endswith("guest_image") and task["changed"] and "image" in task["name"]:
+                ctx.error(where, "the guest image was rebuilt during this bring-up (its inputs changed since the "
+                                 "warm-up), so its time includes an image build (%.0f s)" % (task.get("seconds") or 0))
+                return True
+    return False
+
+
 def stages_of(timing):
     """Seconds per stage of a lab.yml run: per role (vm_launch split into its tasks: launching vs waiting for SSH),
     per play for tasks outside roles, in run order."""
@@ -125,12 +136,15 @@ def stages_of(timing):
     for play in timing.get("plays", []):
         for task in play["tasks"]:
             role = (task.get("role") or "").split(".")[-1]
+            name = task["name"].split(" : ", 1)[-1]
+            if name.startswith("Validating arguments against arg spec"):
+                continue
             if role == "vm_launch":
-                key = "vm_launch: " + task["name"]
+                key = "vm_launch: " + name
             else:
                 key = role or play["name"]
             stages[key] = round(stages.get(key, 0) + (task.get("seconds") or 0), 3)
-    return [{"name": k, "seconds": v} for k, v in stages.items()]
+    return [{"name": k, "seconds": v} for k, v in stages.items() if v >= 0.05]
 
 
 def lifecycle_collection(ctx, r, measure_dataplane_here):
@@ -143,12 +157,14 @@ def lifecycle_collection(ctx, r, measure_dataplane_here):
         log("lifecycle run %d: collection bring-up of the seed lab (%s)" % (r + 1, name))
         t_up, timing = lab.up()
         check_h1_reaches(lab.guest("h1"), H2)
+        image_rebuilt(ctx, "lifecycle run %d (collection)" % (r + 1), timing)
         ctx.metrics.add("lifecycle.collection.bringup_s", t_up)
         ctx.details["lifecycle_stages"].append({
             "run": r, "seconds": round(t_up, 2),
             "plays": [{"name": p["name"], "seconds": p.get("seconds")} for p in timing.get("plays", [])],
             "stages": stages_of(timing),
-            "slowest_tasks": sorted(({"play": p["name"], "task": t["name"], "seconds": t.get("seconds", 0)}
+            "slowest_tasks": sorted(({"play": p["name"], "task": t["name"].split(" : ", 1)[-1],
+                                      "seconds": t.get("seconds", 0)}
                                      for p in timing.get("plays", []) for t in p["tasks"]),
                                     key=lambda t: -(t["seconds"] or 0))[:8]})
         log("  bring-up %.1f s; idempotent re-run" % t_up)
@@ -195,7 +211,8 @@ def lifecycle_run(ctx, r, measure_dataplane_here):
     steps = [lambda: lifecycle_collection(ctx, r, measure_dataplane_here), lambda: lifecycle_seed_script(ctx, r)]
     for step in (steps if r % 2 == 0 else steps[::-1]):
         step()
-    ctx.metrics.pad("lifecycle.", r + 1)
+    ctx.metrics.pad("lifecycle.collection.", r + 1)
+    ctx.metrics.pad("lifecycle.seed_script.", r + 1)
     for what in ("bringup", "cleanup"):
         c = ctx.metrics.data["lifecycle.collection.%s_s" % what]["values"][-1]
         s = ctx.metrics.data["lifecycle.seed_script.%s_s" % what]["values"][-1]
@@ -289,6 +306,7 @@ def scale_size(ctx, r, n):
         log("scale run %d: chain of %d VMs (%s)" % (r + 1, n, name))
         t_up, timing = lab.up()
         check_h1_reaches(lab.guest("h1"), "10.77.%d.2" % (n - 2))
+        image_rebuilt(ctx, "scale run %d (%d VMs)" % (r + 1, n), timing)
         rss = lab.rss_kib()
         if len(rss) != n:
             raise BenchError("found %d QEMU processes of lab %s, expected %d" % (len(rss), name, n))
@@ -492,6 +510,8 @@ def main(argv=None):
     changed = [t for run_ in ctx.details["rerun_changed_tasks"] for t in run_["tasks"]]
     if changed:
         lines += ["Tasks that changed in the idempotent re-run: " + "; ".join(changed), ""]
+    if interrupted:
+        lines += ["INTERRUPTED: the run was stopped before it finished; the table holds what was measured.", ""]
     if ctx.errors:
         lines += ["Errors:", ""] + ["- " + e for e in ctx.errors] + [""]
     if leftovers:
