@@ -111,6 +111,32 @@ def apt_candidate(package):
     return m.group(1) if m and m.group(1) != "(none)" else ""
 
 
+def cached_apt_candidate(package, cache_dir, lists_dir="/var/lib/apt/lists"):
+    """apt_candidate, remembered until apt's package lists change (apt-cache costs ~0.4 s, most of a cache hit)."""
+    try:
+        stamp = max(os.stat(lists_dir).st_mtime_ns,
+                    *(os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(lists_dir, "*_Packages*"))))
+    except (OSError, ValueError):
+        return apt_candidate(package)
+    memo = os.path.join(cache_dir, ".apt-candidates.json")
+    try:
+        with open(memo) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(package, {})
+    if entry.get("lists_mtime_ns") == stamp and entry.get("version"):
+        return entry["version"]
+    version = apt_candidate(package)
+    if version and os.path.isdir(cache_dir):
+        known[package] = {"lists_mtime_ns": stamp, "version": version}
+        tmp = f"{memo}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(known, f)
+        os.rename(tmp, memo)
+    return version
+
+
 def tree_digest(paths):
     """sha256 over the names, modes and contents (or link targets) of files under `paths`."""
     h = hashlib.sha256()

@@ -145,8 +145,8 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qemulab.network.plugins.module_utils._guest_image import (
-    BuildLock, GuestImageError, apt_candidate, build_image, host_debian_mirror, image_inputs, image_key, image_paths,
-    read_image, tree_digest,
+    BuildLock, GuestImageError, build_image, cached_apt_candidate, host_debian_mirror, image_inputs, image_key,
+    image_paths, read_image, tree_digest,
 )
 
 ROOT_ARGS = "root=/dev/vda rw init=/sbin/qemulab-init"
@@ -177,7 +177,7 @@ def main():
             module.fail_json(msg=f"guest_image: {opt} {p[opt]} does not exist; point it at the guest_image role's files")
     try:
         mirror = p["mirror"].rstrip("/") or host_debian_mirror(p["suite"])
-        kernel_version = p["kernel_version"] or apt_candidate("linux-image-amd64")
+        kernel_version = p["kernel_version"] or cached_apt_candidate("linux-image-amd64", p["cache_dir"])
         if not kernel_version:
             module.fail_json(msg="guest_image: apt-cache policy linux-image-amd64 has no candidate on this host; "
                                  "run apt-get update or set kernel_version (guest_image_kernel_version)")

@@ -17,6 +17,8 @@ from conftest import REPO_ROOT, VENV_PYTHON, run_playbook
 
 pytestmark = pytest.mark.integration
 
+ROLE_TASK = "qemulab.network.guest_image : "
+
 ROLE_PLAY = """
 - name: Guest image
   hosts: localhost
@@ -66,8 +68,8 @@ def image():
     """The role's published facts (built on the first run on this host, cached after)."""
     res = run_playbook(ROLE_PLAY, timeout=3600)
     assert res.rc == 0, res
-    facts = res.result("Publish the image for the lab roles")["ansible_facts"]
-    facts["build"] = res.result("Build or reuse the guest image")
+    facts = res.result(ROLE_TASK + "Publish the image for the lab roles")["ansible_facts"]
+    facts["build"] = res.result(ROLE_TASK + "Build or reuse the guest image")
     return facts
 
 
@@ -92,7 +94,7 @@ def test_role_outputs_point_at_a_complete_cached_image(image):
 def test_second_run_reuses_the_image_in_under_a_second(image):
     res = run_playbook(ROLE_PLAY)
     assert res.rc == 0, res
-    build = res.result("Build or reuse the guest image")
+    build = res.result(ROLE_TASK + "Build or reuse the guest image")
     assert build["changed"] is False
     assert build["key"] == image["build"]["key"]
     # The module alone, as Ansible runs it: a cache hit must cost well under a second.
@@ -115,7 +117,7 @@ def test_second_run_reuses_the_image_in_under_a_second(image):
 def test_changed_input_means_rebuild_and_check_mode_builds_nothing(image):
     res = run_playbook(ROLE_PLAY, extra_vars={"guest_image_disk_size_mb": 2049}, check=True, diff=True)
     assert res.rc == 0, res
-    build = res.result("Build or reuse the guest image")
+    build = res.result(ROLE_TASK + "Build or reuse the guest image")
     assert build["changed"] is True
     assert build["key"] != image["build"]["key"]
     assert build["diff"] == {"before": {"key": build["key"], "built": False},
