@@ -123,8 +123,9 @@ def image_rebuilt(ctx, where, timing):
     for play in timing.get("plays", []):
         for task in play["tasks"]:
             if (task.get("role") or "").endswith("guest_image") and task["changed"] and "image" in task["name"]:
-                ctx.error(where, "the guest image was rebuilt during this bring-up (its inputs changed since the "
-                                 "warm-up), so its time includes an image build (%.0f s)" % (task.get("seconds") or 0))
+                ctx.error(where, "the guest image was rebuilt during this playbook run (its inputs, e.g. the files "
+                                 "of roles/guest_image, changed since the warm-up), so its time includes an image "
+                                 "build (%.0f s) and whatever that restarted" % (task.get("seconds") or 0))
                 return True
     return False
 
@@ -169,6 +170,7 @@ def lifecycle_collection(ctx, r, measure_dataplane_here):
                                     key=lambda t: -(t["seconds"] or 0))[:8]})
         log("  bring-up %.1f s; idempotent re-run" % t_up)
         t_re, timing_re = lab.playbook("rerun")
+        image_rebuilt(ctx, "lifecycle run %d (collection re-run)" % (r + 1), timing_re)
         ctx.metrics.add("lifecycle.collection.rerun_s", t_re)
         ctx.metrics.add("lifecycle.collection.rerun_changed", timing_re.get("changed", -1))
         ctx.details["rerun_changed_tasks"].append(
