@@ -118,7 +118,7 @@ def stages(ax, runs):
     rects = ax.barh(range(len(names)), meds, color="tab:green")
     ax.bar_label(rects, labels=["%.1f s" % v for v in meds], fontsize=8, padding=2)
     ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(["\n".join(textwrap.wrap(textwrap.shorten(n, 60, placeholder="…"), 24)) for n in names],
+    ax.set_yticklabels(["\n".join(textwrap.wrap(textwrap.shorten(n, 58, placeholder="…"), 30)) for n in names],
                        fontsize=7)
     ax.set_xlabel("seconds (median over runs)")
     ax.margins(x=0.2)
