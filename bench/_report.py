@@ -174,8 +174,8 @@ def chart(results, path):
           ("h1→rt1 (1 hop)", ["dataplane.%s.1hop.ping_avg_ms" % v for v in variants])],
          "Data plane: ping avg of 20 per NIC model", "ms")
     bars(axes[0][2], ["bring-up to\nh1 pings h2", "idempotent\nre-run", "cleanup"],
-         [("collection (ansible-playbook lab.yml)", ["lifecycle.collection.bringup_s", "lifecycle.collection.rerun_s",
-                                                    "lifecycle.collection.cleanup_s"]),
+         [("collection (ansible-playbook lab.yml)",
+           ["lifecycle.collection.bringup_s", "lifecycle.collection.rerun_s", "lifecycle.collection.cleanup_s"]),
           ("seed scripts (bench/seed/)", ["lifecycle.seed_script.bringup_s", None,
                                           "lifecycle.seed_script.cleanup_s"])],
          "Lifecycle of the seed lab (7 VMs)", "seconds")

@@ -48,9 +48,9 @@ def compare(old, new, threshold=10.0):
         mo, mn = a.median(key), b.median(key)
         change, word = verdict(mo, mn, meta.get("better", "lower"), threshold)
         tgt = target_for(key)
-        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (meta["label"], meta["unit"], fmt(mo, meta["unit"]),
-                                                            fmt(mn, meta["unit"]), change, word,
-                                                            tgt[2] if tgt else ""))
+        cells = (meta["label"], meta["unit"], fmt(mo, meta["unit"]), fmt(mn, meta["unit"]), change, word,
+                 tgt[2] if tgt else "")
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % cells)
     return "\n".join(lines)
 
 
