@@ -74,7 +74,7 @@ def _oriented_links(plan):
     """
     links = _links(plan)
     neighbours = {}
-    for a, b, _, _ in links:
+    for a, b, _label_a, _label_b in links:
         neighbours.setdefault(a, []).append(b)
         neighbours.setdefault(b, []).append(a)
     starts = [("port", p["name"]) for p in plan.get("host_ports") or [] if p.get("bridge")]
@@ -250,8 +250,8 @@ def lab_graph_mermaid(plan):
     out = ["flowchart TB"]
     subnets = _bridges(plan)
     for bridge in sorted(subnets):
-        out.append('  %s[/"%s"/]' % (_mermaid_id("bridge", bridge),
-                                       _mermaid_text([bridge, subnets[bridge] or "no subnet"], bold_first=True)))
+        label = _mermaid_text([bridge, subnets[bridge] or "no subnet"], bold_first=True)
+        out.append('  %s[/"%s"/]' % (_mermaid_id("bridge", bridge), label))
     for vm in plan["vms"]:
         lines, routing = _vm_facts(vm)
         text = _mermaid_text([vm["name"]] + lines + routing, bold_first=True)

@@ -89,10 +89,7 @@ import ipaddress
 import os
 import re
 
-try:
-    from collections.abc import Mapping
-except ImportError:  # Python 2 controllers are out of scope, but keep the import honest
-    from collections import Mapping
+from ansible.module_utils.six.moves.collections_abc import Mapping
 
 try:
     from jinja2 import Undefined
@@ -742,7 +739,7 @@ class _Planner(object):
         for i, (bridge_a, net_a) in enumerate(known):
             for bridge_b, net_b in known[i + 1:]:
                 if net_a.overlaps(net_b):
-                    a_owner, a_field, _ = self.segments[bridge_a][0]
+                    a_owner, a_field, _address = self.segments[bridge_a][0]
                     b_owner, b_field, b_iface = self.segments[bridge_b][0]
                     problems.add(b_owner, b_field, "%s puts bridge %s in %s, which overlaps %s of bridge %s (set by "
                                  "%s %s); give every bridge its own subnet" % (
@@ -823,7 +820,7 @@ class _Planner(object):
         for vm in vms:
             name = vm["name"]
             attached = [(nic["dev"], nic["_iface"].network) for nic in vm["nics"] if nic.get("_iface")]
-            networks = None if name in self.unresolved else [net for _, net in attached]
+            networks = None if name in self.unresolved else [net for _nic, net in attached]
             routes_in = vm["_routes_in"]
             if routes_in is not _MISSING and routes_in is not None:
                 own = [nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")]

@@ -104,7 +104,7 @@ def apt_candidate(package):
     """The version apt would install for `package` on this host (what the mirror serves), or ''."""
     try:
         out = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True, timeout=30,
-                             env=dict(os.environ, LC_ALL="C")).stdout
+                             env=dict(os.environ, LC_ALL="C"), check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
     m = re.search(r"^\s*Candidate:\s*(\S+)", out, re.M)
@@ -230,7 +230,7 @@ def _mounts_under(path):
 def remove_build_dir(path):
     """rmtree a build directory, after unmounting what debootstrap left mounted in it (its /proc, /sys, /dev)."""
     for point in _mounts_under(path):
-        subprocess.run(["umount", "-l", point], capture_output=True)
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
     if _mounts_under(path):
         # Never recurse into a host filesystem still mounted inside the chroot.
         raise GuestImageError(f"guest image: cannot remove {path}: {_mounts_under(path)} still mounted; unmount them")
@@ -273,7 +273,7 @@ class BuildLock:
 
 def _run(cmd, what, timeout=1800, **kwargs):
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs, check=False)
     except OSError as e:
         raise GuestImageError(f"guest image: {what}: cannot run {cmd[0]}: {e}; install it (make apt)")
     except subprocess.TimeoutExpired:

@@ -21,7 +21,7 @@ description:
   - The kernel command line returned in RV(append) boots the guest's own init (no systemd); the per-VM part
     (C(qemulab.nics=), C(qemulab.mgmt=), C(qemulab.hostname=)) is added by the lab roles.
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 requirements:
   - debootstrap, e2fsprogs (mke2fs with -d), cpio, openssh-client (ssh-keygen) on the lab host
 options:
@@ -86,8 +86,10 @@ options:
     default: console=ttyS0 quiet
 attributes:
   check_mode:
+    description: Reports what would change without changing anything.
     support: full
   diff_mode:
+    description: Returns the state before and after.
     support: full
 """
 
@@ -109,19 +111,19 @@ key:
 dir:
   description: The image directory.
   returned: always
-  type: path
+  type: str
 kernel:
   description: Path of the guest kernel.
   returned: always
-  type: path
+  type: str
 initrd:
   description: Path of the tiny initramfs.
   returned: always
-  type: path
+  type: str
 disk:
   description: Path of the raw ext4 base disk (use it as the backing file of per-VM overlays).
   returned: always
-  type: path
+  type: str
 append:
   description: Kernel command line without the per-VM part.
   returned: always

@@ -15,7 +15,7 @@ description:
     C(qemulab:<lab>) alias the plumbing modules set), and whether the namespace itself was created by the lab.
   - The teardown role uses it to find exactly what a lab created, even after an interrupted bring-up.
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 requirements:
   - pyroute2
 options:
@@ -28,8 +28,10 @@ options:
     type: str
 attributes:
   check_mode:
+    description: Reports what would change without changing anything.
     support: full
   diff_mode:
+    description: No diff is returned.
     support: none
 """
 

@@ -16,7 +16,7 @@ description:
   - Runs inside lab guests (the guest_network role) and on the lab host for host ports. Only the listed interfaces
     are touched, so a guest's management NIC and the host's own interfaces keep their configuration.
 author:
-  - qemulab developers
+  - qemulab developers (@qemulab)
 requirements:
   - pyroute2 (Debian's python3-pyroute2 inside guests)
 options:
@@ -73,8 +73,10 @@ options:
     default: ""
 attributes:
   check_mode:
+    description: Reports what would change without changing anything.
     support: full
   diff_mode:
+    description: Returns the state before and after.
     support: full
 """
 
@@ -189,9 +191,9 @@ def main():
             have = addressing.read_state(ipr, names)
             missing = [n for n in names if n not in have["interfaces"]]
             if missing:
+                where = " in namespace " + module.params["netns"] if module.params["netns"] else ""
                 module.fail_json(msg="interface(s) %s do not exist%s; check the VM's NICs (vm_nics) or the host "
-                                 "port names" % (", ".join(missing), " in namespace " + module.params["netns"]
-                                                  if module.params["netns"] else ""))
+                                 "port names" % (", ".join(missing), where))
             changes = addressing.plan(have, interfaces, routes, module.params["purge_addresses"],
                                       module.params["purge_routes"])
             if changes and not module.check_mode:
