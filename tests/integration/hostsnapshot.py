@@ -43,9 +43,9 @@ def snapshot(netns=None):
             info = m.get_attr("IFLA_LINKINFO")
             links.append((m.get_attr("IFLA_IFNAME"), info.get_attr("IFLA_INFO_KIND") if info else None,
                           names.get(m.get_attr("IFLA_MASTER")), m.get_attr("IFLA_IFALIAS"), bool(m["flags"] & 1)))
-        addresses = sorted((names.get(m["index"]), m.get_attr("IFA_ADDRESS"), m["prefixlen"])
-                           for m in ipr.get_addr())
-        routes = sorted((r["family"], r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_GATEWAY"),
+        addresses = sorted(((names.get(m["index"]), m.get_attr("IFA_ADDRESS"), m["prefixlen"])
+                           for m in ipr.get_addr()), key=str)
+        routes = list((r["family"], r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_GATEWAY"),
                          names.get(r.get_attr("RTA_OIF")), r.get_attr("RTA_TABLE"))
                         for r in ipr.get_routes(family=socket.AF_UNSPEC))
     return {
