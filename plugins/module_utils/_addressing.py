@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Addresses and static routes of a set of interfaces: read, compare with what is wanted, apply the difference.
 
-Used on the lab host (host ports) and inside guests (Debian's pyroute2 0.7 there, 0.9 on the host), so only the
-IPRoute calls both versions share are used.
+Used on the lab host (host ports) and inside guests (Debian's pyroute2 0.7 there, 0.9 on the host); every kernel
+call goes through the netlink layer's helpers, which use only what both versions share.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -11,10 +11,17 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ipaddress
-import socket
 
-MAIN_TABLE = 254
-RTPROT_KERNEL = 2
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
+    add_address,
+    add_route,
+    delete_address,
+    delete_route,
+    get_addresses,
+    get_link,
+    get_routes,
+    set_link,
+)
 
 
 def normalize_address(value):
@@ -38,28 +45,16 @@ def normalize_route(route):
 
 
 def read_state(ipr, names):
-    """What the kernel has for `names`: {name: {index, up, addresses}} and the gateway routes leaving them."""
+    """What the kernel has for `names`: {name: {up, addresses}} and the gateway routes leaving them."""
     interfaces = {}
     for name in names:
-        indexes = ipr.link_lookup(ifname=name)
-        if not indexes:
+        link = get_link(ipr, name)
+        if link is None:
             continue
-        index = indexes[0]
-        link = ipr.get_links(index)[0]
-        addresses = sorted(
-            "%s/%d" % (msg.get_attr("IFA_ADDRESS"), msg["prefixlen"])
-            for msg in ipr.get_addr(index=index, family=socket.AF_INET)
-        )
-        interfaces[name] = {"index": index, "up": bool(link["flags"] & 1), "addresses": addresses}
-    by_index = dict((v["index"], k) for k, v in interfaces.items())
-    routes = []
-    for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-        gateway = msg.get_attr("RTA_GATEWAY")
-        oif = msg.get_attr("RTA_OIF")
-        if not gateway or oif not in by_index or msg["proto"] == RTPROT_KERNEL:
-            continue
-        dst = msg.get_attr("RTA_DST") or "0.0.0.0"
-        routes.append({"to": "%s/%d" % (dst, msg["dst_len"]), "via": gateway, "dev": by_index[oif]})
+        addresses = [a for a in get_addresses(ipr, name) if ipaddress.ip_interface(a).version == 4]
+        interfaces[name] = {"up": link["up"], "addresses": addresses}
+    routes = [dict(route, to="0.0.0.0/0" if route["to"] == "default" else route["to"])
+              for route in get_routes(ipr) if route["dev"] in interfaces]
     routes.sort(key=lambda r: (r["to"], r["via"]))
     return {"interfaces": interfaces, "routes": routes}
 
@@ -96,21 +91,17 @@ def plan(have, want_interfaces, want_routes, purge_addresses=True, purge_routes=
     return changes
 
 
-def apply(ipr, have, changes):
+def apply(ipr, changes):
     """Carry out `plan`'s changes in order: links, addresses, then routes (a gateway needs its subnet first)."""
-    index = dict((name, v["index"]) for name, v in have["interfaces"].items())
     for action, item in changes:
         if action == "link_up":
-            ipr.link("set", index=index[item["name"]], state="up")
-        elif action in ("addr_add", "addr_del"):
-            iface = ipaddress.ip_interface(item["address"])
-            ipr.addr("add" if action == "addr_add" else "del", index=index[item["name"]],
-                     address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            set_link(ipr, item["name"], up=True)
+        elif action == "addr_add":
+            add_address(ipr, item["name"], item["address"])
+        elif action == "addr_del":
+            delete_address(ipr, item["name"], item["address"])
     for action, item in changes:
         if action == "route_del":
-            ipr.route("del", dst=item["to"], gateway=item["via"], table=MAIN_TABLE)
+            delete_route(ipr, item["to"], item["via"])
         elif action == "route_add":
-            kwargs = {"dst": item["to"], "gateway": item["via"], "table": MAIN_TABLE}
-            if item.get("dev"):
-                kwargs["oif"] = index[item["dev"]]
-            ipr.route("add", **kwargs)
+            add_route(ipr, item["to"], item["via"], item.get("dev"))

@@ -197,7 +197,7 @@ def main():
             changes = addressing.plan(have, interfaces, routes, module.params["purge_addresses"],
                                       module.params["purge_routes"])
             if changes and not module.check_mode:
-                addressing.apply(ipr, have, changes)
+                addressing.apply(ipr, changes)
     except NetlinkError as exc:
         module.fail_json(msg="ip_config: %s" % exc)
     except Exception as exc:  # pyroute2 raises its own NetlinkError types on apply
