@@ -37,7 +37,10 @@ MEMORY_UNITS_MIB = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
 
 # Fields that change what QEMU runs; state, timeouts and on_change do not.
 CONFIG_FIELDS = ("name", "lab", "run_dir", "kernel", "initrd", "append", "disks", "memory", "vcpus", "accelerator",
-                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox")
+                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg")
+# fw_cfg items are matched by name and file: their contents are read only at boot, so new contents are written for
+# the next boot without restarting the VM (the lab's config stage changes the running guest itself).
+FW_CFG_NAME_RE = re.compile(r"^opt/[A-Za-z0-9._/-]{1,51}$")
 
 
 class QemuConfigError(Exception):
@@ -114,6 +117,16 @@ def normalise_config(params):
             entry.update({"hostfwd": forwards, "net": nic.get("net") or None,
                           "restrict": True if nic.get("restrict") is None else bool(nic["restrict"])})
         nics.append(entry)
+    fw_cfg = []
+    for index, item in enumerate(params.get("fw_cfg") or []):
+        if not FW_CFG_NAME_RE.match(item["name"] or "") or "//" in item["name"] or ".." in item["name"]:
+            raise QemuConfigError("VM %s: fw_cfg[%d].name %r is not usable; QEMU wants opt/<path> of letters, digits, "
+                                  "'.', '_', '-' and '/', at most 55 characters (like opt/qemulab/interfaces)"
+                                  % (name, index, item["name"]))
+        if item["name"] in [f["name"] for f in fw_cfg]:
+            raise QemuConfigError("VM %s: fw_cfg[%d].name %s is given twice" % (name, index, item["name"]))
+        fw_cfg.append({"name": item["name"],
+                       "file": os.path.join(run_dir, "fw_cfg", item["name"][len("opt/"):].replace("/", "_"))})
     return {
         "name": name,
         "lab": lab,
@@ -131,6 +144,7 @@ def normalise_config(params):
         "qemu_binary": params.get("qemu_binary") or "qemu-system-x86_64",
         "extra_args": list(params.get("extra_args") or []),
         "sandbox": True if params.get("sandbox") is None else bool(params["sandbox"]),
+        "fw_cfg": fw_cfg,
     }
 
 
@@ -377,6 +391,8 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True):
         else:
             netdev = _netdev_user(index, nic)
         argv += ["-device", device, "-netdev", netdev]
+    for item in config.get("fw_cfg") or []:
+        argv += ["-fw_cfg", "name=%s,file=%s" % (item["name"], item["file"].replace(",", ",,"))]
     argv += ["-display", "none", "-nodefaults", "-no-user-config"]
     if daemon:
         argv += ["-pidfile", paths["pidfile"],
@@ -540,6 +556,32 @@ def open_tap(ifname, netns=None):
             os.close(ns_fd)
 
 
+def fw_cfg_drift(config, contents):
+    """{name: (old content or None, new content)} for the fw_cfg files whose contents differ from `contents`."""
+    drift = {}
+    for item in config.get("fw_cfg") or []:
+        try:
+            with open(item["file"]) as f:
+                old = f.read()
+        except (OSError, IOError):
+            old = None
+        if old != contents[item["name"]]:
+            drift[item["name"]] = (old, contents[item["name"]])
+    return drift
+
+
+def write_fw_cfg(config, contents, names):
+    directory = os.path.join(config["run_dir"], "fw_cfg")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for item in config.get("fw_cfg") or []:
+        if item["name"] in names:
+            tmp = item["file"] + ".tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(contents[item["name"]])
+            os.rename(tmp, item["file"])
+
+
 def prepare_run_dir(run_dir):
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     os.chmod(run_dir, 0o700)
@@ -628,6 +670,10 @@ QEMU_VM_ARGUMENT_SPEC = dict(
     qemu_binary=dict(type="str", default="qemu-system-x86_64"),
     extra_args=dict(type="list", elements="str", default=[]),
     sandbox=dict(type="bool", default=True),
+    fw_cfg=dict(type="list", elements="dict", default=[], options=dict(
+        name=dict(type="str", required=True),
+        content=dict(type="str", required=True),
+    )),
 )
 
 
@@ -705,7 +751,9 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
                              or (state == "running" and changes and params["on_change"] == "restart"))
     need_start = state == "restarted" or (state == "running" and (not running or need_stop))
     remove_dir = state == "absent" and os.path.isdir(config["run_dir"])
-    changed = bool(need_stop or need_start or remove_dir)
+    fw_cfg_contents = dict((item["name"], item["content"]) for item in params.get("fw_cfg") or [])
+    fw_cfg_changes = fw_cfg_drift(config, fw_cfg_contents) if state in ("running", "restarted") else {}
+    changed = bool(need_stop or need_start or remove_dir or fw_cfg_changes)
 
     result = dict(changed=changed, changes=changes, run_dir=paths["run_dir"], qmp_socket=paths["qmp_socket"],
                   console_socket=paths["console_socket"], console_log=paths["console_log"], log=paths["log"],
@@ -724,6 +772,10 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
         after.update(after_diff)
     elif need_start and not running:
         after.update(dict((k, config[k]) for k in CONFIG_FIELDS))
+    if fw_cfg_changes:
+        before["fw_cfg_contents"] = dict((n, old) for n, (old, new) in fw_cfg_changes.items())
+        after["fw_cfg_contents"] = dict((n, new) for n, (old, new) in fw_cfg_changes.items())
+        result["fw_cfg_updated"] = sorted(fw_cfg_changes)
     result["diff"] = dict(before=before, after=after)
 
     vhost, vhost_reasons, fds = {}, {}, {}
@@ -758,9 +810,12 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
         if result["stopped_by"] == "still running":
             module.fail_json(msg="VM %s: QEMU (pid %s) survived powerdown, QMP quit, SIGTERM and SIGKILL; see %s"
                              % (config["name"], have["pid"], paths["log"]))
+    if fw_cfg_changes and not need_start and os.path.isdir(config["run_dir"]):
+        write_fw_cfg(config, fw_cfg_contents, fw_cfg_changes)
     if need_start:
         try:
             prepare_run_dir(config["run_dir"])
+            write_fw_cfg(config, fw_cfg_contents, fw_cfg_contents)
             for index, nic in enumerate(config["nics"]):
                 if nic["backend"] == "tap" and nic["netns"]:
                     try:

@@ -13,7 +13,8 @@ version_added: 0.1.0
 description:
   - Makes sure a guest image built from exactly the given inputs exists under O(cache_dir)/<key>/, where <key> is a
     hash of the inputs (suite, mirror, package list, kernel version, the files put into the guest, the authorized
-    SSH key, disk size, initramfs modules). Files are C(vmlinuz), C(initrd.img), C(disk.ext4) and C(manifest.json).
+    SSH key, disk size, initramfs modules). Files are C(vmlinuz), C(vmlinux) (the same kernel uncompressed, when its
+    payload decompresses to an ELF with a PVH entry), C(initrd.img), C(disk.ext4) and C(manifest.json).
   - An existing image with the same key is reused (changed false, no network access beyond C(apt-cache policy)).
     Otherwise it is built with C(debootstrap --variant=minbase), the tiny initramfs is assembled from the guest's own
     busybox and kernel modules, and C(mke2fs -t ext4 -d) makes the raw disk without loop mounts; the result is
@@ -113,7 +114,9 @@ dir:
   returned: always
   type: str
 kernel:
-  description: Path of the guest kernel.
+  description:
+    - Path of the kernel a VM should boot. The uncompressed C(vmlinux) when the image has one, because the
+      bzImage's decompressor costs seconds of every boot under TCG; otherwise C(vmlinuz).
   returned: always
   type: str
 initrd:
@@ -148,7 +151,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qemulab.network.plugins.module_utils._guest_image import (
     BuildLock, GuestImageError, build_image, cached_apt_candidate, host_debian_mirror, image_inputs, image_key,
-    image_paths, read_image, tree_digest,
+    boot_kernel, image_paths, read_image, tree_digest,
 )
 
 ROOT_ARGS = "root=/dev/vda rw init=/sbin/qemulab-init"
@@ -189,7 +192,7 @@ def main():
         key = image_key(inputs)
         paths = image_paths(p["cache_dir"], key)
         manifest = read_image(p["cache_dir"], key)
-        result = dict(key=key, dir=paths["dir"], kernel=paths["kernel"], initrd=paths["initrd"], disk=paths["disk"],
+        result = dict(key=key, dir=paths["dir"], kernel=boot_kernel(paths, manifest), initrd=paths["initrd"], disk=paths["disk"],
                       append=f"{ROOT_ARGS} {p['kernel_args']}".strip(), mirror=mirror,
                       kernel_version=kernel_version, manifest=manifest or {})
         before = {"key": key, "built": manifest is not None}
@@ -211,6 +214,7 @@ def main():
                         p["initramfs_init"], p["authorized_key"], p["disk_size_mb"], p["initramfs_modules"],
                         p["deb_cache_dir"], module.log)
             result["manifest"] = manifest
+            result["kernel"] = boot_kernel(paths, manifest)
     except GuestImageError as e:
         module.fail_json(msg=str(e))
     module.exit_json(changed=changed, diff={"before": before, "after": {"key": key, "built": True}}, **result)

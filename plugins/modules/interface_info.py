@@ -49,7 +49,11 @@ interfaces:
   returned: always
   type: list
   elements: dict
-  sample: [{"name": "br1", "kind": "bridge", "master": null, "alias": "qemulab:seed", "owner": "seed", "up": true}]
+  sample: [{"name": "br1", "kind": "bridge", "master": null, "alias": "qemulab:seed", "owner": "seed", "up": true,
+            "mac": "6e:1c:...", "tun": null},
+           {"name": "vport11", "kind": "tun", "master": "br1", "alias": "qemulab:seed", "owner": "seed", "up": true,
+            "mac": "...", "tun": {"type": "tap", "owner": null, "group": null, "multi_queue": false,
+                                  "vnet_hdr": true, "persist": true}}]
 netns_exists:
   description: Whether the namespace exists (always true for the current one).
   returned: always
@@ -100,7 +104,8 @@ def main():
         if lab and owner != lab:
             continue
         interfaces.append({"name": link["name"], "kind": link["kind"], "master": link["master"],
-                           "alias": link["alias"], "owner": owner, "up": link["up"], "mac": link["mac"]})
+                           "alias": link["alias"], "owner": owner, "up": link["up"], "mac": link["mac"],
+                           "tun": link["tun"]})
     module.exit_json(changed=False, interfaces=interfaces, netns_exists=True, netns_owned=netns_owned)
 
 

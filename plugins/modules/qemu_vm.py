@@ -175,6 +175,27 @@ options:
     description: Run QEMU with C(-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny).
     type: bool
     default: true
+  fw_cfg:
+    description:
+      - Files handed to the guest through QEMU's firmware configuration device (C(-fw_cfg name=...,file=...)); a
+        Linux guest reads them under C(/sys/firmware/qemu_fw_cfg/by_name/) once the C(qemu_fw_cfg) module is
+        loaded. The default guest image's init reads C(opt/qemulab/interfaces) and C(opt/qemulab/sysctl) to
+        configure its network at boot.
+      - Each content is written to O(run_dir)/fw_cfg/ (mode 0600). QEMU reads it only at start, so changed contents
+        are written for the next boot without restarting a running VM (reported as changed, in RV(fw_cfg_updated));
+        adding or removing an item restarts it like any other configuration change.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The item's name, C(opt/) followed by at most 51 characters of letters, digits, C(._-/).
+        type: str
+        required: true
+      content:
+        description: The item's contents.
+        type: str
+        required: true
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -264,6 +285,11 @@ stopped_by:
 changes:
   description: Configuration fields that differ from the running VM.
   returned: always
+  type: list
+  elements: str
+fw_cfg_updated:
+  description: Names of O(fw_cfg) items whose contents this task wrote anew (read by the guest at its next boot).
+  returned: when any changed
   type: list
   elements: str
 """

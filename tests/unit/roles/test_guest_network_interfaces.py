@@ -1,7 +1,8 @@
-"""Unit test (no guest): the guest_network role renders each seed VM's /etc/network/interfaces as the seed writes it.
+"""Unit test (no guest): each seed VM's /etc/network/interfaces (the guest_interfaces_file filter, which vm_launch
+hands the guest at boot and guest_network writes) reads as the seed writes it.
 
-Renders the role's template through a real ansible-playbook run on the seed inventory's plan, writing into a temp
-directory instead of a guest, then compares the stanzas with the seed's own text (../shared/seed-lab.md).
+Renders it through a real ansible-playbook run on the seed inventory's plan, writing into a temp directory instead
+of a guest, then compares the stanzas with the seed's own text (../shared/seed-lab.md).
 """
 import os
 import subprocess
@@ -22,16 +23,13 @@ PLAY = """
   gather_facts: false
   connection: local
   tasks:
-    - ansible.builtin.template:
-        src: "%(repo)s/roles/guest_network/templates/interfaces.j2"
+    - ansible.builtin.copy:
+        content: "{{ __vm.nics | qemulab.network.guest_interfaces_file(__vm.routes, __vm.gateway) }}"
         dest: "%(out)s/{{ inventory_hostname }}"
         mode: "0644"
       delegate_to: localhost
       vars:
         __vm: "{{ hostvars['localhost'].lab_plan.vms | selectattr('name', 'equalto', inventory_hostname) | first }}"
-        guest_network_nics: "{{ __vm.nics }}"
-        guest_network_routes: "{{ __vm.routes }}"
-        guest_network_gateway: "{{ __vm.gateway }}"
 """
 
 

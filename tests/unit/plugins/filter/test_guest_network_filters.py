@@ -32,3 +32,76 @@ def test_qemu_nics_puts_the_management_nic_last_bound_to_loopback_port():
     assert nics[1]["model"] == "virtio-net-pci" and nics[1]["vhost"] == "auto"
     assert nics[2]["restrict"] is True
     assert nics[2]["hostfwd"] == [{"host_port": 2202, "guest_port": 22, "protocol": "tcp"}]
+
+
+# --- the running-state comparison (guest_network_probe's output, as a bookworm guest's iproute2 prints it) -----
+
+from ansible_collections.qemulab.network.plugins.filter.guest_network import (  # noqa: E402
+    guest_interfaces_file, guest_network_drift, guest_network_probe, guest_sysctl_file)
+
+H1_NICS = [{"dev": "eth0", "address": "10.20.10.10/24"}]
+H1_INTERFACES = guest_interfaces_file(H1_NICS, [], "10.20.10.1")
+H1_SYSCTL = guest_sysctl_file(False)
+ADDRESSES = ('[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"family":"inet",'
+             '"local":"127.0.0.1","prefixlen":8}]},{"ifindex":2,"ifname":"eth0","flags":["BROADCAST","MULTICAST",'
+             '"UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"10.20.10.10","prefixlen":24},{"family":'
+             '"inet6","local":"fe80::1034:56ff:feab:cd81","prefixlen":64}]},{"ifindex":3,"ifname":"mgmt0","flags":'
+             '["UP"],"addr_info":[{"family":"inet","local":"10.0.2.15","prefixlen":24}]}]')
+ROUTES = ('[{"dst":"default","gateway":"10.20.10.1","dev":"eth0","flags":[]},{"dst":"10.0.2.0/24","dev":"mgmt0",'
+          '"protocol":"kernel","scope":"link","prefsrc":"10.0.2.15","flags":[]},{"dst":"10.20.10.0/24","dev":"eth0",'
+          '"protocol":"kernel","scope":"link","prefsrc":"10.20.10.10","flags":[]}]')
+
+
+def _probe(addresses=ADDRESSES, routes=ROUTES, forwarding="0", interfaces=H1_INTERFACES, sysctl=H1_SYSCTL, tty=False):
+    """What the probe command prints, built the way the shell runs it: echo; marker; command output; ..."""
+    out = ""
+    for name, body in (("addresses", addresses + "\n"), ("routes", routes + "\n"), ("forwarding", forwarding + "\n"),
+                       ("interfaces_file", interfaces), ("sysctl_file", sysctl), ("end", "")):
+        out += "\n@@qemulab:%s@@\n%s" % (name, body)
+    out += "Shared connection to 127.0.0.1 closed.\n"
+    return out.replace("\n", "\r\n") if tty else out
+
+
+def _drift(stdout, **kw):
+    return guest_network_drift(stdout, H1_NICS, [], "10.20.10.1", False, H1_INTERFACES, H1_SYSCTL, **kw)
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_guest_configured_at_boot_shows_no_drift(tty):
+    assert _drift(_probe(tty=tty)) == {"known": True, "live": [], "forwarding": False, "interfaces_file": False,
+                                       "sysctl_file": False}
+
+
+def test_drift_names_the_missing_route_the_wrong_address_and_the_files():
+    routes = ROUTES.replace('{"dst":"default","gateway":"10.20.10.1","dev":"eth0","flags":[]},', "")
+    addresses = ADDRESSES.replace('"local":"10.20.10.10"', '"local":"10.20.10.99"')
+    drift = _drift(_probe(addresses=addresses, routes=routes, forwarding="1", interfaces="", sysctl="x\n"))
+    assert drift["known"] is True
+    assert sorted(drift["live"]) == ["addr_add 10.20.10.10/24 eth0", "addr_del 10.20.10.99/24 eth0",
+                                     "route_add 0.0.0.0/0 10.20.10.1"]
+    assert drift["forwarding"] and drift["interfaces_file"] and drift["sysctl_file"]
+
+
+def test_a_route_via_another_gateway_and_a_down_link_are_drift():
+    routes = ROUTES.replace('"gateway":"10.20.10.1"', '"gateway":"10.20.10.2"')
+    assert len(_drift(_probe(routes=routes))["live"]) == 2
+    down = ADDRESSES.replace('"flags":["BROADCAST","MULTICAST","UP","LOWER_UP"]', '"flags":["BROADCAST"]')
+    assert _drift(_probe(addresses=down))["live"] == ["link_up eth0"]
+
+
+def test_an_unreadable_probe_means_every_step_runs():
+    # busybox's ip has no -j: nothing to compare, so the Python modules decide.
+    for stdout in ("", _probe(addresses="ip: invalid option -- 'j'"), _probe(addresses=ADDRESSES.replace("eth0", "eth7"))):
+        drift = _drift(stdout)
+        assert drift["known"] is False and drift["interfaces_file"] and drift["sysctl_file"]
+
+
+def test_files_are_not_compared_when_not_persisted():
+    drift = guest_network_drift(_probe(interfaces="", sysctl=""), H1_NICS, [], "10.20.10.1", False, None, None)
+    assert drift["interfaces_file"] is False and drift["sysctl_file"] is False
+
+
+def test_probe_reads_the_files_it_is_given_and_ends_with_the_marker():
+    command = guest_network_probe("/etc/network/interfaces", "/etc/sysctl.d/90-qemulab.conf")
+    assert "cat /etc/network/interfaces 2>/dev/null" in command and "ip -j address show" in command
+    assert command.endswith("echo '@@qemulab:end@@'")

@@ -137,3 +137,66 @@ def test_initramfs_modules_come_with_dependencies_first(tmp_path):
     assert len(order) == len(set(order)) == 7
     with pytest.raises(gi.GuestImageError, match="guest_image_initramfs_modules"):
         gi.module_load_order(str(tmp_path), ["no_such_module"])
+
+
+def _elf64(notes):
+    """A minimal ELF64 image whose only program header is a PT_NOTE holding `notes` [(name, type, desc)]."""
+    import struct
+    blob = b""
+    for name, note_type, desc in notes:
+        n = name + b"\0"
+        blob += struct.pack("<III", len(n), len(desc), note_type)
+        blob += n + b"\0" * (-len(n) % 4) + desc + b"\0" * (-len(desc) % 4)
+    header = bytearray(64)
+    header[:5] = b"\x7fELF\x02"
+    struct.pack_into("<Q", header, 0x20, 64)  # e_phoff
+    struct.pack_into("<HH", header, 0x36, 56, 1)  # e_phentsize, e_phnum
+    phdr = struct.pack("<IIQQQQQQ", gi.PT_NOTE, 4, 64 + 56, 0, 0, len(blob), len(blob), 4)
+    return bytes(header) + phdr + blob
+
+
+PVH_NOTE = (b"Xen", gi.XEN_ELFNOTE_PHYS32_ENTRY, b"\x50\x08\x00\x01\x00\x00\x00\x00")
+
+
+def test_pvh_entry_note_is_found_among_other_notes():
+    assert gi.has_pvh_entry(_elf64([(b"Xen", 6, b"linux\0"), (b"GNU", 3, b"x" * 20), PVH_NOTE]))
+    assert not gi.has_pvh_entry(_elf64([(b"Xen", 6, b"linux\0")]))
+    assert not gi.has_pvh_entry(b"MZ not an elf" * 10)
+
+
+def _bzimage(payload, setup_sects=3, version=0x20F):
+    """Real-mode setup sectors with the boot protocol header, then protected-mode code holding `payload`."""
+    import struct
+    setup = bytearray((setup_sects + 1) * 512)
+    setup[0x1F1] = setup_sects
+    setup[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", setup, 0x206, version)
+    struct.pack_into("<II", setup, 0x248, 100, len(payload))
+    # A false gzip magic in the decompressor stub before the payload, and the trailer after it.
+    return bytes(setup) + (b"\x1f\x8b\x08 stub" * 20)[:100] + payload + b"\x00trailer" * 8
+
+
+@pytest.mark.parametrize("fmt", ["xz", "gzip"])
+def test_uncompressed_kernel_reads_the_payload_the_setup_header_points_at(fmt):
+    import gzip
+    import lzma
+    elf = _elf64([PVH_NOTE]) + b"\0" * 4096
+    payload = lzma.compress(elf, format=lzma.FORMAT_XZ) if fmt == "xz" else gzip.compress(elf)
+    assert gi.uncompressed_kernel(_bzimage(payload)) == elf
+    # Boot protocol before 2.08 has no payload fields: nothing to trust.
+    assert gi.uncompressed_kernel(_bzimage(payload, version=0x207)) is None
+
+
+def test_uncompressed_kernel_refuses_an_elf_without_pvh_entry_or_a_broken_payload():
+    import lzma
+    payload = lzma.compress(_elf64([(b"Xen", 6, b"linux\0")]), format=lzma.FORMAT_XZ)
+    assert gi.uncompressed_kernel(_bzimage(payload)) is None
+    assert gi.uncompressed_kernel(_bzimage(payload[:40])) is None
+    assert gi.uncompressed_kernel(b"MZ" * 1000) is None
+
+
+def test_boot_kernel_prefers_vmlinux_only_when_the_manifest_lists_it(tmp_path):
+    paths = gi.image_paths(str(tmp_path), "k")
+    assert gi.boot_kernel(paths, {"sizes": {"vmlinuz": 1, "vmlinux": 2}}) == paths["kernel_uncompressed"]
+    assert gi.boot_kernel(paths, {"sizes": {"vmlinuz": 1}}) == paths["kernel"]
+    assert gi.boot_kernel(paths, None) == paths["kernel"]

@@ -99,3 +99,47 @@ def _spec_options(spec):
 def test_documentation_matches_argument_spec():
     doc = yaml.safe_load(qemu_vm.DOCUMENTATION)
     assert _doc_options(doc["options"]) == _spec_options(_qemu.QEMU_VM_ARGUMENT_SPEC)
+
+
+FW_CFG = [{"name": "opt/qemulab/interfaces", "content": "auto lo\n"}, {"name": "opt/qemulab/sysctl", "content": "x\n"}]
+
+
+def test_fw_cfg_items_become_files_in_the_run_dir_and_argv(tmp_path):
+    config = _qemu.normalise_config(_params(tmp_path, fw_cfg=FW_CFG))
+    argv = _qemu.build_argv(config, "tcg")
+    run_dir = _params(tmp_path)["run_dir"]
+    assert argv[argv.index("-fw_cfg") + 1] == "name=opt/qemulab/interfaces,file=%s/fw_cfg/qemulab_interfaces" % run_dir
+    assert argv.count("-fw_cfg") == 2
+    # The contents are not part of the fingerprint: new contents alone never restart a VM.
+    other = _qemu.normalise_config(_params(tmp_path, fw_cfg=[dict(i, content="changed") for i in FW_CFG]))
+    assert _qemu.fingerprint(other) == _qemu.fingerprint(config)
+
+
+@pytest.mark.parametrize("name", ["qemulab/interfaces", "opt/", "opt/a b", "opt/../etc", "opt/" + "x" * 52])
+def test_unusable_fw_cfg_names_are_refused_with_the_form_qemu_wants(tmp_path, name):
+    with pytest.raises(_qemu.QemuConfigError, match=r"VM rt1: fw_cfg\[0\]\.name .* opt/<path>"):
+        _qemu.normalise_config(_params(tmp_path, fw_cfg=[{"name": name, "content": ""}]))
+
+
+def test_changed_fw_cfg_contents_are_rewritten_for_a_running_vm_without_restart(tmp_path, monkeypatch):
+    params = _params(tmp_path, fw_cfg=FW_CFG)
+    config = _qemu.normalise_config(params)
+    os.makedirs(config["run_dir"])
+    _qemu.write_fw_cfg(config, dict((i["name"], i["content"]) for i in FW_CFG), [i["name"] for i in FW_CFG])
+    running = {"pid": 4242, "status": "running", "stored": {"config": config}}
+    monkeypatch.setattr(_qemu, "read_state", lambda run_dir: running)
+    monkeypatch.setattr(_qemu, "stop_vm", lambda *a: pytest.fail("stopped a VM for new fw_cfg contents"))
+    monkeypatch.setattr(_qemu.subprocess, "Popen", lambda *a, **k: pytest.fail("restarted a VM for new contents"))
+
+    unchanged = _qemu.run_qemu_vm(FakeModule(**params))
+    assert unchanged["changed"] is False and "fw_cfg_updated" not in unchanged
+
+    params["fw_cfg"] = [FW_CFG[0], dict(FW_CFG[1], content="net.ipv4.ip_forward = 1\n")]
+    checked = _qemu.run_qemu_vm(FakeModule(check_mode=True, **params))
+    assert checked["changed"] is True and checked["fw_cfg_updated"] == ["opt/qemulab/sysctl"]
+    assert open(config["fw_cfg"][1]["file"]).read() == "x\n"
+    result = _qemu.run_qemu_vm(FakeModule(**params))
+    assert result["changed"] is True and result["changes"] == []
+    assert result["diff"]["after"]["fw_cfg_contents"] == {"opt/qemulab/sysctl": "net.ipv4.ip_forward = 1\n"}
+    assert open(config["fw_cfg"][1]["file"]).read() == "net.ipv4.ip_forward = 1\n"
+    assert oct(os.stat(config["fw_cfg"][1]["file"]).st_mode & 0o777) == "0o600"
