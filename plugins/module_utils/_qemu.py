@@ -556,6 +556,15 @@ def open_tap(ifname, netns=None):
             os.close(ns_fd)
 
 
+def file_sha256(path):
+    """Hex SHA-256 of a file's contents, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (OSError, IOError):
+        return None
+
+
 def fw_cfg_drift(config, contents):
     """{name: (old content or None, new content)} for the fw_cfg files whose contents differ from `contents`."""
     drift = {}

@@ -90,13 +90,24 @@ vms:
     log:
       description: QEMU log path.
       type: str
+    fingerprint:
+      description: Hash of the configuration the running VM was started with (what qemu_vm compares), or null.
+      type: str
+    fw_cfg:
+      description: SHA-256 of each fw_cfg item's file as it is now, by name (the guest reads them at boot).
+      type: dict
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import process_uptime, read_state, vm_paths
+from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
+    file_sha256,
+    process_uptime,
+    read_state,
+    vm_paths,
+)
 
 
 def vm_info(run_dir):
@@ -107,7 +118,10 @@ def vm_info(run_dir):
     info.update(name=os.path.basename(run_dir), state=have["status"], pid=have["pid"],
                 uptime=process_uptime(have["pid"]) if have["pid"] else None,
                 nics=stored.get("nics") or (stored.get("config") or {}).get("nics") or [],
-                accelerator=stored.get("accelerator"))
+                accelerator=stored.get("accelerator"),
+                fingerprint=stored.get("fingerprint") if have["pid"] else None,
+                fw_cfg=dict((item["name"], file_sha256(item["file"]))
+                            for item in (stored.get("config") or {}).get("fw_cfg") or []))
     return info
 
 

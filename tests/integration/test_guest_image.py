@@ -28,6 +28,18 @@ ROLE_PLAY = """
 """
 
 
+FW_CFG_INTERFACES = """auto lo eth0 eth1
+
+iface lo inet loopback
+
+iface eth0 inet manual
+
+iface eth1 inet static
+    address 192.168.77.1
+    netmask 255.255.255.0
+"""
+
+
 def _qemu_pids_with(marker):
     pids = []
     for entry in os.listdir("/proc"):
@@ -137,7 +149,11 @@ def vm(image):
     vars_ = {"lab": lab, "name": name, "overlay": overlay, "port": port, "macs": macs,
              "append": f"{image['guest_image_append']} qemulab.nics={macs['eth0']},{macs['eth1']} "
                        f"qemulab.mgmt={macs['mgmt0']} qemulab.hostname={lab}-{name}",
-             "image": {k: image[k] for k in ("guest_image_kernel", "guest_image_initrd", "guest_image_disk")}}
+             "image": {k: image[k] for k in ("guest_image_kernel", "guest_image_initrd", "guest_image_disk")},
+             # What vm_launch hands a lab guest at boot. The address sits on a restricted user-mode NIC inside the
+             # guest: no host interface carries it and no packet can leave.
+             "fw_cfg": [{"name": "opt/qemulab/interfaces", "content": FW_CFG_INTERFACES},
+                        {"name": "opt/qemulab/sysctl", "content": "net.ipv4.ip_forward = 1\n"}]}
     up = """
 - name: Start
   hosts: localhost
@@ -157,6 +173,7 @@ def vm(image):
         disks: [{file: "{{ overlay }}", format: qcow2}]
         memory: 1024
         accelerator: tcg
+        fw_cfg: "{{ fw_cfg }}"
         nics:
           - {model: e1000, mac: "{{ macs.eth0 }}", backend: user}
           - {model: virtio-net-pci, mac: "{{ macs.eth1 }}", backend: user}
@@ -238,6 +255,15 @@ def test_guest_boots_to_ssh_with_renamed_nics_and_powers_off_on_acpi(vm, image):
     assert "10.0.2.15/24" in rows[3]
     assert rows[4] == "0"
     assert rows[5] == "1"
+
+    # The configuration handed over through fw_cfg was written and applied before sshd answered.
+    out = _ssh(vm, "cat /etc/network/interfaces; echo @@; ip -4 -o addr show eth1; cat /proc/sys/net/ipv4/ip_forward")
+    assert out.returncode == 0, out.stderr
+    written, applied = out.stdout.split("@@\n")
+    assert written == FW_CFG_INTERFACES
+    assert "inet 192.168.77.1/24" in applied and applied.split()[-1] == "1"
+    # The image's uncompressed kernel is what booted (the bzImage's decompressor is seconds of TCG time).
+    assert image["guest_image_kernel"].endswith("/vmlinux")
 
     # ACPI power button (qemu_vm's first stop step) ends the guest by itself; then everything is gone.
     down = vm["down"]()

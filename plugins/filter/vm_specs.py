@@ -1,0 +1,102 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The qemu_vm arguments of a lab's VMs, and which of them qemu_vm would have to act on.
+
+vm_launch builds every VM's arguments once (qemu_vm_specs) and calls qemu_vm and disk_overlay only for the VMs
+qemu_vms_pending names: a lab run would otherwise start Python on the lab host twice per VM only to hear "nothing
+to do" (seven VMs: ~5 s of an idempotent run). The test is qemu_vm's own: the VM runs, its fingerprint (computed
+here with the module's code and defaults) is the one it was started with, and its fw_cfg files hold the wanted
+contents. Anything else goes to the module, which decides.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.qemulab.network.plugins.filter.guest_network import guest_interfaces_file, guest_sysctl_file
+from ansible_collections.qemulab.network.plugins.filter.qemu_nics import qemu_nics
+from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
+    QEMU_VM_ARGUMENT_SPEC,
+    QemuConfigError,
+    fingerprint,
+    normalise_config,
+)
+
+
+def qemu_vm_specs(vms, settings):
+    """Planned VMs -> qemu_vm arguments (plus `overlay`: the copy-on-write disk to create, or null).
+
+    settings: lab, netns, run_root, state_dir, default_kernel, default_initrd, default_disk, default_append,
+    custom_append, accelerator, tb_size, extra_args, boot_config.
+    """
+    specs = []
+    for vm in vms or []:
+        overlay = None if vm.get("disk") else "%s/labs/%s/%s.qcow2" % (settings["state_dir"], settings["lab"],
+                                                                      vm["name"])
+        disk = vm.get("disk") or overlay
+        kernel = vm.get("kernel") or settings["default_kernel"]
+        if vm.get("kernel"):
+            initrd = vm.get("initrd") or None
+            append = settings["custom_append"]
+        else:
+            initrd = vm.get("initrd") or settings["default_initrd"]
+            append = settings["default_append"]
+        append = "%s qemulab.hostname=%s qemulab.mgmt=%s qemulab.nics=%s" % (
+            append, vm["name"], vm["mgmt_mac"], ",".join(nic["mac"] for nic in vm.get("nics") or []))
+        fw_cfg = []
+        if settings.get("boot_config") and not vm.get("kernel"):
+            fw_cfg = [{"name": "opt/qemulab/interfaces",
+                       "content": guest_interfaces_file(vm.get("nics") or [], vm.get("routes"), vm.get("gateway"))},
+                      {"name": "opt/qemulab/sysctl", "content": guest_sysctl_file(vm.get("forwarding"))}]
+        specs.append({
+            "name": vm["name"],
+            "lab": settings["lab"],
+            "state": "running",
+            "run_dir": "%s/%s/%s" % (settings["run_root"], settings["lab"], vm["name"]),
+            "kernel": kernel,
+            "initrd": initrd,
+            "append": append.strip(),
+            "disks": [{"file": disk, "format": "qcow2" if overlay or disk.endswith(".qcow2") else "raw"}],
+            "memory": vm["memory_mb"],
+            "vcpus": vm["vcpus"],
+            "accelerator": settings["accelerator"],
+            "tb_size": settings["tb_size"],
+            "netns": settings["netns"],
+            "nics": qemu_nics(vm, settings["netns"]),
+            "extra_args": list(settings.get("extra_args") or []),
+            "fw_cfg": fw_cfg,
+            "overlay": overlay,
+        })
+    return specs
+
+
+def qemu_vms_pending(specs, running):
+    """Names of the VMs whose qemu_vm task has something to do, given qemulab.network.qemu_vm_info's `vms`."""
+    by_name = dict((vm["name"], vm) for vm in running or [])
+    pending = []
+    for spec in specs or []:
+        vm = by_name.get(spec["name"])
+        # The module's own argument spec fills in defaults, also inside nics and disks, as AnsibleModule would.
+        checked = ArgumentSpecValidator(QEMU_VM_ARGUMENT_SPEC).validate(
+            dict((k, v) for k, v in spec.items() if k != "overlay"))
+        try:
+            if checked.error_messages:
+                raise QemuConfigError("; ".join(checked.error_messages))
+            wanted = fingerprint(normalise_config(checked.validated_parameters))
+        except QemuConfigError:
+            pending.append(spec["name"])  # the module reports the problem
+            continue
+        contents = dict((item["name"], hashlib.sha256(item["content"].encode("utf-8")).hexdigest())
+                        for item in spec.get("fw_cfg") or [])
+        if not vm or vm.get("state") != "running" or vm.get("fingerprint") != wanted \
+                or (vm.get("fw_cfg") or {}) != contents:
+            pending.append(spec["name"])
+    return pending
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"qemu_vm_specs": qemu_vm_specs, "qemu_vms_pending": qemu_vms_pending}

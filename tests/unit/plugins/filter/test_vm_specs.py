@@ -1,0 +1,92 @@
+"""Unit tests: vm_launch's qemu_vm arguments and the skip test that must agree with qemu_vm itself."""
+import hashlib
+import os
+
+import pytest
+
+from ansible_collections.qemulab.network.plugins.filter.vm_specs import qemu_vm_specs, qemu_vms_pending
+from ansible_collections.qemulab.network.plugins.module_utils import _qemu
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = {"lab": "seed", "netns": "qemulab-seed", "run_root": "/run/qemulab", "state_dir": "/var/lib/qemulab",
+            "default_kernel": "/img/vmlinux", "default_initrd": "/img/initrd.img", "default_disk": "/img/disk.ext4",
+            "default_append": "root=/dev/vda rw init=/sbin/qemulab-init", "custom_append": "root=/dev/vda rw",
+            "accelerator": "auto", "tb_size": 64, "extra_args": [], "boot_config": True}
+RT1 = {"name": "rt1", "kind": "router", "memory_mb": 1024, "vcpus": 1, "kernel": None, "initrd": None, "disk": None,
+       "mgmt_mac": "52:54:00:00:00:01", "ssh_port": 2201, "forwarding": True, "gateway": None,
+       "routes": [{"to": "10.20.60.0/24", "via": "10.20.20.2", "dev": "eth1"}],
+       "nics": [{"dev": "eth0", "tap": "vport11", "mac": "12:34:56:ab:cd:71", "address": "10.20.10.1/24"},
+                {"dev": "eth1", "tap": "vport21", "mac": "12:34:56:ab:cd:72", "address": "10.20.20.1/24",
+                 "model": "e1000"}]}
+OWN = dict(RT1, name="yocto", kernel="/seed/bzImage", disk="/seed/rt.ext4", ssh_port=2209)
+
+
+class Module(object):
+    """What AnsibleModule hands qemu_vm: the spec's arguments validated, defaults filled in."""
+    def __init__(self, params):
+        from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+        result = ArgumentSpecValidator(_qemu.QEMU_VM_ARGUMENT_SPEC).validate(params)
+        assert not result.error_messages, result.error_messages
+        self.params = result.validated_parameters
+
+
+def _running(spec):
+    """qemu_vm_info's entry for a VM started by qemu_vm with exactly `spec`."""
+    params = dict((k, v) for k, v in spec.items() if k != "overlay")
+    config = _qemu.normalise_config(Module(params).params)
+    return {"name": spec["name"], "state": "running", "fingerprint": _qemu.fingerprint(config),
+            "fw_cfg": dict((i["name"], hashlib.sha256(i["content"].encode()).hexdigest()) for i in spec["fw_cfg"])}
+
+
+def test_specs_for_the_default_image_and_an_own_kernel():
+    rt1, own = qemu_vm_specs([RT1, OWN], SETTINGS)
+    assert rt1["overlay"] == "/var/lib/qemulab/labs/seed/rt1.qcow2"
+    assert rt1["disks"] == [{"file": rt1["overlay"], "format": "qcow2"}]
+    assert rt1["kernel"] == "/img/vmlinux" and rt1["initrd"] == "/img/initrd.img"
+    assert rt1["append"].endswith("qemulab.hostname=rt1 qemulab.mgmt=52:54:00:00:00:01 "
+                                  "qemulab.nics=12:34:56:ab:cd:71,12:34:56:ab:cd:72")
+    assert [i["name"] for i in rt1["fw_cfg"]] == ["opt/qemulab/interfaces", "opt/qemulab/sysctl"]
+    assert "up route add -net 10.20.60.0/24 gw 10.20.20.2 dev eth1" in rt1["fw_cfg"][0]["content"]
+    assert rt1["nics"][-1]["hostfwd"] == [{"host_port": 2201, "guest_port": 22, "protocol": "tcp"}]
+    # The seed's own images: their kernel and raw disk, no overlay, no initrd, nothing handed over at boot.
+    assert own["overlay"] is None and own["initrd"] is None and own["fw_cfg"] == []
+    assert own["disks"] == [{"file": "/seed/rt.ext4", "format": "raw"}]
+    assert own["append"].startswith("root=/dev/vda rw qemulab.hostname=yocto")
+
+
+def test_a_vm_running_as_specified_is_skipped_and_any_difference_is_not():
+    specs = qemu_vm_specs([RT1, OWN], SETTINGS)
+    running = [_running(s) for s in specs]
+    assert qemu_vms_pending(specs, running) == []
+    assert qemu_vms_pending(specs, running[:1]) == ["yocto"]                        # not started
+    assert qemu_vms_pending(specs, [dict(running[0], state="paused"), running[1]]) == ["rt1"]
+    moved = qemu_vm_specs([dict(RT1, memory_mb=512), OWN], SETTINGS)
+    assert qemu_vms_pending(moved, running) == ["rt1"]                              # a restart
+    readdressed = qemu_vm_specs([dict(RT1, gateway="10.20.10.9"), OWN], SETTINGS)
+    assert qemu_vms_pending(readdressed, running) == ["rt1"]                        # new boot-time file
+    broken = qemu_vm_specs([dict(RT1, memory_mb="lots"), OWN], SETTINGS)
+    assert qemu_vms_pending(broken, running) == ["rt1"]                             # the module explains
+
+
+def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatch):
+    """qemu_vm itself, given a VM started from the spec, reports nothing to do exactly when the filter skips it."""
+    spec = qemu_vm_specs([RT1], dict(SETTINGS, run_root=str(tmp_path)))[0]
+    params = Module(dict((k, v) for k, v in spec.items() if k != "overlay")).params
+    config = _qemu.normalise_config(params)
+    os.makedirs(config["run_dir"])
+    _qemu.write_fw_cfg(config, dict((i["name"], i["content"]) for i in spec["fw_cfg"]), ["opt/qemulab/interfaces",
+                                                                                         "opt/qemulab/sysctl"])
+    monkeypatch.setattr(_qemu, "read_state", lambda run_dir: {"pid": 1, "status": "running",
+                                                              "stored": {"config": config}})
+
+    class Fake(object):
+        check_mode = True
+
+        def __init__(self, p):
+            self.params = p
+
+        def fail_json(self, msg, **kw):
+            raise AssertionError(msg)
+    assert _qemu.run_qemu_vm(Fake(params))["changed"] is False
+    assert qemu_vms_pending([spec], [_running(spec)]) == []
