@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import json
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.qemulab.network.plugins.filter.guest_network import guest_interfaces_file, guest_sysctl_file
@@ -75,9 +76,12 @@ def qemu_vm_specs(vms, settings):
 
 def qemu_vms_pending(specs, running):
     """Names of the VMs whose qemu_vm task has something to do, given qemulab.network.qemu_vm_info's `vms`."""
-    by_name = dict((vm["name"], vm) for vm in running or [])
+    # Plain data first: ansible-core hands filters lazily templated containers, and the argument spec validation
+    # below walks (and copies) them element by element, which took seconds per run.
+    specs, running = json.loads(json.dumps(specs or [])), json.loads(json.dumps(running or []))
+    by_name = dict((vm["name"], vm) for vm in running)
     pending = []
-    for spec in specs or []:
+    for spec in specs:
         vm = by_name.get(spec["name"])
         # The module's own argument spec fills in defaults, also inside nics and disks, as AnsibleModule would.
         checked = ArgumentSpecValidator(QEMU_VM_ARGUMENT_SPEC).validate(
