@@ -19,7 +19,9 @@ description:
     hypervisor (the first host of group C(hypervisors); put them in C(group_vars/all.yml)). The keyword options of
     the same names override them.
   - VM variables - C(ansible_port) (the 127.0.0.1 port forwarded to the guest's sshd), C(vm_nics) (list of
-    C(bridge), C(tap), C(mac), C(address), C(model), C(vhost)), C(vm_routes) (list of C(to), C(via)), C(vm_gateway),
+    C(bridge), C(tap), C(mac), C(address), C(model), C(vhost), C(backend), C(net), C(hostfwd)), C(vm_routes) (list
+    of C(to), C(via)), C(vm_nat) (routers; list of C(type) masquerade or static, C(inside), C(outside),
+    C(inside_address), C(outside_address)), C(vm_gateway),
     C(vm_memory) (int MiB or C(512M)/C(1G), default C(1G)), C(vm_vcpus) (default 1), C(vm_forwarding) (default true
     for routers, false for hosts), C(vm_kernel), C(vm_initrd), C(vm_disk), C(vm_hypervisor).
   - A VM either uses the built guest image (no C(vm_kernel), C(vm_initrd), C(vm_disk)) or brings its own C(vm_kernel)
@@ -80,7 +82,9 @@ _value:
       C(vms) and C(errors).
     - Each VM - C(name), C(kind) (router or host), C(hypervisor), C(ssh_port), C(memory_mb), C(vcpus), C(kernel),
       C(initrd), C(disk) (null for the built guest image), C(forwarding), C(gateway), C(routes) (C(to), C(via),
-      C(dev)), C(nics) (C(index), C(dev), C(bridge), C(tap), C(mac), C(address), C(model), C(vhost)), C(mgmt_mac).
+      C(dev)), C(nics) (C(index), C(dev), C(backend), C(bridge), C(tap), C(mac), C(address), C(model), C(vhost),
+      C(net), C(hostfwd)), C(nat) (C(type), C(inside), C(outside), and C(inside_subnet) or C(inside_address) and
+      C(outside_address)), C(mgmt_mac).
   type: dict
 """
 
