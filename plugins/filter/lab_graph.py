@@ -121,6 +121,18 @@ def _vm_facts(vm):
     for route in vm.get("routes") or []:
         to = "default" if route.get("to") == "0.0.0.0/0" else route.get("to")
         routing.append("%s via %s" % (to, route.get("via")))
+    # user-mode NICs have no bridge to draw a link to, and NAT is the router's own business: both are facts of the VM
+    for nic in vm.get("nics") or []:
+        if nic.get("backend") == "user":
+            forwards = ", ".join("127.0.0.1:%s to port %s" % (f.get("host_port"), f.get("guest_port"))
+                                 for f in nic.get("hostfwd") or [])
+            lines.append(" ".join(part for part in (nic.get("dev"), "user-mode", nic.get("address"), forwards)
+                                  if part))
+    for rule in vm.get("nat") or []:
+        if rule.get("type") == "masquerade":
+            routing.append("NAT: masquerade %s out of %s" % (rule.get("inside_subnet"), rule.get("outside")))
+        else:
+            routing.append("NAT: %s published as %s" % (rule.get("inside_address"), rule.get("outside_address")))
     if kind == "router" and not vm.get("forwarding", True):
         routing.append("forwarding off")
     elif kind != "router" and vm.get("forwarding"):

@@ -19,7 +19,9 @@ description:
     hypervisor (the first host of group C(hypervisors); put them in C(group_vars/all.yml)). The keyword options of
     the same names override them.
   - VM variables - C(ansible_port) (the 127.0.0.1 port forwarded to the guest's sshd), C(vm_nics) (list of
-    C(bridge), C(tap), C(mac), C(address), C(model), C(vhost)), C(vm_routes) (list of C(to), C(via)), C(vm_gateway),
+    C(bridge), C(tap), C(mac), C(address), C(model), C(vhost), C(backend), C(net), C(hostfwd)), C(vm_routes) (list
+    of C(to), C(via)), C(vm_nat) (routers; list of C(type) masquerade or static, C(inside), C(outside),
+    C(inside_address), C(outside_address)), C(vm_gateway),
     C(vm_memory) (int MiB or C(512M)/C(1G), default C(1G)), C(vm_vcpus) (default 1), C(vm_forwarding) (default true
     for routers, false for hosts), C(vm_kernel), C(vm_initrd), C(vm_disk), C(vm_hypervisor).
   - A VM either uses the built guest image (no C(vm_kernel), C(vm_initrd), C(vm_disk)) or brings its own C(vm_kernel)
@@ -80,7 +82,9 @@ _value:
       C(vms) and C(errors).
     - Each VM - C(name), C(kind) (router or host), C(hypervisor), C(ssh_port), C(memory_mb), C(vcpus), C(kernel),
       C(initrd), C(disk) (null for the built guest image), C(forwarding), C(gateway), C(routes) (C(to), C(via),
-      C(dev)), C(nics) (C(index), C(dev), C(bridge), C(tap), C(mac), C(address), C(model), C(vhost)), C(mgmt_mac).
+      C(dev)), C(nics) (C(index), C(dev), C(backend), C(bridge), C(tap), C(mac), C(address), C(model), C(vhost),
+      C(net), C(hostfwd)), C(nat) (C(type), C(inside), C(outside), and C(inside_subnet) or C(inside_address) and
+      C(outside_address)), C(mgmt_mac).
   type: dict
 """
 
@@ -104,7 +108,15 @@ RUN_ROOT = "/run/qemulab"
 LAB_NAME_RE = re.compile(r"^[a-z0-9-]{1,15}\Z")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MEMORY_RE = re.compile(r"^\s*([0-9]+)\s*(?:([MG])(?:i?B)?)?\s*$", re.IGNORECASE)
-NIC_KEYS = ("bridge", "tap", "mac", "address", "model", "vhost")
+NIC_KEYS = ("bridge", "tap", "mac", "address", "model", "vhost", "backend", "net", "hostfwd")
+NIC_BACKENDS = ("tap", "user")
+HOSTFWD_KEYS = ("host_port", "guest_port", "protocol")
+# QEMU's user-mode network of the management NIC (the guest's mgmt0 is 10.0.2.15/24 there)
+MGMT_NET = ipaddress.ip_network("10.0.2.0/24")
+DEFAULT_USER_NET = "10.0.3.0/24"
+NAT_TYPES = ("masquerade", "static")
+NAT_KEYS = {"masquerade": ("type", "inside", "outside"),
+            "static": ("type", "inside", "outside", "inside_address", "outside_address")}
 ROUTE_KEYS = ("to", "via")
 HOST_PORT_KEYS = ("name", "peer", "bridge", "address", "routes")
 
@@ -295,6 +307,23 @@ def _check_keys(mapping, known, owner, field, problems):
             problems.add(owner, "%s.%s" % (field, key), "is not a known key; use only %s" % ", ".join(known))
 
 
+def _mapping_items(value, owner, field, problems, shape, example, keys):
+    """(index, item field, item) for each mapping in the list `value`; a non-list, a non-mapping item and unknown
+    keys are reported (`shape` and `example` show the fix)."""
+    if not isinstance(value, (list, tuple)):
+        problems.add(owner, field, "%s is not a list; write a list of %s" % (_describe(value), shape))
+        return []
+    items = []
+    for index, raw in enumerate(value):
+        item_field = "%s[%d]" % (field, index)
+        if not _is_mapping(raw):
+            problems.add(owner, item_field, "%s is not a mapping; write %s" % (_describe(raw), example))
+            continue
+        _check_keys(raw, keys, owner, item_field, problems)
+        items.append((index, item_field, raw))
+    return items
+
+
 class _Planner(object):
     def __init__(self, hostvars, groups, claims, overrides, check_files):
         self.hostvars = hostvars if _is_mapping(hostvars) else {}
@@ -312,6 +341,9 @@ class _Planner(object):
         self.bridge_order = []
         # VMs whose NICs could not all be read: their routes are not checked against segments, to avoid cascades
         self.unresolved = set()
+        # (host_port, protocol) -> "vm field" of user-mode NIC forwards; (vm, field, network) of user-mode NICs
+        self.forwards = {}
+        self.user_nets = []
 
     # -- inventory access -------------------------------------------------------------------------------------
     def host_vars(self, host):
@@ -375,7 +407,12 @@ class _Planner(object):
         host_ports = self.plan_host_ports(host_ports_in, hv_owner)
         bridges = self.plan_bridges()
         self.check_interface_names()
+        self.check_user_nets(vms)
         self.resolve_routes(vms)
+        self.resolve_nat(vms)
+        for vm in vms:
+            for nic in vm["nics"]:
+                nic.pop("_iface", None)
         self.assign_macs(lab_name, vms)
 
         taps = []
@@ -386,6 +423,7 @@ class _Planner(object):
         for vm in vms:
             vm.pop("_routes_in", None)
             vm.pop("_gateway_in", None)
+            vm.pop("_nat_in", None)
         return {
             "lab_name": lab_name,
             "netns": lab_netns,
@@ -462,6 +500,8 @@ class _Planner(object):
                 "mgmt_mac": None,
                 "_routes_in": _get(hv, "vm_routes", problems, name),
                 "_gateway_in": _get(hv, "vm_gateway", problems, name),
+                "_nat_in": _get(hv, "vm_nat", problems, name),
+                "nat": [],
             }
             self.vm_boot_files(vm, hv)
             vms.append(vm)
@@ -586,8 +626,24 @@ class _Planner(object):
                 self.unresolved.add(name)
                 continue
             _check_keys(raw, NIC_KEYS, name, field, problems)
-            nic = {"index": index, "dev": "eth%d" % index, "bridge": None, "tap": None, "mac": None,
-                   "address": None, "model": "virtio-net-pci", "vhost": "auto"}
+            nic = {"index": index, "dev": "eth%d" % index, "backend": "tap", "bridge": None, "tap": None,
+                   "mac": None, "address": None, "model": "virtio-net-pci", "vhost": "auto", "net": None,
+                   "hostfwd": []}
+            backend = raw.get("backend")
+            if backend is not None and backend not in NIC_BACKENDS:
+                problems.add(name, field + ".backend", "%s is not tap or user; use tap (a bridge port) or user "
+                             "(QEMU user-mode networking)" % _describe(backend))
+            elif backend is not None:
+                nic["backend"] = str(backend)
+            self.nic_mac_model(name, field, raw, nic)
+            if nic["backend"] == "user":
+                self.user_nic(name, field, raw, nic)
+                nics.append(nic)
+                continue
+            for key in ("net", "hostfwd"):
+                if raw.get(key) is not None:
+                    problems.add(name, "%s.%s" % (field, key), "only applies to backend user; drop it or set "
+                                 "backend: user")
             for key in ("bridge", "tap"):
                 item = raw.get(key)
                 if item is None:
@@ -600,21 +656,6 @@ class _Planner(object):
                     continue
                 nic[key] = str(item)
                 self.ifnames.setdefault(str(item), []).append((key, name, "%s.%s" % (field, key)))
-            mac = raw.get("mac")
-            if mac is not None:
-                why = _mac_problem(mac)
-                if why:
-                    problems.add(name, field + ".mac", why)
-                else:
-                    nic["mac"] = mac.strip().lower()
-                    self.claim_mac(nic["mac"], name, field + ".mac")
-            model = raw.get("model")
-            if model is not None:
-                if model not in NIC_MODELS:
-                    problems.add(name, field + ".model", "%s is not a supported NIC model; use one of %s"
-                                 % (_describe(model), ", ".join(NIC_MODELS)))
-                else:
-                    nic["model"] = str(model)
             vhost = raw.get("vhost")
             if vhost is not None:
                 # YAML reads a bare on/off as a boolean
@@ -645,6 +686,96 @@ class _Planner(object):
                     self.segments[nic["bridge"]].append((name, field + ".address", nic["_iface"]))
             nics.append(nic)
         return nics
+
+    def nic_mac_model(self, name, field, raw, nic):
+        problems = self.problems
+        mac = raw.get("mac")
+        if mac is not None:
+            why = _mac_problem(mac)
+            if why:
+                problems.add(name, field + ".mac", why)
+            else:
+                nic["mac"] = mac.strip().lower()
+                self.claim_mac(nic["mac"], name, field + ".mac")
+        model = raw.get("model")
+        if model is not None:
+            if model not in NIC_MODELS:
+                problems.add(name, field + ".model", "%s is not a supported NIC model; use one of %s"
+                             % (_describe(model), ", ".join(NIC_MODELS)))
+            else:
+                nic["model"] = str(model)
+
+    def user_nic(self, name, field, raw, nic):
+        """A QEMU user-mode (SLIRP) NIC: its own private network, always restricted, forwards on 127.0.0.1 only."""
+        problems = self.problems
+        nic["vhost"] = None
+        for key in ("bridge", "tap", "vhost"):
+            if raw.get(key) is not None:
+                problems.add(name, "%s.%s" % (field, key), "does not apply to a user-mode NIC (QEMU's own network, "
+                             "no bridge or tap); drop it or use backend: tap")
+        net_in = raw.get("net") if raw.get("net") is not None else DEFAULT_USER_NET
+        net, why = _network(net_in)
+        if not why and net.prefixlen > 29:
+            why = "%s is too small for SLIRP's gateway (.2), DNS (.3) and guest; use a /24 like %s" % (
+                net, DEFAULT_USER_NET)
+        if not why and net.overlaps(MGMT_NET):
+            why = "%s overlaps %s, the management NIC's user-mode network; use another, like %s" % (
+                net, MGMT_NET, DEFAULT_USER_NET)
+        if why:
+            problems.add(name, field + ".net", why)
+            return
+        nic["net"] = str(net)
+        self.user_nets.append((name, field + ".net", net))
+        address = raw.get("address")
+        if address is None:
+            # SLIRP's DHCP hands out .15 first; the guest gets the same address statically (no DHCP client)
+            nic["address"] = "%s/%d" % (net.network_address + 15, net.prefixlen)
+        else:
+            iface, why = _interface(address)
+            if not why and iface.network != net:
+                why = "%s is not in the user-mode network %s; use an address in it, like %s/%d" % (
+                    address, net, net.network_address + 15, net.prefixlen)
+            if not why and iface.ip in (net.network_address + 2, net.network_address + 3):
+                why = "%s is SLIRP's own gateway or DNS address; use another, like %s/%d" % (
+                    address, net.network_address + 15, net.prefixlen)
+            if why:
+                problems.add(name, field + ".address", why)
+            else:
+                nic["address"] = str(iface)
+        forwards = raw.get("hostfwd")
+        if forwards is None:
+            return
+        if nic["address"] and ipaddress.ip_interface(nic["address"]).ip != net.network_address + 15:
+            # QEMU forwards to SLIRP's first DHCP address when hostfwd names no guest address
+            first = net.network_address + 15
+            problems.add(name, field + ".address", "%s is not %s, where QEMU delivers the forwards; drop address "
+                         "or use %s/%d" % (nic["address"], first, first, net.prefixlen))
+        for _index, fwd_field, fwd in _mapping_items(forwards, name, field + ".hostfwd", problems,
+                                                     "{host_port, guest_port, protocol}",
+                                                     "{host_port: 8080, guest_port: 80}", HOSTFWD_KEYS):
+            host_port, guest_port = _as_int(fwd.get("host_port")), _as_int(fwd.get("guest_port"))
+            protocol = fwd.get("protocol", "tcp")
+            ok = True
+            if host_port is None or not 1024 <= host_port <= 65535:
+                problems.add(name, fwd_field + ".host_port", "%s is not a port 1024-65535; pick a free unprivileged "
+                             "port on 127.0.0.1" % _describe(fwd.get("host_port")))
+                ok = False
+            if guest_port is None or not 1 <= guest_port <= 65535:
+                problems.add(name, fwd_field + ".guest_port", "%s is not a port 1-65535; give the guest's port"
+                             % _describe(fwd.get("guest_port")))
+                ok = False
+            if protocol not in ("tcp", "udp"):
+                problems.add(name, fwd_field + ".protocol", "%s is not tcp or udp; use one of them"
+                             % _describe(protocol))
+                ok = False
+            if not ok:
+                continue
+            if (host_port, protocol) in self.forwards:
+                problems.add(name, fwd_field + ".host_port", "%d/%s is already forwarded by %s; give every forward "
+                             "its own port" % (host_port, protocol, self.forwards[(host_port, protocol)]))
+                continue
+            self.forwards[(host_port, protocol)] = "%s %s" % (name, fwd_field)
+            nic["hostfwd"].append({"host_port": host_port, "guest_port": guest_port, "protocol": str(protocol)})
 
     def claim_mac(self, mac, owner, field):
         if mac in self.macs:
@@ -769,18 +900,10 @@ class _Planner(object):
 
         `networks` are the owner's attached subnets (None: unknown, skip the checks that need them)."""
         problems = self.problems
-        if not isinstance(value, (list, tuple)):
-            problems.add(owner, field, "%s is not a list; write a list of {to, via}" % _describe(value))
-            return []
         routes = []
         seen = {}
-        for index, raw in enumerate(value):
-            item_field = "%s[%d]" % (field, index)
-            if not _is_mapping(raw):
-                problems.add(owner, item_field, "%s is not a mapping; write {to: 10.20.60.0/24, via: 10.20.20.2}"
-                             % _describe(raw))
-                continue
-            _check_keys(raw, ROUTE_KEYS, owner, item_field, problems)
+        for index, item_field, raw in _mapping_items(value, owner, field, problems, "{to, via}",
+                                                     "{to: 10.20.60.0/24, via: 10.20.20.2}", ROUTE_KEYS):
             network, why_to = _network(raw.get("to"))
             if why_to:
                 problems.add(owner, item_field + ".to", why_to)
@@ -847,8 +970,91 @@ class _Planner(object):
                                       "one of them" % gateway)
                 else:
                     vm["gateway"] = str(gateway)
-            for nic in vm["nics"]:
-                nic.pop("_iface", None)
+
+    def check_user_nets(self, vms):
+        """User-mode networks stay apart from the lab's segments and SSH ports stay apart from their forwards."""
+        for name, field, net in self.user_nets:
+            for bridge, subnet in sorted((b, n) for b, n in self.subnets.items() if n is not None):
+                if net.overlaps(subnet):
+                    self.problems.add(name, field, "%s overlaps %s of bridge %s; the guest would have two routes "
+                                      "to it, use another network" % (net, subnet, bridge))
+        for vm in vms:
+            if vm["ssh_port"] is not None and (vm["ssh_port"], "tcp") in self.forwards:
+                self.problems.add(vm["name"], "ansible_port", "%d is also forwarded by %s; give the forward "
+                                  "another port" % (vm["ssh_port"], self.forwards[(vm["ssh_port"], "tcp")]))
+
+    # -- NAT --------------------------------------------------------------------------------------------------
+    def resolve_nat(self, vms):
+        """vm_nat on routers: masquerade an inside segment out of an outside NIC, or publish one address 1:1."""
+        problems = self.problems
+        for vm in vms:
+            name, value = vm["name"], vm["_nat_in"]
+            if value is _MISSING or value is None or value == []:
+                continue
+            if not isinstance(value, (list, tuple)):
+                problems.add(name, "vm_nat", "%s is not a list; write a list of {type, inside, outside, ...}"
+                             % _describe(value))
+                continue
+            if vm["kind"] != "router" or not vm["forwarding"]:
+                problems.add(name, "vm_nat", "is set on a VM that does not forward; NAT runs on a router (group "
+                             "routers, vm_forwarding true)")
+                continue
+            devs = dict((nic["dev"], nic) for nic in vm["nics"] if nic.get("_iface"))
+            for index, raw in enumerate(value):
+                field = "vm_nat[%d]" % index
+                rule = self.nat_rule(name, field, raw, devs)
+                if rule:
+                    vm["nat"].append(rule)
+
+    def nat_rule(self, name, field, raw, devs):
+        problems = self.problems
+        if not _is_mapping(raw):
+            problems.add(name, field, "%s is not a mapping; write {type: masquerade, inside: eth0, outside: eth1}"
+                         % _describe(raw))
+            return None
+        kind = raw.get("type")
+        if kind not in NAT_TYPES:
+            problems.add(name, field + ".type", "%s is not masquerade or static; use one of them" % _describe(kind))
+            return None
+        _check_keys(raw, NAT_KEYS[kind], name, field, problems)
+        rule = {"type": kind}
+        for side in ("inside", "outside"):
+            dev = raw.get(side)
+            if dev not in devs:
+                problems.add(name, "%s.%s" % (field, side), "%s is not an addressed tap NIC of this VM; name one of "
+                             "%s" % (_describe(dev), ", ".join(sorted(devs)) or "none"))
+                return None
+            rule[side] = str(dev)
+        if rule["inside"] == rule["outside"]:
+            problems.add(name, field + ".outside", "is the inside NIC too; translate between two different NICs")
+            return None
+        inside_net, outside_net = devs[rule["inside"]]["_iface"].network, devs[rule["outside"]]["_iface"].network
+        if kind == "masquerade":
+            rule["inside_subnet"] = str(inside_net)
+            return rule
+        for side, net in (("inside", inside_net), ("outside", outside_net)):
+            key = side + "_address"
+            if raw.get(key) is None:
+                problems.add(name, "%s.%s" % (field, key), "is not set; give the %s address of the 1:1 mapping, on "
+                             "%s's segment %s" % (side, rule[side], net))
+                return None
+            address, why = _address(raw.get(key))
+            if not why and address not in net:
+                why = "%s is not on %s's segment %s; use an address in it" % (address, rule[side], net)
+            if not why and address in (net.network_address, net.broadcast_address):
+                why = "%s is the network or broadcast address of %s; pick a host address" % (address, net)
+            if why:
+                problems.add(name, "%s.%s" % (field, key), why)
+                return None
+            rule[key] = str(address)
+        if ipaddress.ip_address(rule["inside_address"]) == devs[rule["inside"]]["_iface"].ip:
+            problems.add(name, field + ".inside_address", "%s is the router's own address; publish a host behind "
+                         "it" % rule["inside_address"])
+            return None
+        # the router answers ARP for the published address, so nobody else on the segment may hold it
+        self.claim_address(ipaddress.ip_interface("%s/%d" % (rule["outside_address"], outside_net.prefixlen)),
+                           name, field + ".outside_address")
+        return rule
 
     def assign_macs(self, lab_name, vms):
         used = set(self.macs)

@@ -12,7 +12,8 @@ short_description: A planned VM's NICs as qemu_vm nics
 version_added: 0.1.0
 description:
   - Turns one VM of the C(qemulab.network.lab_plan) plan into the O(qemulab.network.qemu_vm#module:nics) list
-    the VM is launched with. Lab NICs keep the inventory's order (the guest's C(eth0), C(eth1), ...); the
+    the VM is launched with. Lab NICs keep the inventory's order (the guest's C(eth0), C(eth1), ...); a lab NIC with
+    C(backend=user) is a restricted user-mode NIC on its own C(net) with its forwards on 127.0.0.1; the
     management NIC comes last, QEMU user-mode networking restricted to the guest, forwarding
     C(127.0.0.1:<ssh_port>) to the guest's port 22.
 options:
@@ -41,18 +42,29 @@ _value:
 """
 
 
-def qemu_nics(vm, netns=""):
-    nics = [
-        {
+def _lab_nic(nic, netns):
+    if nic.get("backend") == "user":
+        # always restricted: a lab guest reaches SLIRP's gateway and its 127.0.0.1 forwards, nothing beyond
+        return {
             "model": nic.get("model") or "virtio-net-pci",
             "mac": nic["mac"],
-            "backend": "tap",
-            "ifname": nic["tap"],
-            "netns": netns or "",
-            "vhost": nic.get("vhost") or "auto",
+            "backend": "user",
+            "restrict": True,
+            "net": nic["net"],
+            "hostfwd": [dict(fwd) for fwd in nic.get("hostfwd") or []],
         }
-        for nic in vm.get("nics", [])
-    ]
+    return {
+        "model": nic.get("model") or "virtio-net-pci",
+        "mac": nic["mac"],
+        "backend": "tap",
+        "ifname": nic["tap"],
+        "netns": netns or "",
+        "vhost": nic.get("vhost") or "auto",
+    }
+
+
+def qemu_nics(vm, netns=""):
+    nics = [_lab_nic(nic, netns) for nic in vm.get("nics", [])]
     nics.append({
         "model": "virtio-net-pci",
         "mac": vm["mgmt_mac"],

@@ -770,6 +770,9 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
                   nics=nics_result(config, {}, {}))
     if warnings:
         result["warnings"] = warnings
+    if running and not changes and (have["stored"] or {}).get("nics"):
+        # a VM left running reports the vhost decision QEMU was started with, not an empty guess
+        result["nics"] = have["stored"]["nics"]
     if running and stored_config:
         result["accelerator"] = (have["stored"] or {}).get("accelerator")
         result["accelerator_reason"] = (have["stored"] or {}).get("accelerator_reason")

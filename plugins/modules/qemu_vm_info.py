@@ -69,7 +69,9 @@ vms:
       description: Seconds since QEMU started, when running.
       type: float
     nics:
-      description: NICs as recorded at the last start.
+      description:
+        - NICs as recorded at the last start. A tap NIC carries C(vhost) (true when QEMU was started with vhost-net
+          for it) and C(vhost_reason) (why, e.g. C(/dev/vhost-net does not exist)).
       type: list
       elements: dict
     accelerator:

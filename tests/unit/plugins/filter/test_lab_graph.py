@@ -214,3 +214,24 @@ def test_every_planned_lab_is_drawn_with_every_nic_and_port(lab):
     assert mermaid.count("---|") == len(nics) + len(plan["host_ports"])
     node_ids = re.findall(r"^  (\w+)[\[({>]", mermaid, re.MULTILINE)
     assert len(node_ids) == len(set(node_ids)) == len(graph["objects"])
+
+
+def test_a_user_mode_nic_and_nat_are_written_under_their_vm_without_a_link():
+    plan = small_plan()
+    router = plan["vms"][0]
+    router["nics"].append({"index": 2, "dev": "eth2", "backend": "user", "bridge": None, "tap": None,
+                           "mac": "02:00:00:00:00:09", "address": "10.0.3.15/24", "model": "virtio-net-pci",
+                           "vhost": None, "net": "10.0.3.0/24",
+                           "hostfwd": [{"host_port": 8080, "guest_port": 80, "protocol": "tcp"}]})
+    router["nat"] = [{"type": "masquerade", "inside": "eth0", "outside": "eth1", "inside_subnet": "192.168.71.0/24"},
+                     {"type": "static", "inside": "eth0", "outside": "eth1", "inside_address": "192.168.71.2",
+                      "outside_address": "192.168.72.10"}]
+    lines = lab_graph_mermaid(plan).splitlines()
+    node = next(line for line in lines if line.startswith("  vm_r1{{"))
+    assert "eth2 user-mode 10.0.3.15/24 127.0.0.1:8080 to port 80" in node
+    assert "NAT: masquerade 192.168.71.0/24 out of eth1" in node
+    assert "NAT: 192.168.71.2 published as 192.168.72.10" in node
+    # still one link per bridged NIC and host port: the user-mode NIC has no segment to join
+    assert len([line for line in lines if "---|" in line]) == 5
+    if DOT:
+        graphviz_json(lab_graph_dot(plan))

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.unit
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PLAN_KEYS = {"lab_name", "netns", "run_dir", "hypervisor", "bridges", "taps", "host_ports", "vms", "errors"}
 VM_KEYS = {"name", "kind", "hypervisor", "ssh_port", "memory_mb", "vcpus", "kernel", "initrd", "disk", "forwarding",
-           "gateway", "routes", "nics", "mgmt_mac"}
-NIC_KEYS = {"index", "dev", "bridge", "tap", "mac", "address", "model", "vhost"}
+           "gateway", "routes", "nics", "mgmt_mac", "nat"}
+NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "net", "hostfwd"}
 
 
 @st.composite
@@ -100,7 +100,8 @@ def assert_complete_or_refused(plan):
         assert vm["mgmt_mac"] and vm["memory_mb"] > 0 and vm["vcpus"] > 0
         for nic in vm["nics"]:
             assert set(nic) == NIC_KEYS
-            assert nic["bridge"] and nic["tap"] and nic["mac"]
+            assert nic["mac"]
+            assert (nic["bridge"] and nic["tap"]) if nic["backend"] == "tap" else (nic["net"] and nic["address"])
         for route in vm["routes"]:
             assert route["dev"] in [nic["dev"] for nic in vm["nics"]]
     macs = [nic["mac"] for vm in plan["vms"] for nic in vm["nics"]] + [vm["mgmt_mac"] for vm in plan["vms"]]

@@ -143,3 +143,38 @@ def test_changed_fw_cfg_contents_are_rewritten_for_a_running_vm_without_restart(
     assert result["diff"]["after"]["fw_cfg_contents"] == {"opt/qemulab/sysctl": "net.ipv4.ip_forward = 1\n"}
     assert open(config["fw_cfg"][1]["file"]).read() == "net.ipv4.ip_forward = 1\n"
     assert oct(os.stat(config["fw_cfg"][1]["file"]).st_mode & 0o777) == "0o600"
+
+
+def test_vhost_available_is_reported_on_per_tap_nic_and_reaches_the_command_line(tmp_path, monkeypatch):
+    # a device this process can open read-write stands for a working /dev/vhost-net
+    device = tmp_path / "vhost-net"
+    device.write_bytes(b"")
+    assert _qemu.vhost_usable(str(device)) == (True, "%s is usable" % device)
+    assert _qemu.vhost_usable(str(tmp_path / "none"))[0] is False
+    monkeypatch.setattr(_qemu, "vhost_usable", lambda: (True, "/dev/vhost-net is usable"))
+    params = _params(tmp_path, nics=[{"mac": "12:34:56:ab:cd:71", "ifname": "vport11"},
+                                     {"mac": "12:34:56:ab:cd:72", "ifname": "vport12", "model": "e1000",
+                                      "vhost": "off"},
+                                     {"backend": "user", "mac": "52:54:00:00:00:01",
+                                      "hostfwd": [{"host_port": 2201, "guest_port": 22}]}])
+    result = _qemu.run_qemu_vm(FakeModule(check_mode=True, **params), get_tap=lambda ifname, netns: {"name": ifname})
+    nics = result["nics"]
+    assert (nics[0]["vhost"], nics[0]["vhost_reason"]) == (True, "/dev/vhost-net is usable")
+    assert (nics[1]["vhost"], nics[1]["vhost_reason"]) == (False, "vhost: off requested")
+    assert "vhost" not in nics[2] or nics[2]["vhost"] is None
+    config = _qemu.normalise_config(params)
+    argv = _qemu.build_argv(config, "tcg", {0: True, 1: False})
+    netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
+    assert netdevs[0].endswith(",vhost=on") and "vhost" not in netdevs[1]
+
+
+def test_a_running_unchanged_vm_reports_the_vhost_decision_of_its_start(tmp_path, monkeypatch):
+    params = _params(tmp_path)
+    config = _qemu.normalise_config(params)
+    started = [dict(config["nics"][0], vhost=False, vhost_reason="/dev/vhost-net does not exist")]
+    monkeypatch.setattr(_qemu, "read_state", lambda run_dir: {
+        "status": "running", "pid": 4242,
+        "stored": {"config": config, "nics": started, "accelerator": "tcg", "accelerator_reason": "tcg requested"}})
+    result = _qemu.run_qemu_vm(FakeModule(check_mode=True, **params), get_tap=lambda ifname, netns: {"name": ifname})
+    assert result["changed"] is False
+    assert result["nics"] == started
