@@ -63,7 +63,9 @@ def _lock_current_file(path, watch_pid, watch_start, deadline):
 
 def hold(path, watch_pid, watch_start, timeout):
     """The holder: take the lock, say so on stdout, keep it while the watched process lives. Exit status 1: busy."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the playbook; the lock goes when the playbook is gone
+    # Ctrl-C stops the playbook, and a task worker's session ending hangs up its group: the lock goes with the run.
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     fd = _lock_current_file(path, watch_pid, watch_start, time.time() + timeout)
     if fd is None:
         sys.stdout.write("busy %s\n" % _describe_holder(path))
@@ -94,7 +96,7 @@ def take_run_lock(path, watch_pid, timeout):
     with open(os.devnull, "r+b") as devnull:
         holder = subprocess.Popen([sys.executable, os.path.abspath(__file__), path, str(watch_pid), start,
                                    str(timeout)], stdin=devnull, stdout=subprocess.PIPE, stderr=devnull,
-                                  close_fds=True)
+                                  close_fds=True, start_new_session=True)
     line = holder.stdout.readline().decode("utf-8", "replace").strip()
     holder.stdout.close()
     if line == "locked":
@@ -106,4 +108,4 @@ def take_run_lock(path, watch_pid, timeout):
 
 
 if __name__ == "__main__":
-    sys.exit(hold(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])))
+    raise SystemExit(hold(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])))
