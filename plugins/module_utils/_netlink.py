@@ -145,6 +145,44 @@ def netns_identity(name):
     return stat.st_dev, stat.st_ino
 
 
+def _sysctl_path(key):
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+@contextlib.contextmanager
+def _inside(netns):
+    """Run the block with this thread in namespace `netns` (/proc/sys/net then shows that namespace's values)."""
+    pr_netns.pushns(netns)
+    try:
+        yield
+    finally:
+        pr_netns.popns()
+
+
+def read_netns_sysctls(netns, keys):
+    """{key: value or None} for dotted sysctl keys inside namespace `netns`; None where the kernel offers no such key
+    there (net.bridge.* exists only while br_netfilter is loaded)."""
+    values = {}
+    with _inside(netns):
+        for key in keys:
+            try:
+                with open(_sysctl_path(key)) as handle:
+                    values[key] = handle.read().strip()
+            except FileNotFoundError:
+                values[key] = None
+    return values
+
+
+def write_netns_sysctls(netns, values):
+    try:
+        with _inside(netns):
+            for key, value in values.items():
+                with open(_sysctl_path(key), "w") as handle:
+                    handle.write("%s\n" % value)
+    except OSError as exc:
+        raise NetlinkError("namespace %s: cannot set %s: %s" % (netns, ", ".join(values), _reason(exc)))
+
+
 # --- readable errors ----------------------------------------------------------------------------------------------
 
 _HINTS = {

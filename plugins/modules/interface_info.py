@@ -62,6 +62,13 @@ netns_owned:
   description: Whether the namespace carries the mark of lab O(lab).
   returned: always
   type: bool
+foreign:
+  description: Names of the namespace's interfaces (other than C(lo)) that do not belong to lab O(lab); empty when
+    O(lab) is not given. Teardown keeps a lab's namespace that holds any, so they survive.
+  returned: always
+  type: list
+  elements: str
+  sample: [docker0]
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -87,7 +94,7 @@ def main():
     netns, lab = module.params["netns"], module.params["lab"]
 
     if netns and not netns_exists(netns):
-        module.exit_json(changed=False, interfaces=[], netns_exists=False, netns_owned=False)
+        module.exit_json(changed=False, interfaces=[], netns_exists=False, netns_owned=False, foreign=[])
 
     netns_owned = False
     if netns and lab:
@@ -98,15 +105,17 @@ def main():
     except NetlinkError as exc:
         module.fail_json(msg="interface_info: %s" % exc)
 
-    interfaces = []
+    interfaces, foreign = [], []
     for link in sorted(links, key=lambda item: item["name"]):
         owner = ownership.owner_from_alias(link["alias"])
         if lab and owner != lab:
+            if link["name"] != "lo":
+                foreign.append(link["name"])
             continue
         interfaces.append({"name": link["name"], "kind": link["kind"], "master": link["master"],
                            "alias": link["alias"], "owner": owner, "up": link["up"], "mac": link["mac"],
                            "tun": link["tun"]})
-    module.exit_json(changed=False, interfaces=interfaces, netns_exists=True, netns_owned=netns_owned)
+    module.exit_json(changed=False, interfaces=interfaces, netns_exists=True, netns_owned=netns_owned, foreign=foreign)
 
 
 if __name__ == "__main__":

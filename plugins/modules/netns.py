@@ -17,6 +17,8 @@ description:
     for ours. An existing namespace that is not this lab's (no marker, or another lab's) is neither adopted nor
     deleted unless O(force=true).
   - Deleting a namespace deletes every interface in it (bridges, taps, veth ends).
+  - O(sysctls) sets kernel parameters of the namespace itself (never of the host's namespace), for example to keep
+    the host's bridge netfilter out of the lab's bridges.
 author:
   - qemulab developers (@qemulab)
 requirements:
@@ -33,6 +35,14 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  sysctls:
+    description:
+      - Kernel parameters to set inside the namespace, dotted keys (C(net.bridge.bridge-nf-call-iptables)) with their
+        values; only the keys given are compared. Only with O(state=present).
+      - A key the kernel does not offer in the namespace (C(net.bridge.*) while C(br_netfilter) is not loaded) is
+        left alone and listed in RV(missing_sysctls).
+    type: dict
+    default: {}
 attributes:
   check_mode:
     description: Reports what would change (C(changes), C(before), C(after)) without changing anything.
@@ -47,6 +57,13 @@ EXAMPLES = r"""
   qemulab.network.netns:
     name: qemulab-seed
     lab: seed
+
+- name: Keep the host's iptables out of the lab's bridges (per namespace since Linux 5.3)
+  qemulab.network.netns:
+    name: qemulab-seed
+    lab: seed
+    sysctls:
+      net.bridge.bridge-nf-call-iptables: 0
 
 - name: Delete it (only if lab seed made it)
   qemulab.network.netns:
@@ -77,6 +94,12 @@ after:
   returned: always
   type: dict
   sample: {state: present, owner: seed}
+missing_sysctls:
+  description: Keys of O(sysctls) the kernel does not offer in the namespace (left alone).
+  returned: always
+  type: list
+  elements: str
+  sample: [net.bridge.bridge-nf-call-iptables]
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -89,6 +112,8 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     delete_netns,
     netns_exists,
     netns_identity,
+    read_netns_sysctls,
+    write_netns_sysctls,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._ownership import (
     OWNERSHIP_ARGUMENT_SPEC,
@@ -104,19 +129,21 @@ def argument_spec():
     spec = dict(
         name=dict(type="str", required=True),
         state=dict(type="str", choices=["present", "absent"], default="present"),
+        sysctls=dict(type="dict", default={}),
     )
     spec.update(OWNERSHIP_ARGUMENT_SPEC)
     return spec
 
 
-def read_netns(name):
-    """{'state', 'owner'} of the namespace as it is now."""
+def read_netns(name, sysctl_keys=()):
+    """{'state', 'owner', 'sysctls'} of the namespace as it is now."""
     if not netns_exists(name):
-        return {"state": "absent", "owner": None}
-    return {"state": "present", "owner": read_netns_owner(name, netns_identity(name))}
+        return {"state": "absent", "owner": None, "sysctls": dict((key, None) for key in sysctl_keys)}
+    return {"state": "present", "owner": read_netns_owner(name, netns_identity(name)),
+            "sysctls": read_netns_sysctls(name, sysctl_keys)}
 
 
-def plan_netns(name, have, lab, force, state):
+def plan_netns(name, have, lab, force, state, sysctls=None):
     """(tracker, error): what must change for namespace `name`."""
     tracker = DifferenceTracker()
     if have["state"] == "present" and have["owner"] != lab and not force:
@@ -128,19 +155,33 @@ def plan_netns(name, have, lab, force, state):
         return tracker, None
     tracker.compare("state", have["state"], "present")
     tracker.compare("owner", have["owner"], lab)
+    for key, value in sorted((sysctls or {}).items()):
+        if have["state"] == "present" and have["sysctls"].get(key) is None:
+            continue  # the kernel offers no such key here: nothing to set
+        want = str(int(value) if isinstance(value, bool) else value)
+        tracker.compare("sysctls." + key, have["sysctls"].get(key), want)
     return tracker, None
 
 
 def apply_netns(name, tracker, lab):
+    """Make the changes; returns the sysctl keys the new namespace turned out not to offer."""
     if tracker.has("state") and tracker.get("state")[1] == "absent":
         delete_netns(name)
         remove_netns_owner(name)
-        return
+        return []
     if tracker.has("state"):
         remove_netns_owner(name)  # a stale marker of an earlier namespace of this name
         create_netns(name)
     if tracker.has("owner"):
         write_netns_owner(name, netns_identity(name), lab)
+    values = dict((field[len("sysctls."):], tracker.get(field)[1]) for field in tracker.fields
+                  if field.startswith("sysctls."))
+    offered = read_netns_sysctls(name, values)
+    missing = sorted(key for key in values if offered[key] is None)
+    values = dict((key, value) for key, value in values.items() if key not in missing)
+    if values:
+        write_netns_sysctls(name, values)
+    return missing
 
 
 def main():
@@ -151,19 +192,25 @@ def main():
     for field, problem in (("name", check_netns_name(name)), ("lab", check_lab_name(lab))):
         if problem:
             module.fail_json(msg="namespace %s: %s: %s" % (name, field, problem))
-    have = read_netns(name)
-    tracker, error = plan_netns(name, have, lab, module.params["force"], state)
+    sysctls = module.params["sysctls"] if state == "present" else {}
+    have = read_netns(name, sorted(sysctls))
+    tracker, error = plan_netns(name, have, lab, module.params["force"], state, sysctls)
     if error:
         module.fail_json(msg=error)
+    missing = sorted(key for key in sysctls if have["state"] == "present" and have["sysctls"][key] is None)
     if tracker.changed and not module.check_mode:
         try:
-            apply_netns(name, tracker, lab)
+            missing = apply_netns(name, tracker, lab) or missing
         except (NetlinkError, OSError) as exc:
             module.fail_json(msg="namespace %s: %s" % (name, exc))
-    after = dict(have)
+    after = dict(have, sysctls=dict(have["sysctls"]))
     for field in tracker.fields:
-        after[field] = tracker.get(field)[1]
-    result = dict(changed=tracker.changed, name=name, changes=tracker.fields, before=have, after=after)
+        if field.startswith("sysctls."):
+            after["sysctls"][field[len("sysctls."):]] = tracker.get(field)[1]
+        else:
+            after[field] = tracker.get(field)[1]
+    result = dict(changed=tracker.changed, name=name, changes=tracker.fields, before=have, after=after,
+                  missing_sysctls=missing)
     if module._diff:
         result["diff"] = {"before": have, "after": after}
     module.exit_json(**result)

@@ -79,6 +79,19 @@ class PlaybookResult:
         return f"PlaybookResult(rc={self.rc}, stats={self.stats}, failures={self.failure_messages()}, stderr={self.stderr[-2000:]!r})"
 
 
+def playbook_env(env=None):
+    """The environment of a test's ansible-playbook: the repo's config and the results_json callback."""
+    run_env = dict(os.environ)
+    run_env.update({
+        "ANSIBLE_CONFIG": os.path.join(REPO_ROOT, "ansible.cfg"),
+        "ANSIBLE_STDOUT_CALLBACK": "results_json",
+        "ANSIBLE_CALLBACK_PLUGINS": os.path.join(REPO_ROOT, "tests", "integration", "callback_plugins"),
+        "ANSIBLE_NOCOLOR": "1",
+    })
+    run_env.update(env or {})
+    return run_env
+
+
 def run_playbook(playbook, extra_vars=None, check=False, diff=False, inventory=None, tags=None, timeout=1800,
                  env=None):
     """Run a playbook (a path, or YAML text written to a temp file) from the repo root and parse its results."""
@@ -102,16 +115,9 @@ def run_playbook(playbook, extra_vars=None, check=False, diff=False, inventory=N
         cmd.append("--diff")
     if tags:
         cmd += ["--tags", tags]
-    run_env = dict(os.environ)
-    run_env.update({
-        "ANSIBLE_CONFIG": os.path.join(REPO_ROOT, "ansible.cfg"),
-        "ANSIBLE_STDOUT_CALLBACK": "results_json",
-        "ANSIBLE_CALLBACK_PLUGINS": os.path.join(REPO_ROOT, "tests", "integration", "callback_plugins"),
-        "ANSIBLE_NOCOLOR": "1",
-    })
-    run_env.update(env or {})
     try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=run_env)
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                              env=playbook_env(env))
     finally:
         if cleanup:
             os.unlink(cleanup)

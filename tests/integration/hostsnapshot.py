@@ -14,6 +14,8 @@ SYSCTLS = (
     "net/ipv4/ip_forward",
     "net/ipv6/conf/all/forwarding",
     "net/ipv4/conf/all/rp_filter",
+    "net/bridge/bridge-nf-call-iptables",
+    "net/bridge/bridge-nf-call-ip6tables",
 )
 LAB_PATHS = ("/run/qemulab", "/var/lib/qemulab/labs")
 
@@ -29,9 +31,11 @@ def _sysctls(netns):
             out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/sys/" + key],
                                  capture_output=True, text=True)
             values[key] = out.stdout.strip()
-        else:
+        elif os.path.exists("/proc/sys/" + key):
             with open("/proc/sys/" + key) as f:
                 values[key] = f.read().strip()
+        else:
+            values[key] = ""
     return values
 
 
@@ -56,16 +60,22 @@ def snapshot(netns=None):
     }
 
 
-def lab_leftovers(lab_name):
-    """Processes and files a lab of this name may have left: QEMU processes, run directories, overlays."""
-    procs = []
+def lab_qemu_processes(lab_name):
+    """{pid: argv} of the QEMU processes of a lab of this name (their run files are under .../qemulab/<lab>/)."""
+    procs = {}
     for pid_dir in glob.glob("/proc/[0-9]*"):
         try:
             with open(os.path.join(pid_dir, "cmdline"), "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                argv = f.read().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if "qemu-system" in cmd and ("/qemulab/%s/" % lab_name) in cmd:
-            procs.append(cmd[:160])
+        if "qemu-system" in os.path.basename(argv[0]) and any("/qemulab/%s/" % lab_name in a for a in argv):
+            procs[int(os.path.basename(pid_dir))] = argv
+    return procs
+
+
+def lab_leftovers(lab_name):
+    """Processes and files a lab of this name may have left: QEMU processes, run directories, overlays."""
+    procs = [" ".join(argv)[:160] for argv in lab_qemu_processes(lab_name).values()]
     files = [p for base in LAB_PATHS for p in glob.glob(os.path.join(base, lab_name)) if os.path.exists(p)]
     return {"processes": procs, "files": files}

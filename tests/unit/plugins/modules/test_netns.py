@@ -38,3 +38,27 @@ def test_foreign_namespace_refused_unless_forced(owner, state):
     tracker, error = netns.plan_netns("ns1", have, "seed", True, state)
     assert error is None
     assert tracker.fields == (["owner"] if state == "present" else ["state", "owner"])
+
+
+BRIDGE_NF = "net.bridge.bridge-nf-call-iptables"
+
+
+def test_sysctls_are_compared_as_strings_and_only_the_keys_given():
+    have = dict(ours(), sysctls={BRIDGE_NF: "1"})
+    tracker, _error = netns.plan_netns("ns1", have, "seed", False, "present", {BRIDGE_NF: 0})
+    assert tracker.fields == ["sysctls." + BRIDGE_NF] and tracker.get("sysctls." + BRIDGE_NF) == ("1", "0")
+    have = dict(ours(), sysctls={BRIDGE_NF: "0"})
+    tracker, _error = netns.plan_netns("ns1", have, "seed", False, "present", {BRIDGE_NF: False})
+    assert not tracker.changed
+
+
+def test_sysctl_the_namespace_does_not_offer_is_left_alone():
+    have = dict(ours(), sysctls={BRIDGE_NF: None})
+    tracker, _error = netns.plan_netns("ns1", have, "seed", False, "present", {BRIDGE_NF: 0})
+    assert not tracker.changed
+
+
+def test_new_namespace_plans_its_sysctls_too():
+    have = dict(ABSENT, sysctls={BRIDGE_NF: None})
+    tracker, _error = netns.plan_netns("ns1", have, "seed", False, "present", {BRIDGE_NF: 0})
+    assert tracker.fields == ["state", "owner", "sysctls." + BRIDGE_NF]
