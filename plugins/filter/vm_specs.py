@@ -35,8 +35,9 @@ def qemu_vm_specs(vms, settings):
     """
     specs = []
     for vm in vms or []:
-        overlay = None if vm.get("disk") else "%s/labs/%s/%s.qcow2" % (settings["state_dir"], settings["lab"],
-                                                                      vm["name"])
+        overlay = None
+        if not vm.get("disk"):
+            overlay = "%s/labs/%s/%s.qcow2" % (settings["state_dir"], settings["lab"], vm["name"])
         disk = vm.get("disk") or overlay
         kernel = vm.get("kernel") or settings["default_kernel"]
         if vm.get("kernel"):
