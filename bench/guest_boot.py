@@ -3,6 +3,7 @@
 """How fast the default guest image boots under TCG: QEMU start to SSH banner for 1 VM and 7 VMs together, RSS.
 
     python bench/guest_boot.py [--runs N] [--cold-build] [--vms 7] [--firmware qboot|seabios] [--append-extra ARGS]
+                               [--qemu-arg=-cpu --qemu-arg=max ...]
 
 Builds (or reuses) the image through the guest_image role, boots VMs from per-run qcow2 overlays with direct
 qemu-system-x86_64 command lines (the image is measured, not the launcher), and prints a Markdown table of medians.
@@ -83,6 +84,10 @@ def module_seconds(image, workdir):
     return seconds
 
 
+# Extra QEMU arguments to try (--qemu-arg), the same for every VM.
+QEMU_EXTRA = []
+
+
 def start_vm(image, workdir, name, port, memory, firmware, append_extra):
     overlay = os.path.join(workdir, name + ".qcow2")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", image["disk"], "-F", "raw", overlay],
@@ -97,6 +102,7 @@ def start_vm(image, workdir, name, port, memory, firmware, append_extra):
             "-serial", "file:" + os.path.join(workdir, name + ".console")]
     if firmware == "qboot":
         argv += ["-bios", "/usr/share/qemu/qboot.rom"]
+    argv += QEMU_EXTRA
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -156,8 +162,11 @@ def main():
     parser.add_argument("--memory", type=int, default=1024, help="MiB per VM")
     parser.add_argument("--firmware", choices=["seabios", "qboot"], default="seabios")
     parser.add_argument("--append-extra", default="", help="extra kernel arguments to try")
+    parser.add_argument("--qemu-arg", action="append", default=[], help="extra QEMU argument to try (repeatable), "
+                        "e.g. --qemu-arg=-cpu --qemu-arg=max")
     parser.add_argument("--cold-build", action="store_true", help="also time a build from scratch (minutes)")
     args = parser.parse_args()
+    QEMU_EXTRA.extend(args.qemu_arg)
     sigterm_as_interrupt()
     workdir = tempfile.mkdtemp(prefix="qemulab-guest-boot-")
     rows = []
