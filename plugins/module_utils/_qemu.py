@@ -182,9 +182,13 @@ def missing_files(config):
 
 
 def port_in_use(port, protocol="tcp"):
+    """Whether QEMU could not listen on 127.0.0.1:port. TCP binds with SO_REUSEADDR as QEMU's forwards do: connections
+    of a stopped guest lingering in TIME_WAIT (for a minute) do not count, a listener still does."""
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(socket.AF_INET, kind)
     try:
+        if protocol == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
     except (OSError, socket.error):
         return True

@@ -23,9 +23,15 @@ LAB_YML = os.path.join(REPO_ROOT, "lab.yml")
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free 127.0.0.1 port below the kernel's ephemeral range, which outgoing connections (ssh) may take any time."""
+    while True:
+        port = secrets.randbelow(32000 - 20000) + 20000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Lab:
@@ -133,9 +139,42 @@ def wait_run(proc, timeout=1800):
     return PlaybookResult(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
 
 
+def _children():
+    """{ppid: [pid, ...]} of every process now."""
+    tree = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _is_qemu(pid):
+    try:
+        return "qemu-system" in os.path.basename(os.readlink("/proc/%d/exe" % pid))
+    except OSError:
+        return False
+
+
 def kill_run(proc):
-    """SIGKILL the whole playbook process group (ansible-playbook, its workers and modules), as a crash would."""
+    """SIGKILL the playbook and all of Ansible under it, as a crash would: its process group, and the task workers,
+    which ansible-core starts in sessions of their own. QEMU, which a crash leaves running, is spared."""
+    os.kill(proc.pid, signal.SIGSTOP)  # no new workers while we look
+    tree, found, todo = _children(), [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += [child for child in tree.get(pid, []) if not _is_qemu(child)]
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.communicate()
 
 

@@ -83,7 +83,7 @@ def vm_info(lab):
       qemulab.network.qemu_vm_info:
         lab: %s
 """ % lab)
-    assert res.rc == 0, res
+    assert res.rc == 0, failure_text(res) or res
     return {vm["name"]: vm for vm in res.result("Read the lab's VMs")["vms"]}
 
 
@@ -112,7 +112,7 @@ def lab():
     res = lab.run()
     lab.up_seconds = time.monotonic() - started
     try:
-        assert res.rc == 0, res
+        assert res.rc == 0, failure_text(res) or res
         yield lab
     finally:
         if lab.leftovers() != {"processes": [], "files": [], "netns": False}:
@@ -199,7 +199,7 @@ def test_bridged_traffic_survives_a_forward_drop_policy(lab):
         FAULTS["injected"] += 1
         assert not lab.ping_from_host_port(), "bridge netfilter on and FORWARD DROP, yet h1 answers: test is blind"
         res = lab.run(tags="prep")
-        assert res.rc == 0, res
+        assert res.rc == 0, failure_text(res) or res
         assert res.result("qemulab.network.host_prep : Create the lab's network namespace")["changed"]
         assert in_ns(lab.netns, "cat", key).stdout.strip() == "0"
         assert lab.wait_routing(20)
@@ -230,7 +230,7 @@ def test_dead_vm_is_reported_and_only_it_is_restarted(lab):
         assert not lab.ping_from_host_port(), "h1 still answers through a dead router"
 
         res = lab.run()
-        assert res.rc == 0, res
+        assert res.rc == 0, failure_text(res) or res
         assert sleeper.poll() is None, "the stale pidfile's process was signalled"
     finally:
         sleeper.kill()
@@ -303,12 +303,14 @@ def test_killed_bring_up_cleans_up_exactly_and_comes_up_again(lab_b):
             assert len(lab_qemu_pids(lab_b.name)) >= 1, "no VM was running when the run was killed"
         started = time.monotonic()
         res = lab_b.cleanup()
-        assert res.rc == 0, (stage, res)
+        assert res.rc == 0, (stage, failure_text(res) or res)
         assert time.monotonic() - started < 120, "cleanup waited for the killed run's lock"
         assert_clean(lab_b, before)
 
     res = lab_b.run()
-    assert res.rc == 0, res
+    if res.rc != 0:
+        lab_b.cleanup()  # so that lab A's last test still sees only its own leftovers
+    assert res.rc == 0, failure_text(res) or res
     assert "File exists" not in res.raw
     assert lab_b.wait_routing()
 
@@ -317,11 +319,14 @@ def test_two_labs_run_side_by_side_and_one_teardown_spares_the_other(lab, lab_b)
     """Property 12: labs A and B (different names, namespaces, same bridge and tap names) route at once;
     destroying B leaves A routing."""
     if lab_b.leftovers()["netns"] is False:
-        assert lab_b.run().rc == 0
-    assert lab.wait_routing() and lab_b.wait_routing()
-    a_pids = lab_qemu_pids(lab.name)
-    res = lab_b.cleanup()
-    assert res.rc == 0, res
+        res = lab_b.run()
+        assert res.rc == 0, failure_text(res) or res
+    try:
+        assert lab.wait_routing() and lab_b.wait_routing()
+        a_pids = lab_qemu_pids(lab.name)
+    finally:
+        res = lab_b.cleanup()  # also when the asserts above fail, so that lab A's last test sees only its own things
+    assert res.rc == 0, failure_text(res) or res
     assert lab_b.leftovers() == {"processes": [], "files": [], "netns": False}
     assert lab_qemu_pids(lab.name) == a_pids
     assert lab.ping_from_host_port(count=3)
@@ -370,7 +375,7 @@ def test_foreign_objects_survive_and_name_collisions_are_refused():
     lab = Lab(net=33, names=names)
     try:
         res = lab.run(tags="prep")
-        assert res.rc == 0, res
+        assert res.rc == 0, failure_text(res) or res
         with NetNS(lab.netns) as ns:
             made = {m.get_attr("IFLA_IFNAME") for m in ns.get_links()}
         assert set(names.values()) <= made and all(len(n) == 15 for n in names.values())
@@ -392,7 +397,7 @@ def test_foreign_objects_survive_and_name_collisions_are_refused():
         assert foreign_view(lab.netns, ours) == mine
         for attempt in (1, 2):
             res = lab.cleanup()
-            assert res.rc == 0, (attempt, res)
+            assert res.rc == 0, (attempt, failure_text(res) or res)
             assert foreign_view(lab.netns, ours) == mine, attempt
             assert lab.netns in pr_netns.listnetns()
             with NetNS(lab.netns) as ns:
@@ -408,7 +413,7 @@ def test_foreign_objects_survive_and_name_collisions_are_refused():
         assert "bridge %s in namespace %s exists and belongs to no qemulab lab" % (names["bra"], lab.netns) \
             in failure_text(res)
         res = lab.cleanup()
-        assert res.rc == 0, res
+        assert res.rc == 0, failure_text(res) or res
         assert foreign_view(lab.netns, ours) == mine
     finally:
         # The namespace is the lab's but holds the test's interfaces: the test removes it, marker and all.

@@ -313,3 +313,25 @@ def test_missing_boot_files_are_named_with_the_fix(tmp_path):
     (tmp_path / "vmlinuz").write_bytes(b"k")
     config["kernel"] = str(tmp_path / "vmlinuz")
     assert _qemu.missing_files(config) == []
+
+
+def test_port_in_use_sees_listeners_but_not_time_wait_of_a_stopped_guest():
+    import socket
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libslirp's tcp_listen does for hostfwd
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    assert _qemu.port_in_use(port)
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _addr = listener.accept()
+    served.close()  # the forwarding side closes first, as when QEMU stops: 127.0.0.1:port lingers in TIME_WAIT
+    client.close()
+    listener.close()
+    assert not _qemu.port_in_use(port)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    try:
+        assert _qemu.port_in_use(udp.getsockname()[1], "udp")
+    finally:
+        udp.close()
