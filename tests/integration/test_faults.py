@@ -235,8 +235,9 @@ def test_dead_vm_is_reported_and_only_it_is_restarted(lab):
     finally:
         sleeper.kill()
         sleeper.wait()
+    # vm_launch hands qemu_vm only the VMs not running as specified: h1 is not even looked at again.
     launched = {r["item"]["name"]: r["changed"] for r in res.result(LAUNCH)["results"]}
-    assert launched == {"r1": True, "h1": False}
+    assert launched == {"r1": True}
     assert res.changed("h1") == 0, res.stats
     changed_items = [(name, r["item"]["name"] if isinstance(r.get("item"), dict) else r.get("item"))
                      for name, host, result in res.tasks("localhost")
