@@ -87,16 +87,29 @@ def read_netns_owner(netns, identity, marker_dir=NETNS_MARKER_DIR):
 
 def write_netns_owner(netns, identity, lab, marker_dir=NETNS_MARKER_DIR):
     """Write the marker atomically (temp file + rename), directory 0700."""
-    os.makedirs(marker_dir, mode=0o700, exist_ok=True)
     path = marker_path(netns, marker_dir)
     tmp = path + ".tmp.%d" % os.getpid()
-    with open(tmp, "w") as handle:
+    for attempt in (1, 2):
+        os.makedirs(marker_dir, mode=0o700, exist_ok=True)
+        try:
+            handle = open(tmp, "w")
+            break
+        except FileNotFoundError:
+            # Another lab's teardown removed the then empty directory between makedirs and open.
+            if attempt == 2:
+                raise
+    with handle:
         json.dump({"lab": lab, "dev": identity[0], "ino": identity[1]}, handle)
     os.rename(tmp, path)
 
 
 def remove_netns_owner(netns, marker_dir=NETNS_MARKER_DIR):
+    """Remove the marker, and the marker directory once no lab has one there (a cleanup leaves nothing behind)."""
     try:
         os.unlink(marker_path(netns, marker_dir))
     except FileNotFoundError:
         pass
+    try:
+        os.rmdir(marker_dir)
+    except OSError:
+        pass  # other labs' markers are still there (or it is gone already)

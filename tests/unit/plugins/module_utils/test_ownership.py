@@ -30,15 +30,25 @@ def test_foreign_object_error_names_object_owner_and_fix(owner, whose, state, fi
 
 
 def test_marker_counts_only_for_the_same_namespace(tmp_path):
-    ownership.write_netns_owner("ns1", (10, 4026532000), "seed", marker_dir=str(tmp_path))
-    assert json.loads((tmp_path / "ns1.owner").read_text()) == {"lab": "seed", "dev": 10, "ino": 4026532000}
-    assert ownership.read_netns_owner("ns1", (10, 4026532000), marker_dir=str(tmp_path)) == "seed"
+    markers = tmp_path / "_netns"
+    ownership.write_netns_owner("ns1", (10, 4026532000), "seed", marker_dir=str(markers))
+    assert json.loads((markers / "ns1.owner").read_text()) == {"lab": "seed", "dev": 10, "ino": 4026532000}
+    assert ownership.read_netns_owner("ns1", (10, 4026532000), marker_dir=str(markers)) == "seed"
     # The same name, another namespace (another inode): the marker is stale.
-    assert ownership.read_netns_owner("ns1", (10, 4026532999), marker_dir=str(tmp_path)) is None
-    assert ownership.read_netns_owner("ns2", (10, 4026532000), marker_dir=str(tmp_path)) is None
-    ownership.remove_netns_owner("ns1", marker_dir=str(tmp_path))
-    ownership.remove_netns_owner("ns1", marker_dir=str(tmp_path))
+    assert ownership.read_netns_owner("ns1", (10, 4026532999), marker_dir=str(markers)) is None
+    assert ownership.read_netns_owner("ns2", (10, 4026532000), marker_dir=str(markers)) is None
+    ownership.remove_netns_owner("ns1", marker_dir=str(markers))
+    ownership.remove_netns_owner("ns1", marker_dir=str(markers))
+    # The last marker gone, so is its directory: a cleanup leaves nothing behind.
     assert list(tmp_path.iterdir()) == []
+
+
+def test_marker_directory_stays_while_another_lab_has_a_marker(tmp_path):
+    markers = tmp_path / "_netns"
+    ownership.write_netns_owner("ns1", (10, 1), "a", marker_dir=str(markers))
+    ownership.write_netns_owner("ns2", (10, 2), "b", marker_dir=str(markers))
+    ownership.remove_netns_owner("ns1", marker_dir=str(markers))
+    assert [p.name for p in markers.iterdir()] == ["ns2.owner"]
 
 
 @pytest.mark.parametrize("content", ["not json", "[]", '{"lab": "", "dev": 1, "ino": 2}', '{"lab": 3, "dev": 1, "ino": 2}'])
