@@ -243,19 +243,24 @@ def _read_cache(path):
         return {}
 
 
-def _write_json_atomic(path, data, mode=0o644):
+def _write_atomic(path, text, mode=0o644):
+    """Write `text` to `path` through a temp file in the same directory and a rename: readers never see half."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+            f.write(text)
         os.chmod(tmp, mode)
         os.rename(tmp, path)
     except Exception:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_json_atomic(path, data, mode=0o644):
+    _write_atomic(path, json.dumps(data, indent=2, sort_keys=True), mode)
 
 
 def boot_reaches_kernel(binary, kernel, accel, timeout):
@@ -588,11 +593,7 @@ def write_fw_cfg(config, contents, names):
     os.makedirs(directory, mode=0o700, exist_ok=True)
     for item in config.get("fw_cfg") or []:
         if item["name"] in names:
-            tmp = item["file"] + ".tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(contents[item["name"]])
-            os.rename(tmp, item["file"])
+            _write_atomic(item["file"], contents[item["name"]], mode=0o600)
 
 
 def prepare_run_dir(run_dir):
