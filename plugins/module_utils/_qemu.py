@@ -460,6 +460,13 @@ def process_uptime(pid):
     return round(host_uptime - start_ticks / float(os.sysconf("SC_CLK_TCK")), 1)
 
 
+def lab_run_dirs(run_root, lab):
+    """[(name, run_dir)] of a lab's VMs: the directories qemu_vm made under run_root/lab (beside the lab's files)."""
+    lab_dir = os.path.join(run_root, lab)
+    names = sorted(os.listdir(lab_dir)) if os.path.isdir(lab_dir) else []
+    return [(name, os.path.join(lab_dir, name)) for name in names if os.path.isdir(os.path.join(lab_dir, name))]
+
+
 def read_state(run_dir):
     """What is actually there: {status, pid, stored} — status from QMP, pid only when it is our QEMU."""
     paths = vm_paths(run_dir)

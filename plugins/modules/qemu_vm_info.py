@@ -106,6 +106,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
     file_sha256,
+    lab_run_dirs,
     process_uptime,
     read_state,
     vm_paths,
@@ -133,11 +134,8 @@ def main():
         name=dict(type="str"),
         run_root=dict(type="path", default="/run/qemulab"),
     ), supports_check_mode=True)
-    lab_dir = os.path.join(module.params["run_root"], module.params["lab"])
-    names = sorted(os.listdir(lab_dir)) if os.path.isdir(lab_dir) else []
-    if module.params["name"]:
-        names = [n for n in names if n == module.params["name"]]
-    vms = [vm_info(os.path.join(lab_dir, n)) for n in names if os.path.isdir(os.path.join(lab_dir, n))]
+    vms = [vm_info(run_dir) for name, run_dir in lab_run_dirs(module.params["run_root"], module.params["lab"])
+           if not module.params["name"] or name == module.params["name"]]
     module.exit_json(changed=False, vms=vms)
 
 

@@ -69,7 +69,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import read_pid, stop_vm, vm_paths
+from ansible_collections.qemulab.network.plugins.module_utils._qemu import lab_run_dirs, read_pid, stop_vm, vm_paths
 
 
 def main():
@@ -80,13 +80,8 @@ def main():
         stop_timeout=dict(type="int", default=10),
     ), supports_check_mode=True)
     lab_dir = os.path.join(module.params["run_root"], module.params["lab"])
-    # Only directories with a VM's files: the lab directory also holds the lab's own claim (lab.json).
-    vms = []
-    for name in sorted(os.listdir(lab_dir)) if os.path.isdir(lab_dir) else []:
-        run_dir = os.path.join(lab_dir, name)
-        paths = vm_paths(run_dir)
-        if os.path.isdir(run_dir) and any(os.path.exists(paths[k]) for k in ("pidfile", "fingerprint", "qmp_socket")):
-            vms.append({"name": name, "run_dir": run_dir, "pid": read_pid(paths["pidfile"])})
+    vms = [{"name": name, "run_dir": run_dir, "pid": read_pid(vm_paths(run_dir)["pidfile"])}
+           for name, run_dir in lab_run_dirs(module.params["run_root"], module.params["lab"])]
     result = dict(changed=bool(vms), vms=[dict(vm, stopped_by=None) for vm in vms],
                   diff=dict(before={"vms": [vm["name"] for vm in vms]}, after={"vms": []}))
     if module.check_mode or not vms:
