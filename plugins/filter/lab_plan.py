@@ -15,7 +15,7 @@ description:
     variables, and returns the plan the roles act on - bridges, taps, host ports and VMs with every default filled
     in - together with C(errors), a list of every problem found. Each error names the host, the field and the fix.
     Bad input never raises; the playbook stops on a non-empty C(errors) before anything on the host changes.
-  - The lab-wide variables C(lab_name), C(lab_netns) and C(lab_host_ports) are read from the hostvars of the
+  - The lab-wide variables C(lab_name), C(lab_netns), C(lab_host_ports) and C(lab_qemu_user) are read from the hostvars of the
     hypervisor (the first host of group C(hypervisors); put them in C(group_vars/all.yml)). The keyword options of
     the same names override them.
   - VM variables - C(ansible_port) (the 127.0.0.1 port forwarded to the guest's sshd), C(vm_nics) (list of
@@ -77,7 +77,7 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description:
-    - The plan - C(lab_name), C(netns) (empty when none), C(run_dir), C(hypervisor), C(bridges) (C(name), C(subnet)),
+    - The plan - C(lab_name), C(netns) (empty when none), C(qemu_user) (empty for root), C(run_dir), C(hypervisor), C(bridges) (C(name), C(subnet)),
       C(taps) (C(name), C(bridge), C(vm)), C(host_ports) (C(name), C(peer), C(bridge), C(address), C(routes)),
       C(vms) and C(errors).
     - Each VM - C(name), C(kind) (router or host), C(hypervisor), C(ssh_port), C(memory_mb), C(vcpus), C(kernel),
@@ -106,6 +106,8 @@ VHOST_VALUES = ("auto", "on", "off")
 DEFAULT_MEMORY_MB = 1024
 RUN_ROOT = "/run/qemulab"
 LAB_NAME_RE = re.compile(r"^[a-z0-9-]{1,15}\Z")
+# Debian's useradd accepts these names (NAME_REGEX); a uid is accepted too.
+QEMU_USER_RE = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})\Z")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 MEMORY_RE = re.compile(r"^\s*([0-9]+)\s*(?:([MG])(?:i?B)?)?\s*$", re.IGNORECASE)
 NIC_KEYS = ("bridge", "tap", "mac", "address", "model", "vhost", "backend", "net", "hostfwd")
@@ -375,6 +377,7 @@ class _Planner(object):
         lab_name = self.lab_var("lab_name", hv_vars, hv_owner)
         lab_netns = self.lab_var("lab_netns", hv_vars, hv_owner)
         host_ports_in = self.lab_var("lab_host_ports", hv_vars, hv_owner)
+        qemu_user = self.lab_var("lab_qemu_user", hv_vars, hv_owner)
         inventory_dir = self.lab_var("inventory_dir", hv_vars, hv_owner)
 
         if (hv_owner, "lab_name") in problems.unrenderable:
@@ -400,6 +403,16 @@ class _Planner(object):
             if why:
                 problems.add(hv_owner, "lab_netns", "%s; choose a shorter plain name" % why)
         lab_netns = str(lab_netns)
+
+        if qemu_user is _MISSING or qemu_user is None or qemu_user == "":
+            qemu_user = ""
+        elif not (_is_str(qemu_user) or _is_int(qemu_user)) or not QEMU_USER_RE.match(str(qemu_user)):
+            problems.add(hv_owner, "lab_qemu_user", "%s is not a user name; give an unprivileged user's name (like "
+                         "qemulab) or \"\" to run QEMU as root" % _describe(qemu_user))
+            qemu_user = ""
+        elif str(qemu_user) in ("root", "0"):
+            qemu_user = ""
+        qemu_user = str(qemu_user)
 
         self.check_claim(lab_name, inventory_dir, hv_owner)
 
@@ -427,6 +440,7 @@ class _Planner(object):
         return {
             "lab_name": lab_name,
             "netns": lab_netns,
+            "qemu_user": qemu_user,
             "run_dir": "%s/%s" % (RUN_ROOT, lab_name),
             "hypervisor": hypervisor,
             "bridges": bridges,

@@ -31,7 +31,7 @@ def qemu_vm_specs(vms, settings):
     """Planned VMs -> qemu_vm arguments (plus `overlay`: the copy-on-write disk to create, or null).
 
     settings: lab, netns, run_root, state_dir, default_kernel, default_initrd, default_disk, default_append,
-    custom_append, accelerator, tb_size, extra_args, boot_config.
+    custom_append, accelerator, tb_size, extra_args, boot_config, qemu_user.
     """
     specs = []
     for vm in vms or []:
@@ -70,6 +70,7 @@ def qemu_vm_specs(vms, settings):
             "nics": qemu_nics(vm, settings["netns"]),
             "extra_args": list(settings.get("extra_args") or []),
             "fw_cfg": fw_cfg,
+            "run_as": settings.get("qemu_user") or None,
             "overlay": overlay,
         })
     return specs

@@ -13,9 +13,11 @@ __metaclass__ = type
 import ctypes
 import errno
 import fcntl
+import grp
 import hashlib
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -37,7 +39,10 @@ MEMORY_UNITS_MIB = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
 
 # Fields that change what QEMU runs; state, timeouts and on_change do not.
 CONFIG_FIELDS = ("name", "lab", "run_dir", "kernel", "initrd", "append", "disks", "memory", "vcpus", "accelerator",
-                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg")
+                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg", "run_as")
+# Fields added after labs were already running: left out of the fingerprint while unset, so an upgrade does not
+# restart every VM.
+OPTIONAL_FIELDS = ("run_as",)
 # fw_cfg items are matched by name and file: their contents are read only at boot, so new contents are written for
 # the next boot without restarting the VM (the lab's config stage changes the running guest itself).
 FW_CFG_NAME_RE = re.compile(r"^opt/[A-Za-z0-9._/-]{1,51}$")
@@ -145,11 +150,13 @@ def normalise_config(params):
         "extra_args": list(params.get("extra_args") or []),
         "sandbox": True if params.get("sandbox") is None else bool(params["sandbox"]),
         "fw_cfg": fw_cfg,
+        "run_as": str(params["run_as"]) if params.get("run_as") not in (None, "") else None,
     }
 
 
 def fingerprint(config):
-    data = json.dumps(dict((k, config.get(k)) for k in CONFIG_FIELDS), sort_keys=True)
+    data = json.dumps(dict((k, config.get(k)) for k in CONFIG_FIELDS
+                           if not (k in OPTIONAL_FIELDS and config.get(k) is None)), sort_keys=True)
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
@@ -195,6 +202,66 @@ def port_in_use(port, protocol="tcp"):
     finally:
         sock.close()
     return False
+
+
+def resolve_user(config):
+    """{name, uid, gid, groups} QEMU runs as: root unless run_as names an unprivileged user (QemuConfigError if none)."""
+    run_as = config.get("run_as")
+    if run_as is None:
+        return {"name": "root", "uid": 0, "gid": 0, "groups": []}
+    try:
+        entry = pwd.getpwuid(int(run_as)) if run_as.isdigit() else pwd.getpwnam(run_as)
+    except (KeyError, ValueError):
+        raise QemuConfigError("VM %s: run_as: there is no user %r on this host; create one (useradd --system "
+                              "--no-create-home --shell /usr/sbin/nologin %s) or leave run_as unset to run QEMU "
+                              "as root" % (config["name"], run_as, run_as if not run_as.isdigit() else "qemulab"))
+    groups = sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)) - set([entry.pw_gid]))
+    return {"name": entry.pw_name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": groups}
+
+
+def accessible_as(user, checks):
+    """[(path, mode) the user cannot access] for checks [(path, os.R_OK | ...)], asked of the kernel itself: a
+    child process takes on the user's ids and calls access(2), so ACLs and every directory on the way count."""
+    if user["uid"] == 0:
+        return []
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child only reports through the pipe
+        status = 1
+        try:
+            os.close(read_fd)
+            os.setgroups(user["groups"])
+            os.setgid(user["gid"])
+            os.setuid(user["uid"])
+            denied = [[path, mode] for path, mode in checks if not os.access(path, mode)]
+            os.write(write_fd, json.dumps(denied).encode("utf-8"))
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    return [tuple(item) for item in json.loads(answer.decode("utf-8") or "null") or []] if answer else list(checks)
+
+
+def user_access_problems(config, user):
+    """Files QEMU opens by path (kernel, initrd) that the unprivileged QEMU user could not read. Disks and taps are
+    handed to it as file descriptors, so their paths may stay private to root."""
+    parent = os.path.dirname(os.path.abspath(config["run_dir"]))
+    checks = [(config[field], os.R_OK) for field in ("kernel", "initrd") if config.get(field)]
+    if os.path.isdir(parent):  # a missing one is made world-traversable by prepare_run_dir
+        checks.append((parent, os.X_OK))
+    problems = []
+    for path, mode in accessible_as(user, checks):
+        if path == parent and mode == os.X_OK:
+            problems.append("VM %s: run_as: user %s cannot pass through %s to reach its run directory; let its group "
+                            "traverse it (chgrp <the user's group>, chmod 0710), as the lab's host_prep role does"
+                            % (config["name"], user["name"], parent))
+        else:
+            problems.append("VM %s: run_as: user %s cannot read %s; make it (and every directory above it) readable "
+                            "by that user, or run QEMU as root" % (config["name"], user["name"], path))
+    return problems
 
 
 # ---------------------------------------------------------------- host capabilities
@@ -243,15 +310,18 @@ def _read_cache(path):
         return {}
 
 
-def _write_atomic(path, text, mode=0o644):
-    """Write `text` to `path` through a temp file in the same directory and a rename: readers never see half."""
+def _write_atomic(path, text, mode=0o644, owner=None):
+    """Write `text` to `path` through a temp file in the same directory and a rename: readers never see half.
+    mkstemp's O_EXCL never follows a link planted in a directory an unprivileged QEMU owns; owner: (uid, gid)."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, mode)
+            os.fchmod(f.fileno(), mode)
+            if owner is not None:
+                os.fchown(f.fileno(), owner[0], owner[1])
         os.rename(tmp, path)
     except Exception:
         if os.path.exists(tmp):
@@ -348,7 +418,7 @@ def vm_paths(run_dir):
     }
 
 
-def _netdev_tap(index, nic, vhost, tap_fd):
+def _netdev_tap(index, nic, vhost, tap_fd, vhost_fd=None):
     parts = ["tap", "id=net%d" % index]
     if tap_fd is not None:
         parts.append("fd=%d" % tap_fd)
@@ -356,6 +426,8 @@ def _netdev_tap(index, nic, vhost, tap_fd):
         parts += ["ifname=%s" % nic["ifname"], "script=no", "downscript=no"]
     if vhost:
         parts.append("vhost=on")
+        if vhost_fd is not None:
+            parts.append("vhostfd=%d" % vhost_fd)
     return ",".join(parts)
 
 
@@ -370,10 +442,14 @@ def _netdev_user(index, nic):
     return ",".join(parts)
 
 
-def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True):
-    """QEMU's argv for `config`. vhost: {nic index: bool}; tap_fds: {nic index: fd} for taps opened by us."""
+def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_fds=None, vhost_fds=None):
+    """QEMU's argv for `config`. vhost: {nic index: bool}; tap_fds / vhost_fds: {nic index: fd} and disk_fds:
+    {disk index: [fds]} for files we opened for it (an unprivileged QEMU gets its disks as an fd set: QEMU picks
+    the fd whose access mode matches each open it makes, so a writable disk comes read-write and read-only)."""
     vhost = vhost or {}
     tap_fds = tap_fds or {}
+    disk_fds = disk_fds or {}
+    vhost_fds = vhost_fds or {}
     paths = vm_paths(config["run_dir"])
     accel = accelerator
     if accelerator == "tcg" and config.get("tb_size"):
@@ -386,8 +462,13 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True):
         argv += ["-initrd", config["initrd"]]
     if config.get("append"):
         argv += ["-append", config["append"]]
-    for disk in config["disks"]:
-        drive = "file=%s,if=%s,format=%s" % (disk["file"].replace(",", ",,"), disk["interface"], disk["format"])
+    for index, disk in enumerate(config["disks"]):
+        path = disk["file"]
+        if disk_fds.get(index):
+            for fd in disk_fds[index]:
+                argv += ["-add-fd", "fd=%d,set=%d,opaque=disks[%d]" % (fd, index + 1, index)]
+            path = "/dev/fdset/%d" % (index + 1)
+        drive = "file=%s,if=%s,format=%s" % (path.replace(",", ",,"), disk["interface"], disk["format"])
         if disk.get("readonly"):
             drive += ",readonly=on"
         argv += ["-drive", drive]
@@ -396,7 +477,7 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True):
         if nic.get("mac"):
             device += ",mac=%s" % nic["mac"]
         if nic["backend"] == "tap":
-            netdev = _netdev_tap(index, nic, vhost.get(index, False), tap_fds.get(index))
+            netdev = _netdev_tap(index, nic, vhost.get(index, False), tap_fds.get(index), vhost_fds.get(index))
         else:
             netdev = _netdev_user(index, nic)
         argv += ["-device", device, "-netdev", netdev]
@@ -434,9 +515,28 @@ def proc_cmdline(pid):
         return None
 
 
+def process_uid(pid):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, IOError, ValueError, IndexError):
+        pass
+    return None
+
+
 def is_our_qemu(pid, run_dir):
-    """True only when `pid` is a QEMU whose -pidfile lies in `run_dir`: a reused PID is never trusted."""
+    """True only when `pid` is a QEMU whose -pidfile lies in `run_dir`, run by root or by the user who owns
+    `run_dir` (an unprivileged QEMU's own directory): a reused PID, or a pidfile that user rewrote to point at
+    someone else's process, is never trusted."""
     if not pid:
+        return False
+    try:
+        allowed = set([0, os.stat(run_dir).st_uid])
+    except OSError:
+        return False
+    if process_uid(pid) not in allowed:
         return False
     argv = proc_cmdline(pid)
     if not argv or "qemu" not in os.path.basename(argv[0]):
@@ -595,35 +695,57 @@ def fw_cfg_drift(config, contents):
     return drift
 
 
-def write_fw_cfg(config, contents, names):
+def write_fw_cfg(config, contents, names, user=None):
+    """Write the fw_cfg files QEMU reads at boot, readable only by the user QEMU runs as."""
+    owner = (user["uid"], user["gid"]) if user else None
     directory = os.path.join(config["run_dir"], "fw_cfg")
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    if owner is not None:
+        _chown_dir(directory, owner)
     for item in config.get("fw_cfg") or []:
         if item["name"] in names:
-            _write_atomic(item["file"], contents[item["name"]], mode=0o600)
+            _write_atomic(item["file"], contents[item["name"]], mode=0o600, owner=owner)
 
 
-def prepare_run_dir(run_dir):
+def _chown_dir(path, owner):
+    """chown a directory we made, refusing to follow a link that replaced it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fchown(fd, owner[0], owner[1])
+        os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+
+
+def prepare_run_dir(run_dir, user=None):
+    """The VM's run directory, 0700 and owned by the user QEMU runs as (root by default), without old sockets."""
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    os.chmod(run_dir, 0o700)
+    _chown_dir(run_dir, (user["uid"], user["gid"]) if user else (0, 0))
     paths = vm_paths(run_dir)
     for key in ("pidfile", "qmp_socket", "console_socket"):
-        if os.path.exists(paths[key]):
+        if os.path.lexists(paths[key]):
             os.unlink(paths[key])
 
 
-def launch(config, argv, pass_fds):
+def launch(config, argv, pass_fds, user=None):
     """Start QEMU detached from us; wait until QMP answers; record the fingerprint. Returns the QEMU pid.
 
     QEMU's own -daemonize forks and calls setsid, which the sandbox (spawn=deny, elevateprivileges=deny) kills
-    with SIGSYS in QEMU 7.2, so we detach it ourselves: new session, stdio to RUN/qemu.stderr.
+    with SIGSYS in QEMU 7.2, so we detach it ourselves: new session, stdio to RUN/qemu.stderr. An unprivileged
+    user is taken on before exec (QEMU's -runas would need the set*id calls the sandbox denies). umask 0177 makes
+    its sockets and logs 0600 as they are created.
     """
     paths = vm_paths(config["run_dir"])
     stderr_path = os.path.join(config["run_dir"], "qemu.stderr")
-    with open(stderr_path, "wb") as stderr:
+    as_user = {}
+    if user and user["uid"] != 0:
+        as_user = dict(user=user["uid"], group=user["gid"], extra_groups=user["groups"])
+    # O_NOFOLLOW: the directory may belong to the QEMU user, who could have left a link here.
+    stderr_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(stderr_fd, "wb") as stderr:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
                                 pass_fds=tuple(pass_fds), close_fds=True, start_new_session=True,
-                                cwd=config["run_dir"])
+                                cwd=config["run_dir"], umask=0o177, **as_user)
     deadline = time.time() + 60
     status = None
     while time.time() < deadline:
@@ -640,9 +762,6 @@ def launch(config, argv, pass_fds):
         proc.kill()
         proc.wait()
         raise QemuConfigError("VM %s: QEMU did not answer on QMP within 60s; see %s" % (config["name"], paths["log"]))
-    for key in ("qmp_socket", "console_socket"):
-        if os.path.exists(paths[key]):
-            os.chmod(paths[key], 0o600)
     # Popen must not reap or kill it later: the VM outlives this process.
     proc.returncode = 0
     _write_json_atomic(paths["fingerprint"], {"fingerprint": fingerprint(config), "config": config,
@@ -695,19 +814,30 @@ QEMU_VM_ARGUMENT_SPEC = dict(
         name=dict(type="str", required=True),
         content=dict(type="str", required=True),
     )),
+    run_as=dict(type="str"),
 )
 
 
-def tap_problems(config, get_tap):
-    """Problems with the taps the VM needs; get_tap(ifname, netns) -> link dict or None (raises on netlink errors)."""
+def tap_problems(config, get_tap, user=None):
+    """Problems with the taps the VM needs; get_tap(ifname, netns) -> link dict or None (raises on netlink errors).
+    A QEMU that runs as an unprivileged user may only use taps that user owns."""
     problems = []
     for index, nic in enumerate(config["nics"]):
         if nic["backend"] != "tap":
             continue
         where = "namespace %s" % nic["netns"] if nic["netns"] else "the root namespace"
-        if get_tap(nic["ifname"], nic["netns"]) is None:
+        link = get_tap(nic["ifname"], nic["netns"])
+        if link is None:
             problems.append("VM %s: nics[%d] needs tap %s, which does not exist in %s; create it first with "
                             "qemulab.network.tap" % (config["name"], index, nic["ifname"], where))
+            continue
+        owner = (link.get("tun") or {}).get("owner")
+        if user and user["uid"] != 0 and owner != user["uid"]:
+            problems.append("VM %s: nics[%d]: tap %s in %s is owned by %s, but QEMU runs as %s (run_as); create "
+                            "the tap with owner: %s (the lab does when lab_qemu_user is set)"
+                            % (config["name"], index, nic["ifname"], where,
+                               "no user (root only)" if owner is None else "uid %s" % owner, user["name"],
+                               user["name"]))
     return problems
 
 
@@ -749,11 +879,45 @@ def nics_result(config, vhost, vhost_reasons):
     return out
 
 
+def open_disks(config):
+    """{disk index: [fds]} for an unprivileged QEMU: read-write and read-only fds of each writable disk, a read-only
+    fd of a read-only one. Its paths may then stay private to root (the lab's overlays are)."""
+    fds = {}
+    try:
+        for index, disk in enumerate(config["disks"]):
+            modes = [os.O_RDONLY] if disk["readonly"] else [os.O_RDWR, os.O_RDONLY]
+            fds[index] = []
+            for mode in modes:
+                fds[index].append(os.open(disk["file"], mode | os.O_CLOEXEC))
+    except OSError as exc:
+        close_fds(fds)
+        raise QemuConfigError("VM %s: disks[%d].file %s cannot be opened: %s" % (config["name"], index, disk["file"],
+                                                                              exc.strerror))
+    return fds
+
+
+def close_fds(fds):
+    for value in fds.values():
+        for fd in (value if isinstance(value, list) else [value]):
+            os.close(fd)
+
+
+def kvm_for_user(accel, reason, requested, user, vm):
+    """KVM is probed as root; an unprivileged QEMU also needs to open /dev/kvm itself."""
+    if accel != "kvm" or user["uid"] == 0 or not accessible_as(user, [("/dev/kvm", os.R_OK | os.W_OK)]):
+        return accel, reason
+    if requested == "kvm":
+        raise QemuConfigError("VM %s: accelerator is kvm but user %s (run_as) cannot open /dev/kvm; add the user "
+                              "to the kvm group, or use accelerator: tcg or auto" % (vm, user["name"]))
+    return "tcg", "%s, but user %s cannot open /dev/kvm; using TCG" % (reason, user["name"])
+
+
 def run_qemu_vm(module, get_tap=_get_tap_netlink):
     """Read, plan, act for one VM. Returns the module result (fails the module on errors)."""
     params = module.params
     try:
         config = normalise_config(params)
+        user = resolve_user(config)
     except QemuConfigError as exc:
         module.fail_json(msg=str(exc))
     paths = vm_paths(config["run_dir"])
@@ -779,7 +943,7 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
     result = dict(changed=changed, changes=changes, run_dir=paths["run_dir"], qmp_socket=paths["qmp_socket"],
                   console_socket=paths["console_socket"], console_log=paths["console_log"], log=paths["log"],
                   pid=have["pid"], state=have["status"], argv=(have["stored"] or {}).get("argv", []),
-                  nics=nics_result(config, {}, {}))
+                  nics=nics_result(config, {}, {}), user=user["name"])
     if warnings:
         result["warnings"] = warnings
     if running and not changes and (have["stored"] or {}).get("nics"):
@@ -805,8 +969,10 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
     vhost, vhost_reasons, fds = {}, {}, {}
     if need_start:
         problems = missing_files(config) + hostfwd_problems(config, _forwards(stored_config) if need_stop else ())
+        if not missing_files(config):
+            problems += user_access_problems(config, user)
         try:
-            problems += tap_problems(config, get_tap)
+            problems += tap_problems(config, get_tap, user)
         except Exception as exc:  # netlink errors carry a readable message already
             problems.append("VM %s: cannot check taps: %s" % (config["name"], exc))
         if problems and module.check_mode:
@@ -824,6 +990,10 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
         result["nics"] = nics_result(config, vhost, vhost_reasons)
         accel, accel_reason = resolve_accelerator(config["accelerator"], config["qemu_binary"], config["kernel"],
                                                   probe=not module.check_mode)
+        try:
+            accel, accel_reason = kvm_for_user(accel, accel_reason, config["accelerator"], user, config["name"])
+        except QemuConfigError as exc:
+            module.fail_json(msg=str(exc))
         result["accelerator"], result["accelerator_reason"] = accel, accel_reason
 
     if module.check_mode:
@@ -835,26 +1005,37 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
             module.fail_json(msg="VM %s: QEMU (pid %s) survived powerdown, QMP quit, SIGTERM and SIGKILL; see %s"
                              % (config["name"], have["pid"], paths["log"]))
     if fw_cfg_changes and not need_start and os.path.isdir(config["run_dir"]):
-        write_fw_cfg(config, fw_cfg_contents, fw_cfg_changes)
+        write_fw_cfg(config, fw_cfg_contents, fw_cfg_changes, user)
     if need_start:
+        # An unprivileged QEMU cannot open /dev/net/tun, /dev/vhost-net or root's files: it gets fds opened here.
+        unprivileged = user["uid"] != 0
+        disk_fds, vhost_fds = {}, {}
         try:
-            prepare_run_dir(config["run_dir"])
-            write_fw_cfg(config, fw_cfg_contents, fw_cfg_contents)
+            prepare_run_dir(config["run_dir"], user)
+            write_fw_cfg(config, fw_cfg_contents, fw_cfg_contents, user)
             for index, nic in enumerate(config["nics"]):
-                if nic["backend"] == "tap" and nic["netns"]:
+                if nic["backend"] == "tap" and (nic["netns"] or unprivileged):
                     try:
                         fds[index] = open_tap(nic["ifname"], nic["netns"])
                     except OSError as exc:
-                        raise QemuConfigError("VM %s: nics[%d]: cannot open tap %s in namespace %s: %s; check the "
-                                              "tap exists and is not attached to another QEMU"
-                                              % (config["name"], index, nic["ifname"], nic["netns"], exc))
-            argv = build_argv(config, result["accelerator"], vhost, fds)
-            pid = launch(config, argv, fds.values())
+                        raise QemuConfigError("VM %s: nics[%d]: cannot open tap %s in %s: %s; check the tap exists "
+                                              "and is not attached to another QEMU"
+                                              % (config["name"], index, nic["ifname"],
+                                                 "namespace %s" % nic["netns"] if nic["netns"] else
+                                                 "the root namespace", exc))
+                    if unprivileged and vhost.get(index):
+                        vhost_fds[index] = os.open("/dev/vhost-net", os.O_RDWR | os.O_CLOEXEC)
+            if unprivileged:
+                disk_fds = open_disks(config)
+            argv = build_argv(config, result["accelerator"], vhost, fds, disk_fds=disk_fds, vhost_fds=vhost_fds)
+            passed = list(fds.values()) + list(vhost_fds.values()) + [fd for v in disk_fds.values() for fd in v]
+            pid = launch(config, argv, passed, user)
         except QemuConfigError as exc:
             module.fail_json(msg=str(exc))
         finally:
-            for fd in fds.values():
-                os.close(fd)
+            close_fds(fds)
+            close_fds(vhost_fds)
+            close_fds(disk_fds)
         stored = _read_cache(paths["fingerprint"])
         stored.update({"argv": argv, "accelerator": result["accelerator"],
                        "accelerator_reason": result["accelerator_reason"], "nics": result["nics"]})

@@ -196,6 +196,19 @@ options:
         description: The item's contents.
         type: str
         required: true
+  run_as:
+    description:
+      - Run QEMU as this unprivileged user (name or uid) instead of root. QEMU is started with the user's ids
+        (before exec, so the sandbox's set*id denial still holds) and gets everything privileged as file
+        descriptors opened by the module - its taps, its disks (an C(-add-fd) set, so the lab's overlays stay
+        private to root) and C(/dev/vhost-net) - so it never needs C(/dev/net/tun) or root's files.
+      - Each tap must be owned by this user (O(qemulab.network.tap#module:owner)); otherwise the task fails naming
+        the tap. The kernel and initrd must be readable by the user (checked before QEMU starts). With
+        O(accelerator=auto), KVM is used only if the user can open C(/dev/kvm).
+      - O(run_dir) then belongs to the user (0700); the module trusts a QEMU found there only when its process
+        runs as root or as that directory's owner.
+      - Unset (the default), QEMU runs as root, as in the seed lab. Changing it restarts the VM.
+    type: str
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -224,6 +237,19 @@ EXAMPLES = r"""
       - {mac: "12:34:56:ab:cd:73", ifname: vport31}
       - {backend: user, mac: "52:54:00:00:01:01", hostfwd: [{host_port: 2201, guest_port: 22}]}
 
+- name: The same kind of VM run by the unprivileged user qemulab (its taps created with owner qemulab)
+  qemulab.network.qemu_vm:
+    name: h1
+    lab: seed
+    netns: qlab-seed
+    run_as: qemulab
+    kernel: /var/cache/qemulab/images/abc/vmlinuz
+    disks:
+      - file: /var/lib/qemulab/labs/seed/h1.qcow2
+        format: qcow2
+    nics:
+      - {ifname: vport41}
+
 - name: Stop it and remove its run files
   qemulab.network.qemu_vm:
     name: rt1
@@ -240,6 +266,10 @@ pid:
   description: QEMU's process id, when running.
   returned: always
   type: int
+user:
+  description: The user QEMU runs (or would run) as - C(root), or the user of O(run_as).
+  returned: always
+  type: str
 accelerator:
   description: Accelerator used (kvm or tcg).
   returned: when the VM was started or is running

@@ -98,19 +98,33 @@ vms:
     fw_cfg:
       description: SHA-256 of each fw_cfg item's file as it is now, by name (the guest reads them at boot).
       type: dict
+    user:
+      description: The user the running QEMU process runs as (C(root) unless started with O(qemulab.network.qemu_vm#module:run_as)), or null.
+      type: str
 """
 
 import os
+import pwd
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
     file_sha256,
     lab_run_dirs,
+    process_uid,
     process_uptime,
     read_state,
     vm_paths,
 )
+
+
+def user_name(uid):
+    if uid is None:
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def vm_info(run_dir):
@@ -123,6 +137,7 @@ def vm_info(run_dir):
                 nics=stored.get("nics") or (stored.get("config") or {}).get("nics") or [],
                 accelerator=stored.get("accelerator"),
                 fingerprint=stored.get("fingerprint") if have["pid"] else None,
+                user=user_name(process_uid(have["pid"])) if have["pid"] else None,
                 fw_cfg=dict((item["name"], file_sha256(item["file"]))
                             for item in (stored.get("config") or {}).get("fw_cfg") or []))
     return info

@@ -2,12 +2,14 @@
 
 Two labs, each in a namespace it creates itself (unique names per run) and removes on cleanup: lab A (module
 fixture `lab`) is brought up once and shared by the tests that only need a running lab; lab B (`lab_b`) takes the
-kills of property 4, is then brought up for real and runs beside A (property 12). Every test compares snapshots:
-the root namespace's links, addresses, routes and sysctls (read only), the namespace list, and what the lab could
-leave (QEMU processes, run directories, overlays). Properties proven elsewhere at the module level are referenced
+kills of property 4, is then brought up for real and runs beside A (property 12). Lab B runs its QEMUs as the
+unprivileged user nobody (property 9), so its kills and its teardown beside a root-run lab cover that mode too.
+Every test compares snapshots: the root namespace's links, addresses, routes and sysctls (read only), the
+namespace list, and what the lab could leave (QEMU processes, run directories, overlays). Properties proven elsewhere at the module level are referenced
 in each test's docstring; here they are proven again through the roles.
 """
 import os
+import pwd
 import signal
 import stat
 import subprocess
@@ -122,7 +124,7 @@ def lab():
 
 @pytest.fixture(scope="module")
 def lab_b():
-    lab = Lab(net=32)
+    lab = Lab(net=32, extra_vars={"lab_qemu_user": "nobody"})
     try:
         yield lab
     finally:
@@ -314,6 +316,61 @@ def test_killed_bring_up_cleans_up_exactly_and_comes_up_again(lab_b):
     assert res.rc == 0, failure_text(res) or res
     assert "File exists" not in res.raw
     assert lab_b.wait_routing()
+
+
+def _tap_owner(netns, name):
+    from ansible_collections.qemulab.network.plugins.module_utils._netlink import get_link, netlink
+    with netlink(netns) as ipr:
+        return (get_link(ipr, name)["tun"] or {}).get("owner")
+
+
+def test_unprivileged_lab_runs_qemu_as_its_user_on_taps_it_owns(lab_b):
+    """Property 9, second half (module level: test_qemu_vm.py): with lab_qemu_user: nobody every QEMU of lab B runs
+    as nobody under the sandbox, every tap of the lab is owned by nobody, each VM's run directory is nobody's (0700)
+    inside a lab directory nobody may only traverse, the overlays stay root's in a root-only directory (QEMU gets
+    them as fds), and the lab routes."""
+    nobody = pwd.getpwnam("nobody")
+    if lab_b.leftovers()["netns"] is False:
+        res = lab_b.run()
+        assert res.rc == 0, failure_text(res) or res
+    assert lab_b.wait_routing(), "h1 does not answer the host port through r1"
+    pids = lab_qemu_pids(lab_b.name)
+    assert sorted(pids) == ["h1", "r1"]
+    for name, (pid, argv) in pids.items():
+        with open("/proc/%d/status" % pid) as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        assert status["Uid"].split() == [str(nobody.pw_uid)] * 4, name
+        assert status["Seccomp"].strip() == "2" and argv[argv.index("-sandbox") + 1] == SANDBOX, name
+        assert not [a for a in argv if "/var/lib/qemulab" in a], argv
+        run_dir = os.path.join("/run/qemulab", lab_b.name, name)
+        assert (os.stat(run_dir).st_uid, stat.S_IMODE(os.stat(run_dir).st_mode)) == (nobody.pw_uid, 0o700)
+        overlay = os.path.join("/var/lib/qemulab/labs", lab_b.name, name + ".qcow2")
+        assert (os.stat(overlay).st_uid, stat.S_IMODE(os.stat(overlay).st_mode)) == (0, 0o600)
+    top = os.stat(os.path.join("/run/qemulab", lab_b.name))
+    assert (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode)) == (0, nobody.pw_gid, 0o710)
+    assert {tap: _tap_owner(lab_b.netns, tap) for tap in ("ta1", "tb1", "ta2")} == \
+        {"ta1": nobody.pw_uid, "tb1": nobody.pw_uid, "ta2": nobody.pw_uid}
+    assert {name: vm["user"] for name, vm in vm_info(lab_b.name).items()} == {"r1": "nobody", "h1": "nobody"}
+
+
+def test_a_qemu_user_that_does_not_exist_stops_the_run_before_the_host_changes():
+    """Property 9 / 14: lab_qemu_user naming no user fails in host_prep's first check, naming the host, the field and
+    the fix; the host snapshot is unchanged and nothing of the lab is left."""
+    before = host_picture()
+    lab = Lab(net=34, extra_vars={"lab_qemu_user": "qemulab-nosuchuser"})
+    try:
+        res = lab.run(tags="prep")
+        assert res.rc != 0
+        failed = [name for name, _host, r in res.tasks() if r.get("failed")]
+        assert failed == ["qemulab.network.host_prep : Stop when that user does not exist"], failed
+        message = failure_text(res)
+        assert "lab_qemu_user: there is no user qemulab-nosuchuser on lab host localhost" in message, message
+        assert "useradd --system" in message, message
+        FAULTS["bad_inputs"] += 1
+        assert lab.leftovers() == {"processes": [], "files": [], "netns": False}
+        assert host_picture() == before
+    finally:
+        lab.force_remove()
 
 
 def test_two_labs_run_side_by_side_and_one_teardown_spares_the_other(lab, lab_b):

@@ -5,6 +5,7 @@ command line, pings its peer over the bridge and prints the result on its serial
 """
 import json
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -311,3 +312,76 @@ def test_open_tap_inside_namespace_never_creates_one(netns):
     assert os.readlink("/proc/self/ns/net") == own_ns
     links = subprocess.run(["ip", "-n", netns, "-br", "link"], check=True, capture_output=True, text=True).stdout
     assert "qvmtap9" not in links and "qvmtap0" in links
+
+
+def _status_field(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        return [line.split()[1:] for line in f if line.startswith(field + ":")][0]
+
+
+def test_unprivileged_qemu_on_taps_it_owns(guest, lab, playbook, tmp_path):
+    """run_as: two guests started as nobody ping each other; QEMU gets its taps and a root-only disk as fds."""
+    nobody = pwd.getpwnam("nobody")
+    for tap in lab["taps"]:  # the fixture's taps belong to root: make them nobody's, as the tap module would
+        subprocess.run(["ip", "-n", lab["netns"], "link", "del", tap], check=True)
+        subprocess.run(["ip", "-n", lab["netns"], "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr", "user",
+                        str(nobody.pw_uid)], check=True)
+        subprocess.run(["ip", "-n", lab["netns"], "link", "set", tap, "master", lab["name"] + "br", "up"], check=True)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    disks = {"vma": private / "a.img", "vmb": private / "b.img"}
+    for disk in disks.values():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), "1M"], check=True)
+    task_a = _vm_task(lab, guest, "vma", lab["taps"][0], "52:54:00:5a:00:41", "10.77.0.1", "10.77.0.2") + \
+        "        run_as: nobody\n        disks: [{file: %s}]\n" % disks["vma"]
+    task_b = _vm_task(lab, guest, "vmb", lab["taps"][1], "52:54:00:5a:00:42", "10.77.0.2", "10.77.0.1") + \
+        "        run_as: nobody\n        disks: [{file: %s, readonly: true}]\n" % disks["vmb"]
+    first = playbook(_play(task_a, task_b))
+    assert first.rc == 0, first
+    for vm in ("vma", "vmb"):
+        res = first.result(vm)
+        assert res["user"] == "nobody"
+        assert _status_field(res["pid"], "Uid") == [str(nobody.pw_uid)] * 4
+        assert _status_field(res["pid"], "Gid")[0] == str(nobody.pw_gid)
+        assert _status_field(res["pid"], "Seccomp") == ["2"]
+        assert os.stat(res["run_dir"]).st_uid == nobody.pw_uid
+        assert oct(os.stat(res["run_dir"]).st_mode & 0o777) == "0o700"
+        for sock in (res["qmp_socket"], res["console_socket"]):
+            assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+        netdev = [a for a in res["argv"] if a.startswith("tap,")]
+        assert ",fd=" in netdev[0] and "ifname" not in netdev[0]
+        assert "file=/dev/fdset/1," in " ".join(res["argv"]) and str(disks[vm]) not in " ".join(res["argv"])
+        with QMPClient(res["qmp_socket"]) as qmp:
+            block = [b for b in qmp.command("query-block") if b.get("inserted")][0]["inserted"]
+        assert block["ro"] is (vm == "vmb"), block
+    for vm in ("vma", "vmb"):
+        console = _wait_console(os.path.join(lab["dir"], vm, "console.log"))
+        assert PING_OK in console, console[-2000:]
+    info = _info(playbook, lab, "vma")
+    assert info[0]["user"] == "nobody" and info[0]["state"] == "running"
+    again = playbook(_play(task_a, task_b))
+    assert again.rc == 0 and again.changed() == 0, again
+
+
+def test_unprivileged_qemu_refuses_what_it_could_not_use(guest, lab, playbook, tmp_path):
+    """A root-owned tap, an unknown user and a kernel the user cannot read fail before QEMU starts, by name."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    kernel = private / "vmlinuz"
+    shutil.copy(guest["kernel"], str(kernel))
+
+    def attempt(run_as, kernel_path):
+        task = _vm_task(lab, guest, "vmu", lab["taps"][0], "52:54:00:5a:00:51", "10.77.0.1", "10.77.0.2")
+        task = task.replace(guest["kernel"], kernel_path) + "        run_as: %s\n" % run_as
+        res = playbook(_play(task))
+        assert res.rc != 0, res
+        return res.result("vmu")["msg"]
+
+    msg = attempt("nobody", guest["kernel"])
+    assert "VM vmu: nics[0]: tap %s" % lab["taps"][0] in msg and "owned by no user (root only)" in msg, msg
+    assert "create the tap with owner: nobody" in msg, msg
+    msg = attempt("qemulab-nosuchuser", guest["kernel"])
+    assert "VM vmu: run_as: there is no user 'qemulab-nosuchuser'" in msg and "useradd" in msg, msg
+    msg = attempt("nobody", str(kernel))
+    assert "user nobody cannot read %s" % kernel in msg, msg
+    assert _qemu_pids_under(lab["dir"]) == []

@@ -269,6 +269,24 @@ def test_no_lab_netns_means_the_root_namespace():
     assert lab_plan(hostvars, groups)["netns"] == ""
 
 
+@pytest.mark.parametrize("value,planned", [(None, ""), ("", ""), ("root", ""), ("qemulab", "qemulab"),
+                                            ("_qemu-lab1", "_qemu-lab1"), (1001, "1001")])
+def test_qemu_user_is_planned_root_means_none(value, planned):
+    hostvars, groups = small_lab()
+    hostvars["localhost"]["lab_qemu_user"] = value
+    plan = lab_plan(hostvars, groups)
+    assert (plan["qemu_user"], plan["errors"]) == (planned, [])
+
+
+@pytest.mark.parametrize("value", ["Lab User", "qemu/lab", "x" * 33, ["qemulab"], True, "-lab"])
+def test_qemu_user_that_is_not_a_user_name_is_refused(value):
+    hostvars, groups = small_lab()
+    hostvars["localhost"]["lab_qemu_user"] = value
+    plan = lab_plan(hostvars, groups)
+    assert plan["qemu_user"] == ""
+    assert [e for e in plan["errors"] if e.startswith("localhost: lab_qemu_user")], plan["errors"]
+
+
 def test_default_route_and_routes_get_the_nic_holding_their_gateway():
     hostvars, groups = small_lab()
     hostvars["r1"]["vm_routes"] = [{"to": "10.9.0.0/16", "via": "10.1.2.2"}, {"to": "default", "via": "10.1.1.2"}]

@@ -11,7 +11,7 @@ from ansible_collections.qemulab.network.plugins.filter.lab_plan import lab_plan
 pytestmark = pytest.mark.unit
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-PLAN_KEYS = {"lab_name", "netns", "run_dir", "hypervisor", "bridges", "taps", "host_ports", "vms", "errors"}
+PLAN_KEYS = {"lab_name", "netns", "qemu_user", "run_dir", "hypervisor", "bridges", "taps", "host_ports", "vms", "errors"}
 VM_KEYS = {"name", "kind", "hypervisor", "ssh_port", "memory_mb", "vcpus", "kernel", "initrd", "disk", "forwarding",
            "gateway", "routes", "nics", "mgmt_mac", "nat"}
 NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "net", "hostfwd"}
