@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The qemu_vm arguments of a lab's VMs, and which of them qemu_vm would have to act on.
 
-vm_launch builds every VM's arguments once (qemu_vm_specs) and calls qemu_vm and disk_overlay only for the VMs
-qemu_vms_pending names: a lab run would otherwise start Python on the lab host twice per VM only to hear "nothing
+vm_launch builds every VM's arguments once (qemu_vm_specs) and calls qemu_vms (as qemu_vm_args) and disk_overlay
+only for the VMs qemu_vms_pending names: a lab run would otherwise start Python on the lab host twice per VM only to hear "nothing
 to do" (seven VMs: ~5 s of an idempotent run). The test is qemu_vm's own: the VM runs, its fingerprint (computed
 here with the module's code and defaults) is the one it was started with, and its fw_cfg files hold the wanted
 contents. Anything else goes to the module, which decides.
@@ -103,6 +103,11 @@ def qemu_vms_pending(specs, running):
     return pending
 
 
+def qemu_vm_args(specs):
+    """The specs as qemu_vm options (for qemulab.network.qemu_vms): without `overlay` and unset options."""
+    return [dict((k, v) for k, v in spec.items() if k != "overlay" and v is not None) for spec in specs or []]
+
+
 class FilterModule(object):
     def filters(self):
-        return {"qemu_vm_specs": qemu_vm_specs, "qemu_vms_pending": qemu_vms_pending}
+        return {"qemu_vm_specs": qemu_vm_specs, "qemu_vms_pending": qemu_vms_pending, "qemu_vm_args": qemu_vm_args}

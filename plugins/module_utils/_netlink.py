@@ -151,7 +151,11 @@ def _sysctl_path(key):
 
 @contextlib.contextmanager
 def _inside(netns):
-    """Run the block with this thread in namespace `netns` (/proc/sys/net then shows that namespace's values)."""
+    """Run the block with this thread in namespace `netns` (/proc/sys/net then shows that namespace's values);
+    None or "" is the caller's own namespace."""
+    if not netns:
+        yield
+        return
     pr_netns.pushns(netns)
     try:
         yield

@@ -25,6 +25,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 
 from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient, QMPError, query_status
@@ -219,42 +220,34 @@ def resolve_user(config):
     return {"name": entry.pw_name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": groups}
 
 
+ACCESS_SCRIPT = 'while [ $# -gt 0 ]; do test "-$1" "$2" || printf "%s\\0%s\\0" "$1" "$2"; shift 2; done'
+
+
 def accessible_as(user, checks):
-    """[(path, mode) the user cannot access] for checks [(path, os.R_OK | ...)], asked of the kernel itself: a
-    child process takes on the user's ids and calls access(2), so ACLs and every directory on the way count."""
-    if user["uid"] == 0:
+    """[(path, "r"|"w"|"x") the user cannot access] for checks [(path, "r"|"w"|"x")], asked of the kernel itself:
+    test(1) runs with the user's ids, so ACLs and every directory on the way count. A subprocess, not fork():
+    qemu_vms checks VMs from several threads."""
+    if user["uid"] == 0 or not checks:
         return []
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child only reports through the pipe
-        status = 1
-        try:
-            os.close(read_fd)
-            os.setgroups(user["groups"])
-            os.setgid(user["gid"])
-            os.setuid(user["uid"])
-            denied = [[path, mode] for path, mode in checks if not os.access(path, mode)]
-            os.write(write_fd, json.dumps(denied).encode("utf-8"))
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        answer = f.read()
-    os.waitpid(pid, 0)
-    return [tuple(item) for item in json.loads(answer.decode("utf-8") or "null") or []] if answer else list(checks)
+    argv = ["/bin/sh", "-c", ACCESS_SCRIPT, "sh"]
+    for path, mode in checks:
+        argv += [mode, path]
+    proc = subprocess.run(argv, capture_output=True, user=user["uid"], group=user["gid"],
+                          extra_groups=user["groups"], cwd="/", check=False)
+    fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
+    return [(path, mode) for mode, path in zip(fields[0::2], fields[1::2])]
 
 
 def user_access_problems(config, user):
     """Files QEMU opens by path (kernel, initrd) that the unprivileged QEMU user could not read. Disks and taps are
     handed to it as file descriptors, so their paths may stay private to root."""
     parent = os.path.dirname(os.path.abspath(config["run_dir"]))
-    checks = [(config[field], os.R_OK) for field in ("kernel", "initrd") if config.get(field)]
+    checks = [(config[field], "r") for field in ("kernel", "initrd") if config.get(field)]
     if os.path.isdir(parent):  # a missing one is made world-traversable by prepare_run_dir
-        checks.append((parent, os.X_OK))
+        checks.append((parent, "x"))
     problems = []
     for path, mode in accessible_as(user, checks):
-        if path == parent and mode == os.X_OK:
+        if path == parent and mode == "x":
             problems.append("VM %s: run_as: user %s cannot pass through %s to reach its run directory; let its group "
                             "traverse it (chgrp <the user's group>, chmod 0710), as the lab's host_prep role does"
                             % (config["name"], user["name"], parent))
@@ -292,7 +285,16 @@ def decide_vhost(nic, usable, reason, vm, index):
     return False, reason
 
 
+_VERSIONS = {}
+
+
 def qemu_version(binary):
+    if binary not in _VERSIONS:
+        _VERSIONS[binary] = _qemu_version(binary)
+    return _VERSIONS[binary]
+
+
+def _qemu_version(binary):
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
                              check=False).stdout
@@ -381,10 +383,18 @@ def probe_kvm(binary, kernel, timeout=10.0):
     return False, "KVM probe: %s; using TCG" % detail
 
 
+_ACCEL_LOCK = threading.Lock()
+
+
 def resolve_accelerator(requested, binary, kernel, cache_path=ACCEL_CACHE, probe=True):
     """(accelerator, reason). `auto` uses the per-host cache keyed by kernel release and QEMU version."""
     if requested in ("kvm", "tcg"):
         return requested, "%s requested" % requested
+    with _ACCEL_LOCK:  # VMs started together probe once
+        return _resolve_auto(binary, kernel, cache_path, probe)
+
+
+def _resolve_auto(binary, kernel, cache_path, probe):
     key = "%s|%s|%s" % (os.uname().release, binary, qemu_version(binary))
     cached = _read_cache(cache_path).get(key)
     if cached:
@@ -904,7 +914,7 @@ def close_fds(fds):
 
 def kvm_for_user(accel, reason, requested, user, vm):
     """KVM is probed as root; an unprivileged QEMU also needs to open /dev/kvm itself."""
-    if accel != "kvm" or user["uid"] == 0 or not accessible_as(user, [("/dev/kvm", os.R_OK | os.W_OK)]):
+    if accel != "kvm" or user["uid"] == 0 or not accessible_as(user, [("/dev/kvm", "r"), ("/dev/kvm", "w")]):
         return accel, reason
     if requested == "kvm":
         raise QemuConfigError("VM %s: accelerator is kvm but user %s (run_as) cannot open /dev/kvm; add the user "
@@ -912,14 +922,31 @@ def kvm_for_user(accel, reason, requested, user, vm):
     return "tcg", "%s, but user %s cannot open /dev/kvm; using TCG" % (reason, user["name"])
 
 
+class VmTaskError(Exception):
+    """One VM's task failed: `msg` names the VM, the field and the fix; `result` is what was found so far."""
+
+    def __init__(self, msg, result=None):
+        Exception.__init__(self, msg)
+        self.msg = msg
+        self.result = result or {}
+
+
 def run_qemu_vm(module, get_tap=_get_tap_netlink):
-    """Read, plan, act for one VM. Returns the module result (fails the module on errors)."""
-    params = module.params
+    """The qemu_vm module: one VM's task, failing the module on errors."""
+    try:
+        return qemu_vm_task(module.params, module.check_mode, get_tap)
+    except VmTaskError as exc:
+        module.fail_json(msg=exc.msg, **exc.result)
+
+
+def qemu_vm_task(params, check_mode, get_tap=_get_tap_netlink):
+    """Read, plan, act for one VM (params validated against QEMU_VM_ARGUMENT_SPEC). Returns the task's result;
+    raises VmTaskError. Safe to run for several VMs at once in threads (qemulab.network.qemu_vms does)."""
     try:
         config = normalise_config(params)
         user = resolve_user(config)
     except QemuConfigError as exc:
-        module.fail_json(msg=str(exc))
+        raise VmTaskError(str(exc))
     paths = vm_paths(config["run_dir"])
     have = read_state(config["run_dir"])
     running = have["pid"] is not None
@@ -975,35 +1002,35 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
             problems += tap_problems(config, get_tap, user)
         except Exception as exc:  # netlink errors carry a readable message already
             problems.append("VM %s: cannot check taps: %s" % (config["name"], exc))
-        if problems and module.check_mode:
+        if problems and check_mode:
             # In a check-mode run of the whole lab the taps and images of earlier tasks were not created either.
             result["warnings"] = warnings + ["would fail unless an earlier task creates it: %s" % p for p in problems]
         elif problems:
-            module.fail_json(msg="; ".join(problems), **dict((k, v) for k, v in result.items() if k != "changed"))
+            raise VmTaskError("; ".join(problems), dict((k, v) for k, v in result.items() if k != "changed"))
         usable, reason = vhost_usable()
         try:
             for index, nic in enumerate(config["nics"]):
                 if nic["backend"] == "tap":
                     vhost[index], vhost_reasons[index] = decide_vhost(nic, usable, reason, config["name"], index)
         except QemuConfigError as exc:
-            module.fail_json(msg=str(exc))
+            raise VmTaskError(str(exc))
         result["nics"] = nics_result(config, vhost, vhost_reasons)
         accel, accel_reason = resolve_accelerator(config["accelerator"], config["qemu_binary"], config["kernel"],
-                                                  probe=not module.check_mode)
+                                                  probe=not check_mode)
         try:
             accel, accel_reason = kvm_for_user(accel, accel_reason, config["accelerator"], user, config["name"])
         except QemuConfigError as exc:
-            module.fail_json(msg=str(exc))
+            raise VmTaskError(str(exc))
         result["accelerator"], result["accelerator_reason"] = accel, accel_reason
 
-    if module.check_mode:
+    if check_mode:
         return result
 
     if need_stop or (state in ("stopped", "absent") and have["pid"]):
         result["stopped_by"] = stop_vm(config["run_dir"], params["stop_timeout"])
         if result["stopped_by"] == "still running":
-            module.fail_json(msg="VM %s: QEMU (pid %s) survived powerdown, QMP quit, SIGTERM and SIGKILL; see %s"
-                             % (config["name"], have["pid"], paths["log"]))
+            raise VmTaskError("VM %s: QEMU (pid %s) survived powerdown, QMP quit, SIGTERM and SIGKILL; see %s"
+                              % (config["name"], have["pid"], paths["log"]), result)
     if fw_cfg_changes and not need_start and os.path.isdir(config["run_dir"]):
         write_fw_cfg(config, fw_cfg_contents, fw_cfg_changes, user)
     if need_start:
@@ -1031,7 +1058,7 @@ def run_qemu_vm(module, get_tap=_get_tap_netlink):
             passed = list(fds.values()) + list(vhost_fds.values()) + [fd for v in disk_fds.values() for fd in v]
             pid = launch(config, argv, passed, user)
         except QemuConfigError as exc:
-            module.fail_json(msg=str(exc))
+            raise VmTaskError(str(exc))
         finally:
             close_fds(fds)
             close_fds(vhost_fds)

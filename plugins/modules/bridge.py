@@ -38,6 +38,16 @@ options:
   stp:
     description: Spanning tree on or off. Omit to leave it alone (the kernel creates bridges with STP off).
     type: bool
+  arp_ignore:
+    description:
+      - The bridge device's own C(net.ipv4.conf.<bridge>.arp_ignore). With the kernel's default C(0) the bridge
+        answers ARP requests that arrive on the segment for any address of its namespace, also one that lives on
+        another interface (a host port's veth end). A guest that takes that answer sends its replies to the bridge
+        device instead of the port, and they are lost to a socket bound to the port until the guest's ARP entry
+        expires. C(1) answers only for addresses on the bridge itself, which makes a lab segment a plain layer-2
+        segment. Omit to leave it alone; the lab's host_prep role sets C(1).
+    type: int
+    choices: [0, 1, 2, 3, 8]
   addresses:
     description:
       - Exactly the addresses (CIDR, like C(10.20.10.1/24)) the bridge carries; others are removed. Omit to leave
@@ -99,7 +109,7 @@ after:
   returned: always
   type: dict
   sample: {state: present, kind: bridge, alias: "qemulab:seed", mtu: 1500, master: "", addresses: [], up: true,
-           stp: false}
+           stp: false, arp_ignore: 1}
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -107,7 +117,9 @@ from ansible_collections.qemulab.network.plugins.module_utils._link import run_l
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     NETNS_ARGUMENT_SPEC,
     add_bridge,
+    read_netns_sysctls,
     set_bridge_stp,
+    write_netns_sysctls,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC
 
@@ -118,6 +130,7 @@ def argument_spec():
         state=dict(type="str", choices=["present", "absent"], default="present"),
         mtu=dict(type="int"),
         stp=dict(type="bool"),
+        arp_ignore=dict(type="int", choices=[0, 1, 2, 3, 8]),
         addresses=dict(type="list", elements="str"),
         up=dict(type="bool", default=True),
     )
@@ -128,19 +141,28 @@ def argument_spec():
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    stp = module.params["stp"]
+    stp, arp_ignore = module.params["stp"], module.params["arp_ignore"]
+    key = "net.ipv4.conf.%s.arp_ignore" % module.params["name"]
 
-    def plan_stp(tracker, have):
+    def plan_extra(tracker, have):
         if stp is not None:
             tracker.compare("stp", have["stp"] if have is not None else False, stp)
+        if have is not None and have.get("kind") == "bridge":
+            current = read_netns_sysctls(module.params["netns"], [key])[key]
+            have["arp_ignore"] = int(current) if current is not None else None
+        if arp_ignore is not None:
+            # a new bridge starts with the namespace's default, 0 unless someone changed it
+            tracker.compare("arp_ignore", have.get("arp_ignore") if have is not None else 0, arp_ignore)
         return None
 
-    def apply_stp(ipr, tracker):
+    def apply_extra(ipr, tracker):
         if tracker.has("stp"):
             set_bridge_stp(ipr, module.params["name"], stp)
+        if tracker.has("arp_ignore"):
+            write_netns_sysctls(module.params["netns"], {key: arp_ignore})
 
     run_link_module(module, "bridge", ("bridge",), lambda ipr: add_bridge(ipr, module.params["name"]),
-                    plan_extra=plan_stp, apply_extra=apply_stp, extra_fields=("stp",))
+                    plan_extra=plan_extra, apply_extra=apply_extra, extra_fields=("stp", "arp_ignore"))
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 module: qemu_vms
-short_description: Stop and remove every QEMU guest of a lab at once
+short_description: Start, or stop and remove, several QEMU guests of a lab at once
 version_added: 0.1.0
 description:
-  - Finds a lab's VMs the way M(qemulab.network.qemu_vm_info) does (the run directories under O(run_root)/O(lab),
-    whatever the inventory says now) and stops them all in parallel, each exactly as M(qemulab.network.qemu_vm)
-    with O(qemulab.network.qemu_vm#module:state=absent) does it (ACPI powerdown for O(stop_timeout) seconds, QMP quit,
-    SIGTERM, SIGKILL; a PID is signalled only when it is that run directory's QEMU), then removes their run
-    directories.
-  - The teardown role uses it so that taking a lab down costs one module run, not one per VM.
+  - O(state=running) does for each of O(vms) exactly what M(qemulab.network.qemu_vm) does with the same options
+    (same checks, same idempotence, same fingerprint), for all of them at once in parallel. Starting seven QEMUs
+    one task loop item after another costs a Python start and a QMP handshake each in sequence; here they all
+    start together, and the guests boot side by side. The vm_launch role uses it.
+  - O(state=absent) finds a lab's VMs the way M(qemulab.network.qemu_vm_info) does (the run directories under
+    O(run_root)/O(lab), whatever the inventory says now) and stops them all in parallel, each exactly as
+    M(qemulab.network.qemu_vm) with O(qemulab.network.qemu_vm#module:state=absent) does it (ACPI powerdown for
+    O(stop_timeout) seconds, QMP quit, SIGTERM, SIGKILL; a PID is signalled only when it is that run directory's
+    QEMU), then removes their run directories. The teardown role uses it.
 author:
   - qemulab developers (@qemulab)
 options:
@@ -25,28 +28,57 @@ options:
     type: str
     required: true
   state:
-    description: Only C(absent).
+    description:
+      - C(running) runs every VM of O(vms) as M(qemulab.network.qemu_vm) would (each item may set its own
+        O(qemulab.network.qemu_vm#module:state)).
+      - C(absent) stops and removes every VM of the lab found on the host.
     type: str
-    choices: [absent]
+    choices: [running, absent]
     default: absent
+  vms:
+    description:
+      - With O(state=running), the VMs, each a dictionary of M(qemulab.network.qemu_vm)'s options (validated as that
+        module validates them; an item without C(lab) gets O(lab)). One VM's failure does not stop the others;
+        the task fails afterwards naming every VM that failed.
+    type: list
+    elements: dict
+    default: []
   run_root:
     description: Root of the run directories.
     type: path
     default: /run/qemulab
   stop_timeout:
-    description: Seconds each guest gets to power down on the ACPI button before QEMU is told to quit; C(0) quits at once.
+    description:
+      - With O(state=absent), seconds each guest gets to power down on the ACPI button before QEMU is told to quit;
+        C(0) quits at once. With O(state=running) each item's own C(stop_timeout) counts.
     type: int
     default: 10
 attributes:
   check_mode:
-    description: Reports which VMs would be stopped and removed, without touching them.
+    description: Reports which VMs would be started, restarted, stopped or removed, without touching them.
     support: full
   diff_mode:
-    description: Returns the lab's VMs before and after.
+    description: Returns each VM's state and changed configuration before and after (O(state=running)), or the lab's VMs.
     support: full
 """
 
 EXAMPLES = r"""
+- name: Start two VMs of the seed lab together
+  qemulab.network.qemu_vms:
+    lab: seed
+    state: running
+    vms:
+      - name: h1
+        netns: qlab-seed
+        kernel: /var/cache/qemulab/images/abc/vmlinux
+        disks: [{file: /var/lib/qemulab/labs/seed/h1.qcow2, format: qcow2}]
+        nics: [{mac: "12:34:56:ab:cd:11", ifname: vport41}]
+      - name: h2
+        netns: qlab-seed
+        kernel: /var/cache/qemulab/images/abc/vmlinux
+        disks: [{file: /var/lib/qemulab/labs/seed/h2.qcow2, format: qcow2}]
+        nics: [{mac: "12:34:56:ab:cd:12", ifname: vport51}]
+
 - name: Remove every VM of the seed lab
   qemulab.network.qemu_vms:
     lab: seed
@@ -56,7 +88,12 @@ EXAMPLES = r"""
 
 RETURN = r"""
 vms:
-  description: The VMs found, with how each QEMU ended (C(powerdown), C(quit), C(SIGTERM), C(SIGKILL), C(not running)).
+  description:
+    - With O(state=absent), the VMs found, with how each QEMU ended (C(powerdown), C(quit), C(SIGTERM), C(SIGKILL),
+      C(not running)).
+    - With O(state=running), one entry per item of O(vms), in order - M(qemulab.network.qemu_vm)'s result for it
+      (C(changed), C(state), C(pid), C(user), C(argv), C(nics), C(changes), ...) plus C(name), and C(failed) and
+      C(msg) for a VM that failed.
   returned: always
   type: list
   elements: dict
@@ -68,17 +105,114 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import lab_run_dirs, read_pid, stop_vm, vm_paths
+from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
+    QEMU_VM_ARGUMENT_SPEC,
+    QemuConfigError,
+    VmTaskError,
+    lab_run_dirs,
+    normalise_config,
+    qemu_vm_task,
+    read_pid,
+    stop_vm,
+    vm_paths,
+)
+
+
+def validated(vms, lab):
+    """[(name, params or None, error or None)] for each item, as AnsibleModule would validate qemu_vm's options."""
+    out = []
+    validator = ArgumentSpecValidator(QEMU_VM_ARGUMENT_SPEC)
+    for index, item in enumerate(vms):
+        item = dict(item)
+        item.setdefault("lab", lab)
+        checked = validator.validate(item)
+        if checked.error_messages:
+            out.append((item.get("name"), None, "vms[%d] (%s): %s" % (index, item.get("name", "?"),
+                                                                      "; ".join(checked.error_messages))))
+        else:
+            out.append((item.get("name"), checked.validated_parameters, None))
+    return out
+
+
+def tap_reader(params_list):
+    """get_tap(ifname, netns) over one netlink reading per namespace, taken before any thread starts: pyroute2
+    enters a namespace by forking, which is not safe once other threads run."""
+    from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, get_link, netlink
+    wanted = {}
+    for params in params_list:
+        try:
+            config = normalise_config(params)
+        except QemuConfigError:
+            continue  # qemu_vm_task reports it
+        for nic in config["nics"]:
+            if nic["backend"] == "tap":
+                wanted.setdefault(nic["netns"], set()).add(nic["ifname"])
+    links, errors = {}, {}
+    for netns, names in wanted.items():
+        try:
+            if not HAS_PYROUTE2:
+                raise RuntimeError("the Python library pyroute2 is needed to check taps; install it for the "
+                                   "interpreter that runs this module (pip install pyroute2)")
+            with netlink(netns or None) as ipr:
+                for name in names:
+                    links[(netns, name)] = get_link(ipr, name)
+        except Exception as exc:  # the message is readable; each VM using this namespace reports it
+            errors[netns] = exc
+
+    def get_tap(ifname, netns):
+        if netns in errors:
+            raise errors[netns]
+        return links.get((netns, ifname))
+    return get_tap
+
+
+def run_all(module):
+    """state=running: every VM's qemu_vm task, in parallel."""
+    items = validated(module.params["vms"], module.params["lab"])
+    get_tap = tap_reader([params for _name, params, _error in items if params is not None])
+
+    def one(item):
+        name, params, error = item
+        if error:
+            return {"name": name, "failed": True, "msg": error, "changed": False}
+        try:
+            result = qemu_vm_task(params, module.check_mode, get_tap)
+        except VmTaskError as exc:
+            result = dict(exc.result, failed=True, msg=exc.msg, changed=False)
+        except Exception as exc:  # one VM's surprise must not hide the others' results behind a traceback
+            result = dict(failed=True, changed=False, msg="VM %s: %s: %s" % (name, type(exc).__name__, exc))
+        result["name"] = name
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(items)))) as pool:
+        results = list(pool.map(one, items))
+    warnings = [w for r in results for w in r.pop("warnings", [])]
+    for warning in warnings:
+        module.warn(warning)
+    diff = {"before": {}, "after": {}}
+    for result in results:
+        if result.get("diff"):
+            diff["before"][result["name"]] = result["diff"]["before"]
+            diff["after"][result["name"]] = result["diff"]["after"]
+    out = dict(changed=any(r.get("changed") for r in results), vms=results, diff=diff)
+    failed = [r for r in results if r.get("failed")]
+    if failed:
+        module.fail_json(msg="; ".join(r["msg"] for r in failed), **out)
+    module.exit_json(**out)
 
 
 def main():
     module = AnsibleModule(argument_spec=dict(
         lab=dict(type="str", required=True),
-        state=dict(type="str", choices=["absent"], default="absent"),
+        state=dict(type="str", choices=["running", "absent"], default="absent"),
+        vms=dict(type="list", elements="dict", default=[]),
         run_root=dict(type="path", default="/run/qemulab"),
         stop_timeout=dict(type="int", default=10),
     ), supports_check_mode=True)
+    if module.params["state"] == "running":
+        run_all(module)
     lab_dir = os.path.join(module.params["run_root"], module.params["lab"])
     vms = [{"name": name, "run_dir": run_dir, "pid": read_pid(vm_paths(run_dir)["pidfile"])}
            for name, run_dir in lab_run_dirs(module.params["run_root"], module.params["lab"])]

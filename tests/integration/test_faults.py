@@ -237,8 +237,8 @@ def test_dead_vm_is_reported_and_only_it_is_restarted(lab):
     finally:
         sleeper.kill()
         sleeper.wait()
-    # vm_launch hands qemu_vm only the VMs not running as specified: h1 is not even looked at again.
-    launched = {r["item"]["name"]: r["changed"] for r in res.result(LAUNCH)["results"]}
+    # vm_launch hands qemu_vms only the VMs not running as specified: h1 is not even looked at again.
+    launched = {vm["name"]: vm["changed"] for vm in res.result(LAUNCH)["vms"]}
     assert launched == {"r1": True}
     assert res.changed("h1") == 0, res.stats
     changed_items = [(name, r["item"]["name"] if isinstance(r.get("item"), dict) else r.get("item"))
@@ -281,10 +281,21 @@ def after_config():
     return match
 
 
-def _kill_at(lab_obj, stage, match):
+def _wait_for(predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _kill_at(lab_obj, stage, match, then=None):
     proc = lab_obj.start()
     event = wait_event(proc, match, 600)
     assert event is not None, "run ended before %s: %r" % (stage, wait_run(proc))
+    if then is not None:
+        then()
     kill_run(proc)
     FAULTS["injected"] += 1
     return proc
@@ -296,12 +307,15 @@ def test_killed_bring_up_cleans_up_exactly_and_comes_up_again(lab_b):
     bring-up afterwards succeeds without "File exists"."""
     before = host_picture()
     stages = [
-        ("after bridges", lambda e: e["event"] == "task_start" and e["task"].endswith("TAP ports on their bridges")),
-        ("after one VM", lambda e: e["event"] == "item" and e["task"] == LAUNCH),
-        ("after config", after_config()),
+        ("after bridges", lambda e: e["event"] == "task_start" and e["task"].endswith("TAP ports on their bridges"),
+         None),
+        # qemu_vms starts the VMs together: the kill lands inside that module run, once a first QEMU exists.
+        ("after one VM", lambda e: e["event"] == "task_start" and e["task"] == LAUNCH,
+         lambda: _wait_for(lambda: lab_qemu_pids(lab_b.name), 120)),
+        ("after config", after_config(), None),
     ]
-    for stage, match in stages:
-        _kill_at(lab_b, stage, match)
+    for stage, match, then in stages:
+        _kill_at(lab_b, stage, match, then)
         if stage == "after one VM":
             assert len(lab_qemu_pids(lab_b.name)) >= 1, "no VM was running when the run was killed"
         started = time.monotonic()

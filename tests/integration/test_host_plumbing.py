@@ -6,6 +6,8 @@ for the host end veth1.
 """
 import os
 import secrets
+import subprocess
+import time
 
 import pytest
 from pyroute2 import NetNS
@@ -371,6 +373,65 @@ def test_veth_end_moves_into_its_declared_namespace(playbook, netns, host_ns, la
     assert links(host_ns)["vm1"]["addresses"] == ["10.20.30.4/24"]
     assert links(host_ns)["vm1"]["alias"] == "qemulab:" + lab
     assert playbook(VETH_ONLY, declared).changed() == 0
+
+
+def _in(ns, *argv, **kwargs):
+    return subprocess.run(["ip", "netns", "exec", ns] + list(argv), capture_output=True, text=True, **kwargs)
+
+
+def _arp_replies_seen_by_a_guest(lab_ns, guest_ns, target):
+    """The ARP replies to one request for `target` from `guest_ns` on the guest's port: the MACs they announce."""
+    for ns in (guest_ns, lab_ns):  # a lab-side probe would teach the guest the answer without a request
+        _in(ns, "ip", "neigh", "flush", "all")
+    capture = subprocess.Popen(["ip", "netns", "exec", lab_ns, "timeout", "5", "tcpdump", "-p", "-enli", "g0",
+                                "arp and arp[6:2] == 2"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    time.sleep(1.5)
+    _in(guest_ns, "ping", "-c", "1", "-W", "1", target)
+    out = capture.communicate()[0]
+    answer = "Reply %s is-at " % target
+    return sorted(line.split(answer)[1].split(",")[0] for line in out.splitlines() if answer in line)
+
+
+def test_bridge_device_answers_arp_only_for_its_own_addresses(playbook, netns, host_ns, lab):
+    """A segment's bridge with the kernel's default arp_ignore 0 answers a guest's ARP for a host port's address
+    too (two replies; a guest that keeps the bridge's MAC loses its replies to a socket bound to the port, as a
+    restarted router did in the fault suite). arp_ignore: 1, as host_prep sets it, leaves only the port's answer."""
+    task = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Bridge
+      qemulab.network.bridge:
+        name: brx
+        netns: {ns}
+        lab: {lab}
+        arp_ignore: {value}
+""".format(ns=netns, lab=lab, value="\"{{ value }}\"")
+    first = playbook(task, extra_vars={"value": 1}, check=True, diff=True)
+    assert first.rc == 0 and first.result("Bridge")["changed"], first
+    made = playbook(task, extra_vars={"value": 1})
+    assert made.rc == 0 and made.result("Bridge")["after"]["arp_ignore"] == 1, made
+    assert _in(netns, "cat", "/proc/sys/net/ipv4/conf/brx/arp_ignore").stdout.strip() == "1"
+    again = playbook(task, extra_vars={"value": 1})
+    assert again.rc == 0 and not again.result("Bridge")["changed"], again
+
+    # A host port (hp0 in the bridge, hp1 holding the address) and a guest (g1 in its own namespace, g0 its port).
+    for argv in (["ip", "link", "add", "hp0", "type", "veth", "peer", "name", "hp1"],
+                 ["ip", "link", "set", "hp0", "master", "brx", "up"],
+                 ["ip", "address", "add", "10.88.2.9/24", "dev", "hp1"], ["ip", "link", "set", "hp1", "up"],
+                 ["ip", "link", "set", "brx", "up"],
+                 ["ip", "link", "add", "g0", "type", "veth", "peer", "name", "g1", "netns", host_ns],
+                 ["ip", "link", "set", "g0", "master", "brx", "up"]):
+        _in(netns, *argv, check=True)
+    _in(host_ns, "ip", "address", "add", "10.88.2.1/24", "dev", "g1", check=True)
+    _in(host_ns, "ip", "link", "set", "g1", "up", check=True)
+    port_mac = _in(netns, "cat", "/sys/class/net/hp1/address").stdout.strip()
+
+    assert _arp_replies_seen_by_a_guest(netns, host_ns, "10.88.2.9") == [port_mac]
+    assert playbook(task, extra_vars={"value": 0}).rc == 0
+    bridge_mac = _in(netns, "cat", "/sys/class/net/brx/address").stdout.strip()
+    assert bridge_mac != port_mac
+    assert _arp_replies_seen_by_a_guest(netns, host_ns, "10.88.2.9") == sorted([port_mac, bridge_mac])
 
 
 def test_nothing_of_the_tests_remains():

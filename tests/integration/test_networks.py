@@ -236,12 +236,12 @@ def test_user_mode_nic_reaches_its_gateway_and_its_forward_reaches_the_guest(lab
 
 def test_vhost_is_reported_per_nic_with_its_reason(lab):
     usable = os.access("/dev/vhost-net", os.R_OK | os.W_OK)
-    launched = _task(lab["up"], "Launch the VMs")["results"]
+    launched = _task(lab["up"], "Launch the VMs")["vms"]
     for item in launched:
         taps = [n for n in item["nics"] if n["backend"] == "tap"]
         assert taps
         for nic in taps:
-            assert nic["vhost"] is usable, (item["item"]["name"], nic)
+            assert nic["vhost"] is usable, (item["name"], nic)
             if not usable:
                 assert "/dev/vhost-net does not exist" in nic["vhost_reason"] or "cannot be opened" in nic[
                     "vhost_reason"], nic

@@ -385,3 +385,52 @@ def test_unprivileged_qemu_refuses_what_it_could_not_use(guest, lab, playbook, t
     msg = attempt("nobody", str(kernel))
     assert "user nobody cannot read %s" % kernel in msg, msg
     assert _qemu_pids_under(lab["dir"]) == []
+
+
+def _vms_task(lab, guest, vms, check=False):
+    """qemulab.network.qemu_vms state=running for [(vm, tap, mac, ip, peer)]."""
+    items = []
+    for vm, tap, mac, ip, peer in vms:
+        items.append({"name": vm, "netns": lab["netns"], "accelerator": "tcg", "kernel": guest["kernel"],
+                      "initrd": guest["initrd"], "append": "console=ttyS0 qemulab.ip=%s/24 qemulab.ping=%s" % (ip, peer),
+                      "memory": "256M", "stop_timeout": 0, "nics": [{"mac": mac, "ifname": tap}]})
+    return """
+    - name: together
+      qemulab.network.qemu_vms:
+        lab: {lab}
+        state: running
+        vms: {items}
+""".format(lab=lab["name"], items=json.dumps(items))
+
+
+def test_qemu_vms_starts_guests_together_like_qemu_vm(guest, lab, playbook):
+    """state=running: the same per-VM task as qemu_vm, run for all VMs at once. A broken item fails the task by name
+    while the good one starts; after the fix only the fixed VM changes; a third run changes nothing."""
+    good = ("vma", lab["taps"][0], "52:54:00:5a:00:61", "10.77.0.1", "10.77.0.2")
+    broken = ("vmb", lab["name"] + "nope", "52:54:00:5a:00:62", "10.77.0.2", "10.77.0.1")
+    fixed = ("vmb", lab["taps"][1], "52:54:00:5a:00:62", "10.77.0.2", "10.77.0.1")
+
+    planned = playbook(_play(_vms_task(lab, guest, [good, fixed])), check=True, diff=True)
+    assert planned.rc == 0 and planned.result("together")["changed"], planned
+    assert sorted(planned.result("together")["diff"]["after"]) == ["vma", "vmb"]
+    assert _qemu_pids_under(lab["dir"]) == []
+
+    first = playbook(_play(_vms_task(lab, guest, [good, broken])))
+    assert first.rc != 0
+    res = first.result("together")
+    assert "VM vmb: nics[0] needs tap %snope" % lab["name"] in res["msg"] and "vma" not in res["msg"], res["msg"]
+    by_name = {vm["name"]: vm for vm in res["vms"]}
+    assert by_name["vma"]["changed"] and by_name["vma"]["state"] == "running" and by_name["vmb"]["failed"]
+
+    second = playbook(_play(_vms_task(lab, guest, [good, fixed])))
+    assert second.rc == 0, second
+    changed = {vm["name"]: vm["changed"] for vm in second.result("together")["vms"]}
+    assert changed == {"vma": False, "vmb": True}
+    for vm in ("vma", "vmb"):
+        console = _wait_console(os.path.join(lab["dir"], vm, "console.log"))
+        assert PING_OK in console, console[-2000:]
+
+    third = playbook(_play(_vms_task(lab, guest, [good, fixed])))
+    assert third.rc == 0 and third.changed() == 0, third
+    bad_item = playbook(_play(_vms_task(lab, guest, [good]).replace('"memory": "256M"', '"memory": "256M", "colour": 1')))
+    assert bad_item.rc != 0 and "vms[0] (vma)" in bad_item.result("together")["msg"], bad_item

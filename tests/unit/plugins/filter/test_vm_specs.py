@@ -90,3 +90,22 @@ def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatc
             raise AssertionError(msg)
     assert _qemu.run_qemu_vm(Fake(params))["changed"] is False
     assert qemu_vms_pending([spec], [_running(spec)]) == []
+
+
+def test_qemu_vm_args_are_valid_qemu_vm_options_and_qemu_vms_validates_them_so():
+    """What vm_launch hands qemu_vms: each spec minus the role's `overlay` and unset options; qemu_vms's own
+    validation accepts them and names the item of a broken one."""
+    from ansible_collections.qemulab.network.plugins.filter.vm_specs import qemu_vm_args
+    from ansible_collections.qemulab.network.plugins.modules.qemu_vms import validated
+    specs = qemu_vm_specs([RT1, OWN], dict(SETTINGS, qemu_user=""))
+    args = qemu_vm_args(specs)
+    assert [sorted(a) for a in args] == [sorted(k for k, v in s.items() if k != "overlay" and v is not None)
+                                         for s in specs]
+    assert "run_as" not in args[0] and "overlay" not in args[0]
+    checked = validated(args, "seed")
+    assert [(name, error) for name, _params, error in checked] == [("rt1", None), ("yocto", None)]
+    assert checked[0][1]["run_as"] is None and checked[0][1]["stop_timeout"] == 10
+    assert qemu_vm_args(qemu_vm_specs([RT1], dict(SETTINGS, qemu_user="qemulab")))[0]["run_as"] == "qemulab"
+    broken = validated([dict(args[0], vcpus="many"), {"nics": []}], "seed")
+    assert broken[0][1] is None and broken[0][2].startswith("vms[0] (rt1): ") and "vcpus" in broken[0][2]
+    assert broken[1][1] is None and broken[1][2].startswith("vms[1] (?): ") and "name" in broken[1][2]
