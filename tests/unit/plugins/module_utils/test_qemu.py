@@ -335,3 +335,40 @@ def test_port_in_use_sees_listeners_but_not_time_wait_of_a_stopped_guest():
         assert _qemu.port_in_use(udp.getsockname()[1], "udp")
     finally:
         udp.close()
+
+
+def test_run_as_is_part_of_the_fingerprint_only_when_set():
+    """Labs started before run_as existed keep their fingerprint (no restart on upgrade); setting it restarts."""
+    import hashlib
+    import json
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu import CONFIG_FIELDS
+    base = normalise_config(dict(SEED_TASKS["rt1"], name="rt1"))
+    assert base["run_as"] is None
+    older = json.dumps(dict((k, base.get(k)) for k in CONFIG_FIELDS if k != "run_as"), sort_keys=True)
+    assert fingerprint(base) == hashlib.sha256(older.encode("utf-8")).hexdigest()
+    as_user = normalise_config(dict(SEED_TASKS["rt1"], name="rt1", run_as="qemulab"))
+    assert fingerprint(as_user) != fingerprint(base)
+    assert config_diff(base, as_user) == ({"run_as": None}, {"run_as": "qemulab"})
+
+
+def test_unknown_run_as_user_is_named_with_the_fix():
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu import resolve_user
+    config = normalise_config(dict(SEED_TASKS["rt1"], name="rt1", run_as="qemulab-no-such-user"))
+    with pytest.raises(QemuConfigError, match=r"VM rt1: run_as: there is no user 'qemulab-no-such-user'.*useradd"):
+        resolve_user(config)
+    assert resolve_user(normalise_config(dict(SEED_TASKS["rt1"], name="rt1")))["uid"] == 0
+    assert resolve_user(normalise_config(dict(SEED_TASKS["rt1"], name="rt1", run_as="nobody")))["name"] == "nobody"
+
+
+def test_fds_for_an_unprivileged_qemu_reach_the_command_line():
+    config = normalise_config(dict(SEED_TASKS["rt1"], name="rt1", run_as="nobody",
+                                   disks=[{"file": "/private/rt1.qcow2", "format": "qcow2"},
+                                          {"file": "/private/data.img", "readonly": True}]))
+    argv = build_argv(config, "tcg", vhost={0: True}, tap_fds={0: 10, 1: 11, 2: 12}, vhost_fds={0: 20},
+                      disk_fds={0: [30, 31], 1: [32]})
+    text = " ".join(argv)
+    assert "-add-fd fd=30,set=1,opaque=disks[0] -add-fd fd=31,set=1,opaque=disks[0]" in text
+    assert "-add-fd fd=32,set=2,opaque=disks[1]" in text
+    assert "file=/dev/fdset/1,if=virtio,format=qcow2" in text and "file=/dev/fdset/2,if=virtio,format=raw,readonly=on" in text
+    assert "/private/" not in text
+    assert "tap,id=net0,fd=10,vhost=on,vhostfd=20" in text and "tap,id=net1,fd=11" in text
