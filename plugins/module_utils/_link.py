@@ -176,56 +176,82 @@ def new_tracker():
     return DifferenceTracker()
 
 
+class LinkTaskError(Exception):
+    """One interface's task failed; `msg` names the object, the field and the fix."""
+
+    def __init__(self, msg, **extra):
+        Exception.__init__(self, msg)
+        self.msg = msg
+        self.extra = extra
+
+
 def run_link_module(module, kind, expected_kinds, create, plan_extra=None, apply_extra=None, extra_fields=()):
     """Read, plan, act for a module managing one interface (bridge, tap); exits the module.
 
     `create(ipr)` makes the interface; `plan_extra(tracker, have)` records kind-specific differences and returns an
     error text or None; `apply_extra(ipr, tracker)` applies them after the common fields.
     """
-    params = module.params
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
+    try:
+        result = link_task(module.params, kind, expected_kinds, create, module.check_mode, plan_extra=plan_extra,
+                           apply_extra=apply_extra, extra_fields=extra_fields)
+    except LinkTaskError as exc:
+        module.fail_json(msg=exc.msg, **exc.extra)
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
+
+
+def link_task(params, kind, expected_kinds, create, check_mode, plan_extra=None, apply_extra=None, extra_fields=(),
+              ipr=None):
+    """One interface's task (params validated against the module's spec): the result, with `diff`; raises
+    LinkTaskError. `ipr`: an open netlink socket of the interface's namespace to use instead of opening one (the
+    links module shares one among many objects)."""
     errors = param_errors(kind, params["name"], params)
     if errors:
-        module.fail_json(msg="; ".join(errors), errors=errors)
+        raise LinkTaskError("; ".join(errors), errors=errors)
     name, netns, state = params["name"], params.get("netns"), params["state"]
     warnings = []
     netns_missing = bool(netns) and not netns_exists(netns)
     if netns_missing and state == "present":
         problem = "%s %s: namespace %s does not exist; create it first with qemulab.network.netns" % (kind, name, netns)
-        if not module.check_mode:
-            module.fail_json(msg=problem)
+        if not check_mode:
+            raise LinkTaskError(problem)
         warnings.append(problem + " (check mode: assuming an earlier task creates it)")
 
     tracker = new_tracker()
     have = None
     error = None
+
+    def act(ipr):
+        have = read_link(ipr, name)
+        error = _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, check_mode, warnings, ipr)
+        if not error and tracker.changed and not check_mode:
+            apply_link(ipr, name, tracker, lambda: create(ipr))
+            if apply_extra and state == "present":
+                apply_extra(ipr, tracker)
+        return have, error
+
     try:
         if netns_missing:
-            error = _plan(tracker, kind, name, netns, None, params, expected_kinds, plan_extra, module, warnings)
+            error = _plan(tracker, kind, name, netns, None, params, expected_kinds, plan_extra, check_mode, warnings)
+        elif ipr is not None:
+            have, error = act(ipr)
         else:
-            with netlink(netns) as ipr:
-                have = read_link(ipr, name)
-                error = _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, module,
-                              warnings, ipr)
-                if not error and tracker.changed and not module.check_mode:
-                    apply_link(ipr, name, tracker, lambda: create(ipr))
-                    if apply_extra and state == "present":
-                        apply_extra(ipr, tracker)
+            with netlink(netns) as own:
+                have, error = act(own)
     except NetlinkError as exc:
-        module.fail_json(msg="%s %s%s: %s" % (kind, name, where_text(netns), exc))
+        raise LinkTaskError("%s %s%s: %s" % (kind, name, where_text(netns), exc))
     if error:
-        module.fail_json(msg=error)
+        raise LinkTaskError(error)
 
     before = link_view(have, extra_fields)
     after = predicted_view(have, tracker, extra_fields=extra_fields)
     if after["state"] == "present" and after.get("kind") is None:
         after["kind"] = expected_kinds[0]
-    result = dict(changed=tracker.changed, name=name, netns=netns, changes=tracker.fields, before=before,
-                  after=after, warnings=warnings)
-    if module._diff:
-        result["diff"] = {"before": before, "after": after}
-    module.exit_json(**result)
+    return dict(changed=tracker.changed, name=name, netns=netns, changes=tracker.fields, before=before,
+                after=after, warnings=warnings, diff={"before": before, "after": after})
 
 
 def check_bridge(ipr, kind, name, field, bridge, netns, check_mode, warnings):
@@ -249,13 +275,13 @@ def check_bridge(ipr, kind, name, field, bridge, netns, check_mode, warnings):
     return None
 
 
-def _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, module, warnings, ipr=None):
+def _plan(tracker, kind, name, netns, have, params, expected_kinds, plan_extra, check_mode, warnings, ipr=None):
     state = params["state"]
     error = plan_link(tracker, kind, name, netns, have, want_link(params), params["lab"], params["force"], state,
                       expected_kinds)
     if error or state == "absent":
         return error
-    error = check_bridge(ipr, kind, name, "bridge", params.get("bridge"), netns, module.check_mode, warnings)
+    error = check_bridge(ipr, kind, name, "bridge", params.get("bridge"), netns, check_mode, warnings)
     if error:
         return error
     if plan_extra:

@@ -114,55 +114,14 @@ after:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.qemulab.network.plugins.module_utils._link import run_link_module
-from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
-    NETNS_ARGUMENT_SPEC,
-    add_bridge,
-    read_netns_sysctls,
-    set_bridge_stp,
-    write_netns_sysctls,
-)
-from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC
-
-
-def argument_spec():
-    spec = dict(
-        name=dict(type="str", required=True),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-        mtu=dict(type="int"),
-        stp=dict(type="bool"),
-        arp_ignore=dict(type="int", choices=[0, 1, 2, 3, 8]),
-        addresses=dict(type="list", elements="str"),
-        up=dict(type="bool", default=True),
-    )
-    spec.update(NETNS_ARGUMENT_SPEC)
-    spec.update(OWNERSHIP_ARGUMENT_SPEC)
-    return spec
+from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import bridge_argument_spec as argument_spec
+from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import bridge_hooks
 
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    stp, arp_ignore = module.params["stp"], module.params["arp_ignore"]
-    key = "net.ipv4.conf.%s.arp_ignore" % module.params["name"]
-
-    def plan_extra(tracker, have):
-        if stp is not None:
-            tracker.compare("stp", have["stp"] if have is not None else False, stp)
-        if have is not None and have.get("kind") == "bridge":
-            current = read_netns_sysctls(module.params["netns"], [key])[key]
-            have["arp_ignore"] = int(current) if current is not None else None
-        if arp_ignore is not None:
-            # a new bridge starts with the namespace's default, 0 unless someone changed it
-            tracker.compare("arp_ignore", have.get("arp_ignore") if have is not None else 0, arp_ignore)
-        return None
-
-    def apply_extra(ipr, tracker):
-        if tracker.has("stp"):
-            set_bridge_stp(ipr, module.params["name"], stp)
-        if tracker.has("arp_ignore"):
-            write_netns_sysctls(module.params["netns"], {key: arp_ignore})
-
-    run_link_module(module, "bridge", ("bridge",), lambda ipr: add_bridge(ipr, module.params["name"]),
-                    plan_extra=plan_extra, apply_extra=apply_extra, extra_fields=("stp", "arp_ignore"))
+    hooks = bridge_hooks(module.params)
+    run_link_module(module, hooks.pop("kind"), hooks.pop("expected_kinds"), hooks.pop("create"), **hooks)
 
 
 if __name__ == "__main__":

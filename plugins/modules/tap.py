@@ -123,87 +123,19 @@ after:
            owner: null, group: null, multi_queue: false}
 """
 
-import grp
-import pwd
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.qemulab.network.plugins.module_utils._link import run_link_module
-from ansible_collections.qemulab.network.plugins.module_utils._netlink import NETNS_ARGUMENT_SPEC, add_tap
-from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC
-
-CREATION_FIELDS = ("owner", "group", "multi_queue")
-
-
-def argument_spec():
-    spec = dict(
-        name=dict(type="str", required=True),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-        bridge=dict(type="str"),
-        mtu=dict(type="int"),
-        owner=dict(type="str"),
-        group=dict(type="str"),
-        multi_queue=dict(type="bool"),
-        vnet_hdr=dict(type="bool", default=False),
-        up=dict(type="bool", default=True),
-    )
-    spec.update(NETNS_ARGUMENT_SPEC)
-    spec.update(OWNERSHIP_ARGUMENT_SPEC)
-    return spec
-
-
-def resolve_id(value, lookup, what):
-    """uid/gid from a name or a number; ValueError naming the field when there is no such user/group."""
-    if value is None:
-        return None
-    if value.isdigit():
-        return int(value)
-    try:
-        return lookup(value)[2]
-    except KeyError:
-        raise ValueError("%s %r does not exist on this host; create it or give a numeric id" % (what, value))
-
-
-def tap_view(have):
-    """The creation-time fields of an existing tap, as compared."""
-    tun = (have or {}).get("tun") or {}
-    return {"owner": tun.get("owner"), "group": tun.get("group"), "multi_queue": bool(tun.get("multi_queue"))}
-
-
-def plan_creation_fields(tracker, have, want, name):
-    """Record creation-time fields; an existing tap that differs is an error (it cannot change in place)."""
-    current = tap_view(have) if have is not None else {"owner": None, "group": None, "multi_queue": False}
-    for field in CREATION_FIELDS:
-        if want[field] is None or current[field] == want[field]:
-            continue
-        if have is not None:
-            return ("tap %s: %s is %r but %r is wanted; this is fixed when a tap is created, so delete the tap "
-                    "(state: absent) and create it again" % (name, field, current[field], want[field]))
-        tracker.add(field, current[field], want[field])
-    return None
+from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import tap_argument_spec as argument_spec
+from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import tap_hooks
 
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = module.params
     try:
-        want = {
-            "owner": resolve_id(params["owner"], pwd.getpwnam, "owner: user"),
-            "group": resolve_id(params["group"], grp.getgrnam, "group: group"),
-            "multi_queue": params["multi_queue"],
-        }
+        hooks = tap_hooks(module.params)
     except ValueError as exc:
-        module.fail_json(msg="tap %s: %s" % (params["name"], exc))
-
-    def create(ipr):
-        add_tap(ipr, params["name"], owner=want["owner"], group=want["group"],
-                multi_queue=bool(want["multi_queue"]), vnet_hdr=params["vnet_hdr"])
-
-    def plan_extra(tracker, have):
-        if have is not None and (have.get("tun") or {}).get("type") != "tap":
-            return "tap %s: an interface of that name exists but is a tun, not a tap; pick another name" % params["name"]
-        return plan_creation_fields(tracker, have, want, params["name"])
-
-    run_link_module(module, "tap", ("tun",), create, plan_extra=plan_extra, extra_fields=CREATION_FIELDS)
+        module.fail_json(msg=str(exc))
+    run_link_module(module, hooks.pop("kind"), hooks.pop("expected_kinds"), hooks.pop("create"), **hooks)
 
 
 if __name__ == "__main__":

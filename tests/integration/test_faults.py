@@ -302,13 +302,13 @@ def _kill_at(lab_obj, stage, match, then=None):
 
 
 def test_killed_bring_up_cleans_up_exactly_and_comes_up_again(lab_b):
-    """Property 4: SIGKILL the playbook's process group after the bridges, after one VM, after the guest config;
-    each time cleanup restores the host snapshot exactly (it must not wait for the killed run's lock), and a fresh
+    """Property 4: SIGKILL the playbook's process group after the bridges and taps, after one VM, after the guest
+    config; each time cleanup restores the host snapshot exactly (it must not wait for the killed run's lock), and a fresh
     bring-up afterwards succeeds without "File exists"."""
     before = host_picture()
     stages = [
-        ("after bridges", lambda e: e["event"] == "task_start" and e["task"].endswith("TAP ports on their bridges"),
-         None),
+        ("after bridges and taps", lambda e: e["event"] == "task_start" and e["task"].endswith(
+            "Create the lab host's ports on segments"), None),
         # qemu_vms starts the VMs together: the kill lands inside that module run, once a first QEMU exists.
         ("after one VM", lambda e: e["event"] == "task_start" and e["task"] == LAUNCH,
          lambda: _wait_for(lambda: lab_qemu_pids(lab_b.name), 120)),

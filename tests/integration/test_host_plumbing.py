@@ -4,6 +4,7 @@ the netns, bridge, tap and veth modules in throwaway namespaces, read back over 
 Lab addresses live only in namespaces these tests create: the lab namespace (fixture `netns`) and a second one
 for the host end veth1.
 """
+import json
 import os
 import secrets
 import subprocess
@@ -432,6 +433,45 @@ def test_bridge_device_answers_arp_only_for_its_own_addresses(playbook, netns, h
     bridge_mac = _in(netns, "cat", "/sys/class/net/brx/address").stdout.strip()
     assert bridge_mac != port_mac
     assert _arp_replies_seen_by_a_guest(netns, host_ns, "10.88.2.9") == sorted([port_mac, bridge_mac])
+
+
+def test_links_makes_many_objects_as_their_modules_do(playbook, netns, lab, foreign):
+    """links: the seed's bridges and taps in one task; the same marks and results as bridge/tap; a foreign bridge
+    fails by name, its tap with it, everything else is made; check mode and a rerun change nothing."""
+    nobody = 65534
+    bridges = [{"name": "br%d" % n, "arp_ignore": 1} for n in (1, 2)] + [{"name": "br7"}]
+    taps = [{"name": "vport11", "bridge": "br1"}, {"name": "vport21", "bridge": "br2", "owner": "nobody"},
+            {"name": "vport72", "bridge": "br7"}]
+    task = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Links
+      qemulab.network.links:
+        netns: %s
+        lab: %s
+        bridges: %s
+        taps: %s
+""" % (netns, lab, json.dumps(bridges), json.dumps(taps))
+    planned = playbook(task, check=True, diff=True)
+    assert planned.rc != 0  # br7 is someone else's, even in check mode
+    assert sorted(planned.result("Links")["diff"]["after"]) == ["br1", "br2", "vport11", "vport21"], planned
+    assert set(links(netns)) - {"lo"} == {"br7", "vport71"}
+
+    made = playbook(task)
+    res = made.result("Links")
+    assert made.rc != 0 and "bridge br7" in res["msg"] and "tap vport72: its bridge br7 failed" in res["msg"], res
+    got = links(netns)
+    assert {"br1", "br2", "vport11", "vport21"} <= set(got) and "vport72" not in got
+    for name, master in (("vport11", "br1"), ("vport21", "br2")):
+        assert (got[name]["alias"], got[name]["master"], got[name]["up"]) == ("qemulab:" + lab, master, True)
+    owners = [r["after"]["owner"] for r in res["taps"] if not r.get("failed")]
+    assert owners == [None, nobody]
+    assert _in(netns, "cat", "/proc/sys/net/ipv4/conf/br2/arp_ignore").stdout.strip() == "1"
+
+    good = task.replace(json.dumps(bridges), json.dumps(bridges[:2])).replace(json.dumps(taps), json.dumps(taps[:2]))
+    again = playbook(good)
+    assert again.rc == 0 and not again.result("Links")["changed"], again
 
 
 def test_nothing_of_the_tests_remains():

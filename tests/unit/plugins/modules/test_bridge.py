@@ -5,7 +5,7 @@ import json
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.qemulab.network.plugins.module_utils import _link
+from ansible_collections.qemulab.network.plugins.module_utils import _link, _link_kinds
 from ansible_collections.qemulab.network.plugins.modules import bridge
 
 pytestmark = pytest.mark.unit
@@ -38,7 +38,10 @@ def kernel(monkeypatch):
     monkeypatch.setattr(_link, "netns_exists", lambda name: True)
     monkeypatch.setattr(_link, "read_link", read_link)
     monkeypatch.setattr(_link, "set_link", set_link)
-    monkeypatch.setattr(bridge, "add_bridge", lambda ipr, name: fake.calls.append(("add", name, {})))
+    monkeypatch.setattr(_link_kinds, "add_bridge", lambda ipr, name: fake.calls.append(("add", name, {})))
+    # the bridge's own sysctls (arp_ignore): 0, as the kernel makes them
+    monkeypatch.setattr(_link_kinds, "read_netns_sysctls", lambda netns, keys: dict((key, "0") for key in keys))
+    monkeypatch.setattr(_link_kinds, "write_netns_sysctls", lambda netns, values: fake.calls.append(("sysctl", netns, values)))
     return fake
 
 

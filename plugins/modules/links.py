@@ -1,0 +1,181 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: links
+short_description: Many bridges and taps of a lab in one task, each exactly as the bridge and tap modules make it
+version_added: 0.1.0
+description:
+  - Runs M(qemulab.network.bridge)'s task for each item of O(bridges), then M(qemulab.network.tap)'s for each item of
+    O(taps) (so a tap finds its bridge), with the same checks, ownership marks, idempotence and results, over one
+    netlink socket per namespace.
+  - A lab brings up a dozen or more such objects; one module run per object cost the seed lab about 7 s of Python
+    starts on the lab host. The host_prep role uses this module.
+  - One item's failure does not stop the others (except that a tap whose bridge failed fails too); the task fails
+    afterwards naming every item that failed.
+author:
+  - qemulab developers (@qemulab)
+requirements:
+  - pyroute2
+options:
+  bridges:
+    description:
+      - Bridges, each a dictionary of M(qemulab.network.bridge)'s options (validated as that module validates them).
+        O(netns) and O(lab) fill in an item's C(netns) and C(lab) when it has none.
+    type: list
+    elements: dict
+    default: []
+  taps:
+    description: Taps, each a dictionary of M(qemulab.network.tap)'s options, handled after the bridges.
+    type: list
+    elements: dict
+    default: []
+  netns:
+    description: Namespace of the items that name none; empty for the host namespace.
+    type: str
+    default: ""
+  lab:
+    description: Lab of the items that name none.
+    type: str
+    default: default
+attributes:
+  check_mode:
+    description: Reports what each item's module would change, changing nothing.
+    support: full
+  diff_mode:
+    description: Returns each object's before and after, by name.
+    support: full
+"""
+
+EXAMPLES = r"""
+- name: Two segments of the seed lab and the taps of rt1 on them
+  qemulab.network.links:
+    netns: qlab-seed
+    lab: seed
+    bridges:
+      - {name: br1, arp_ignore: 1}
+      - {name: br2, arp_ignore: 1}
+    taps:
+      - {name: vport11, bridge: br1}
+      - {name: vport21, bridge: br2, owner: qemulab}
+"""
+
+RETURN = r"""
+bridges:
+  description: One result per item of O(bridges), as M(qemulab.network.bridge) returns it (C(name), C(changed),
+    C(changes), C(before), C(after)), with C(failed) and C(msg) for an item that failed.
+  returned: always
+  type: list
+  elements: dict
+taps:
+  description: One result per item of O(taps), as M(qemulab.network.tap) returns it.
+  returned: always
+  type: list
+  elements: dict
+"""
+
+import contextlib
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.qemulab.network.plugins.module_utils._link import LinkTaskError, link_task
+from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import (
+    bridge_argument_spec,
+    bridge_hooks,
+    tap_argument_spec,
+    tap_hooks,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
+    HAS_PYROUTE2,
+    PYROUTE2_IMPORT_ERROR,
+    NetlinkError,
+    netlink,
+    netns_exists,
+)
+
+
+def run_items(kind, items, spec, hooks_for, defaults, check_mode, sockets, failed_bridges):
+    results = []
+    validator = ArgumentSpecValidator(spec)
+    for index, item in enumerate(items):
+        item = dict(item)
+        for key, value in defaults.items():
+            if item.get(key) is None:
+                item[key] = value
+        name = item.get("name")
+        checked = validator.validate(item)
+        if checked.error_messages:
+            results.append(dict(name=name, failed=True, changed=False, msg="%ss[%d] (%s): %s" % (
+                kind, index, name, "; ".join(checked.error_messages))))
+            continue
+        params = checked.validated_parameters
+        if kind == "tap" and params.get("bridge") in failed_bridges:
+            results.append(dict(name=name, failed=True, changed=False,
+                                msg="tap %s: its bridge %s failed (see that error)" % (name, params["bridge"])))
+            continue
+        try:
+            hooks = hooks_for(params)
+            result = link_task(params, hooks.pop("kind"), hooks.pop("expected_kinds"), hooks.pop("create"),
+                               check_mode, ipr=sockets(params.get("netns")), **hooks)
+        except (ValueError, LinkTaskError) as exc:
+            result = dict(name=name, failed=True, changed=False, msg=getattr(exc, "msg", str(exc)))
+        except NetlinkError as exc:
+            result = dict(name=name, failed=True, changed=False, msg="%s %s: %s" % (kind, name, exc))
+        results.append(result)
+    return results
+
+
+def main():
+    module = AnsibleModule(argument_spec=dict(
+        bridges=dict(type="list", elements="dict", default=[]),
+        taps=dict(type="list", elements="dict", default=[]),
+        netns=dict(type="str", default=""),
+        lab=dict(type="str", default="default"),
+    ), supports_check_mode=True)
+    if not HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
+    defaults = {"netns": module.params["netns"], "lab": module.params["lab"]}
+    with contextlib.ExitStack() as stack:
+        opened = {}
+
+        def sockets(netns):
+            """One netlink socket per namespace, kept for the whole task; None lets link_task report a missing one."""
+            netns = netns or ""
+            if netns not in opened:
+                opened[netns] = stack.enter_context(netlink(netns)) if not netns or netns_exists(netns) else None
+            return opened[netns]
+
+        try:
+            bridges = run_items("bridge", module.params["bridges"], bridge_argument_spec(), bridge_hooks, defaults,
+                                module.check_mode, sockets, set())
+            failed_bridges = set(r["name"] for r in bridges if r.get("failed"))
+            taps = run_items("tap", module.params["taps"], tap_argument_spec(), tap_hooks, defaults,
+                             module.check_mode, sockets, failed_bridges)
+        except NetlinkError as exc:
+            module.fail_json(msg=str(exc))
+    results = bridges + taps
+    for result in results:
+        for warning in result.pop("warnings", []):
+            module.warn(warning)
+    diff = {"before": {}, "after": {}}
+    for result in results:
+        if "diff" in result:
+            item_diff = result.pop("diff")
+            diff["before"][result["name"]] = item_diff["before"]
+            diff["after"][result["name"]] = item_diff["after"]
+    out = dict(changed=any(r.get("changed") for r in results), bridges=bridges, taps=taps)
+    if module._diff:
+        out["diff"] = diff
+    failed = [r for r in results if r.get("failed")]
+    if failed:
+        module.fail_json(msg="; ".join(r["msg"] for r in failed), **out)
+    module.exit_json(**out)
+
+
+if __name__ == "__main__":
+    main()
