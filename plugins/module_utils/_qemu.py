@@ -40,7 +40,7 @@ MEMORY_UNITS_MIB = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
 
 # Fields that change what QEMU runs; state, timeouts and on_change do not.
 CONFIG_FIELDS = ("name", "lab", "run_dir", "kernel", "initrd", "append", "disks", "memory", "vcpus", "accelerator",
-                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg", "run_as")
+                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg", "run_as", "rng")
 # Fields added after labs were already running: left out of the fingerprint while unset, so an upgrade does not
 # restart every VM.
 OPTIONAL_FIELDS = ("run_as",)
@@ -152,6 +152,7 @@ def normalise_config(params):
         "sandbox": True if params.get("sandbox") is None else bool(params["sandbox"]),
         "fw_cfg": fw_cfg,
         "run_as": str(params["run_as"]) if params.get("run_as") not in (None, "") else None,
+        "rng": True if params.get("rng") is None else bool(params["rng"]),
     }
 
 
@@ -493,6 +494,8 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
         argv += ["-device", device, "-netdev", netdev]
     for item in config.get("fw_cfg") or []:
         argv += ["-fw_cfg", "name=%s,file=%s" % (item["name"], item["file"].replace(",", ",,"))]
+    if config.get("rng"):
+        argv += ["-device", "virtio-rng-pci"]
     argv += ["-display", "none", "-nodefaults", "-no-user-config"]
     if daemon:
         argv += ["-pidfile", paths["pidfile"],
@@ -825,6 +828,7 @@ QEMU_VM_ARGUMENT_SPEC = dict(
         content=dict(type="str", required=True),
     )),
     run_as=dict(type="str"),
+    rng=dict(type="bool", default=True),
 )
 
 

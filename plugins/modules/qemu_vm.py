@@ -209,6 +209,14 @@ options:
         runs as root or as that directory's owner.
       - Unset (the default), QEMU runs as root, as in the seed lab. Changing it restarts the VM.
     type: str
+  rng:
+    description:
+      - Give the guest a virtio RNG (C(-device virtio-rng-pci), fed from the host's C(/dev/urandom)). Under TCG a
+        guest otherwise gathers its boot entropy from timer jitter, and sshd waits for it; seven lab guests booting
+        together reached SSH ~2 s sooner with it (bench/guest_boot.py, 2026-11-25). The guest needs the
+        C(virtio_rng) driver; the default image's init loads every virtio driver it finds a device for.
+    type: bool
+    default: true
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.

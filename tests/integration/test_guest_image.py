@@ -237,6 +237,9 @@ def test_guest_boots_to_ssh_with_renamed_nics_and_powers_off_on_acpi(vm, image):
         assert any(line.endswith("/" + tool) for line in lines), tool
     for driver in ("virtio_net.ko", "e1000.ko", "8139cp.ko", "8139too.ko"):
         assert any(line.split("/")[-1].startswith(driver) for line in lines), driver
+    # qemu_vm's default virtio RNG is in use, so the boot did not wait for timer-jitter entropy.
+    rng = _ssh(vm, "cat /sys/devices/virtual/misc/hw_random/rng_current; dmesg | grep -c 'crng init done'")
+    assert rng.stdout.split()[0].startswith("virtio_rng"), rng.stdout
     pw = subprocess.run(["ssh", "-p", str(vm["port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                          "-o", "UserKnownHostsFile=/dev/null", "-o", "PreferredAuthentications=password",
                          "-o", "PubkeyAuthentication=no", "root@127.0.0.1", "true"],

@@ -124,9 +124,10 @@ def seed_argv(machine):
     return shlex.split(" ".join(SEED_LINES[machine].split()))
 
 
-def our_argv(machine, vhost_usable=False):
+def our_argv(machine, vhost_usable=False, rng=False):
     params = dict(SEED_TASKS[machine])
     params["name"] = params.get("name", machine) or machine
+    params["rng"] = rng  # the seed's lines have no RNG device: qemulab adds one by default (tested below)
     config = normalise_config(params)
     vhost = {}
     for index, nic in enumerate(config["nics"]):
@@ -144,6 +145,14 @@ def test_seed_machine_argv_matches_option_for_option(machine):
         seed["name"] = ours["name"]  # the seed's user-mode example has no -name
         seed["memory"] = 128  # and no -m (QEMU's default is 128 MiB)
     assert ours == seed
+
+
+def test_a_virtio_rng_is_added_unless_turned_off():
+    with_rng, without = our_argv("h1", rng=True), our_argv("h1", rng=False)
+    assert [with_rng[i + 1] for i, a in enumerate(with_rng) if a == "-device" and "rng" in with_rng[i + 1]] == \
+        ["virtio-rng-pci"]
+    assert not [a for a in without if "rng" in a]
+    assert normalise_config(dict(name="h1"))["rng"] is True
 
 
 def test_seed_tap_netdevs_use_ifname_without_scripts():
