@@ -72,6 +72,20 @@ def test_creation_adds_marks_then_brings_up(kernel, capsys):
     assert kernel.calls == [("add", "br1", {}), ("set", "br1", {"alias": "qemulab:seed"}), ("set", "br1", {"up": True})]
 
 
+def test_arp_ignore_is_compared_and_written_after_the_bridge_exists(kernel, capsys):
+    result = run({"name": "br1", "netns": "ns1", "lab": "seed", "arp_ignore": 1}, capsys)
+    assert result["changed"] and "arp_ignore" in result["changes"]
+    assert kernel.calls[0] == ("add", "br1", {})
+    assert ("sysctl", "ns1", {"net.ipv4.conf.br1.arp_ignore": 1}) in kernel.calls
+    kernel.calls[:] = []
+    kernel.links["br1"] = existing()
+    result = run({"name": "br1", "netns": "ns1", "lab": "seed", "arp_ignore": 1}, capsys)
+    assert result["changes"] == ["arp_ignore"] and result["before"]["arp_ignore"] == 0
+    assert kernel.calls == [("set", "br1", {}), ("sysctl", "ns1", {"net.ipv4.conf.br1.arp_ignore": 1})]
+    result = run({"name": "br1", "netns": "ns1", "lab": "seed"}, capsys)
+    assert not result["changed"]
+
+
 def test_matching_bridge_is_unchanged(kernel, capsys):
     kernel.links["br1"] = existing()
     result = run({"name": "br1", "netns": "ns1", "lab": "seed", "mtu": 1500}, capsys)
