@@ -13,7 +13,6 @@ __metaclass__ = type
 import ctypes
 import errno
 import fcntl
-import grp
 import hashlib
 import json
 import os
@@ -905,8 +904,8 @@ def open_disks(config):
                 fds[index].append(os.open(disk["file"], mode | os.O_CLOEXEC))
     except OSError as exc:
         close_fds(fds)
-        raise QemuConfigError("VM %s: disks[%d].file %s cannot be opened: %s" % (config["name"], index, disk["file"],
-                                                                              exc.strerror))
+        raise QemuConfigError("VM %s: disks[%d].file %s cannot be opened: %s"
+                              % (config["name"], index, disk["file"], exc.strerror))
     return fds
 
 

@@ -120,8 +120,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import
 
 def main():
     module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    hooks = bridge_hooks(module.params)
-    run_link_module(module, hooks.pop("kind"), hooks.pop("expected_kinds"), hooks.pop("create"), **hooks)
+    run_link_module(module, **bridge_hooks(module.params))
 
 
 if __name__ == "__main__":

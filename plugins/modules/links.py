@@ -119,9 +119,7 @@ def run_items(kind, items, spec, hooks_for, defaults, check_mode, sockets, faile
                                 msg="tap %s: its bridge %s failed (see that error)" % (name, params["bridge"])))
             continue
         try:
-            hooks = hooks_for(params)
-            result = link_task(params, hooks.pop("kind"), hooks.pop("expected_kinds"), hooks.pop("create"),
-                               check_mode, ipr=sockets(params.get("netns")), **hooks)
+            result = link_task(params, check_mode=check_mode, ipr=sockets(params.get("netns")), **hooks_for(params))
         except (ValueError, LinkTaskError) as exc:
             result = dict(name=name, failed=True, changed=False, msg=getattr(exc, "msg", str(exc)))
         except NetlinkError as exc:

@@ -135,7 +135,7 @@ def main():
         hooks = tap_hooks(module.params)
     except ValueError as exc:
         module.fail_json(msg=str(exc))
-    run_link_module(module, hooks.pop("kind"), hooks.pop("expected_kinds"), hooks.pop("create"), **hooks)
+    run_link_module(module, **hooks)
 
 
 if __name__ == "__main__":
