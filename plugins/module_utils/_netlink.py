@@ -156,6 +156,9 @@ def _inside(netns):
     if not netns:
         yield
         return
+    # pyroute2's pushns creates a namespace that does not exist (O_CREAT): reading one must never make one.
+    if not netns_exists(netns):
+        raise NetlinkError("network namespace %s does not exist; create it first with qemulab.network.netns" % netns)
     pr_netns.pushns(netns)
     try:
         yield
