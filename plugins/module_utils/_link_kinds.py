@@ -26,36 +26,36 @@ from ansible_collections.qemulab.network.plugins.module_utils._ownership import 
 TAP_CREATION_FIELDS = ("owner", "group", "multi_queue")
 
 
-def bridge_argument_spec():
+def _link_argument_spec(**own):
+    """The options every link module has (name, state, mtu, up, netns, lab, force) plus the kind's `own`."""
     spec = dict(
         name=dict(type="str", required=True),
         state=dict(type="str", choices=["present", "absent"], default="present"),
         mtu=dict(type="int"),
-        stp=dict(type="bool"),
-        arp_ignore=dict(type="int", choices=[0, 1, 2, 3, 8]),
-        addresses=dict(type="list", elements="str"),
         up=dict(type="bool", default=True),
     )
+    spec.update(own)
     spec.update(NETNS_ARGUMENT_SPEC)
     spec.update(OWNERSHIP_ARGUMENT_SPEC)
     return spec
 
 
+def bridge_argument_spec():
+    return _link_argument_spec(
+        stp=dict(type="bool"),
+        arp_ignore=dict(type="int", choices=[0, 1, 2, 3, 8]),
+        addresses=dict(type="list", elements="str"),
+    )
+
+
 def tap_argument_spec():
-    spec = dict(
-        name=dict(type="str", required=True),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
+    return _link_argument_spec(
         bridge=dict(type="str"),
-        mtu=dict(type="int"),
         owner=dict(type="str"),
         group=dict(type="str"),
         multi_queue=dict(type="bool"),
         vnet_hdr=dict(type="bool", default=False),
-        up=dict(type="bool", default=True),
     )
-    spec.update(NETNS_ARGUMENT_SPEC)
-    spec.update(OWNERSHIP_ARGUMENT_SPEC)
-    return spec
 
 
 def bridge_hooks(params):
