@@ -48,3 +48,23 @@ class DifferenceTracker:
             before[field] = old
             after[field] = new
         return {"before": before, "after": after}
+
+
+def finish_items(module, results, **out):
+    """Exit a module that ran one object's task per item (qemu_vms, links): the items' warnings become the module's,
+    their diffs one diff keyed by item name, `changed` if any item changed; fails naming every failed item."""
+    diff = {"before": {}, "after": {}}
+    for result in results:
+        for warning in result.pop("warnings", []):
+            module.warn(warning)
+        item_diff = result.pop("diff", None)
+        if item_diff:
+            diff["before"][result["name"]] = item_diff["before"]
+            diff["after"][result["name"]] = item_diff["after"]
+    out["changed"] = any(result.get("changed") for result in results)
+    if module._diff:
+        out["diff"] = diff
+    failed = [result["msg"] for result in results if result.get("failed")]
+    if failed:
+        module.fail_json(msg="; ".join(failed), **out)
+    module.exit_json(**out)

@@ -872,13 +872,41 @@ def hostfwd_problems(config, held=()):
     return problems
 
 
-def _get_tap_netlink(ifname, netns):
+def _read_taps(netns, names):
+    """{name: link dict or None} for `names` in `netns`, over one netlink socket."""
     from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, get_link, netlink
     if not HAS_PYROUTE2:
         raise RuntimeError("the Python library pyroute2 is needed to check taps; install it for the interpreter "
                            "that runs this module (pip install pyroute2, or Debian's python3-pyroute2)")
     with netlink(netns or None) as ipr:
-        return get_link(ipr, ifname)
+        return dict((name, get_link(ipr, name)) for name in names)
+
+
+def _get_tap_netlink(ifname, netns):
+    return _read_taps(netns, [ifname])[ifname]
+
+
+def tap_reader(configs):
+    """get_tap(ifname, netns) for tap_problems over the taps of normalised `configs`, read now, once per namespace:
+    for VMs started from several threads (pyroute2 enters a namespace by forking, which is not safe once other
+    threads run). A namespace that could not be read raises its error for every VM that uses it."""
+    wanted = {}
+    for config in configs:
+        for nic in config["nics"]:
+            if nic["backend"] == "tap":
+                wanted.setdefault(nic["netns"], set()).add(nic["ifname"])
+    links, errors = {}, {}
+    for netns, names in wanted.items():
+        try:
+            links.update(((netns, name), link) for name, link in _read_taps(netns, sorted(names)).items())
+        except Exception as exc:  # the message is readable; tap_problems' caller reports it per VM
+            errors[netns] = exc
+
+    def get_tap(ifname, netns):
+        if netns in errors:
+            raise errors[netns]
+        return links.get((netns, ifname))
+    return get_tap
 
 
 def nics_result(config, vhost, vhost_reasons):

@@ -83,6 +83,7 @@ import contextlib
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.qemulab.network.plugins.module_utils._diff import finish_items
 from ansible_collections.qemulab.network.plugins.module_utils._link import LinkTaskError, link_task
 from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import (
     bridge_argument_spec,
@@ -156,23 +157,7 @@ def main():
                              module.check_mode, sockets, failed_bridges)
         except NetlinkError as exc:
             module.fail_json(msg=str(exc))
-    results = bridges + taps
-    for result in results:
-        for warning in result.pop("warnings", []):
-            module.warn(warning)
-    diff = {"before": {}, "after": {}}
-    for result in results:
-        if "diff" in result:
-            item_diff = result.pop("diff")
-            diff["before"][result["name"]] = item_diff["before"]
-            diff["after"][result["name"]] = item_diff["after"]
-    out = dict(changed=any(r.get("changed") for r in results), bridges=bridges, taps=taps)
-    if module._diff:
-        out["diff"] = diff
-    failed = [r for r in results if r.get("failed")]
-    if failed:
-        module.fail_json(msg="; ".join(r["msg"] for r in failed), **out)
-    module.exit_json(**out)
+    finish_items(module, bridges + taps, bridges=bridges, taps=taps)
 
 
 if __name__ == "__main__":

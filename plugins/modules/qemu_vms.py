@@ -107,6 +107,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.qemulab.network.plugins.module_utils._diff import finish_items
 from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
     QEMU_VM_ARGUMENT_SPEC,
     QemuConfigError,
@@ -116,6 +117,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
     qemu_vm_task,
     read_pid,
     stop_vm,
+    tap_reader,
     vm_paths,
 )
 
@@ -136,42 +138,21 @@ def validated(vms, lab):
     return out
 
 
-def tap_reader(params_list):
-    """get_tap(ifname, netns) over one netlink reading per namespace, taken before any thread starts: pyroute2
-    enters a namespace by forking, which is not safe once other threads run."""
-    from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, get_link, netlink
-    wanted = {}
+def configs_of(params_list):
+    """Normalised configurations of the items that have one (qemu_vm_task reports the others' errors)."""
+    configs = []
     for params in params_list:
         try:
-            config = normalise_config(params)
+            configs.append(normalise_config(params))
         except QemuConfigError:
-            continue  # qemu_vm_task reports it
-        for nic in config["nics"]:
-            if nic["backend"] == "tap":
-                wanted.setdefault(nic["netns"], set()).add(nic["ifname"])
-    links, errors = {}, {}
-    for netns, names in wanted.items():
-        try:
-            if not HAS_PYROUTE2:
-                raise RuntimeError("the Python library pyroute2 is needed to check taps; install it for the "
-                                   "interpreter that runs this module (pip install pyroute2)")
-            with netlink(netns or None) as ipr:
-                for name in names:
-                    links[(netns, name)] = get_link(ipr, name)
-        except Exception as exc:  # the message is readable; each VM using this namespace reports it
-            errors[netns] = exc
-
-    def get_tap(ifname, netns):
-        if netns in errors:
-            raise errors[netns]
-        return links.get((netns, ifname))
-    return get_tap
+            pass
+    return configs
 
 
 def run_all(module):
     """state=running: every VM's qemu_vm task, in parallel."""
     items = validated(module.params["vms"], module.params["lab"])
-    get_tap = tap_reader([params for _name, params, _error in items if params is not None])
+    get_tap = tap_reader(configs_of([params for _name, params, _error in items if params is not None]))
 
     def one(item):
         name, params, error = item
@@ -188,19 +169,7 @@ def run_all(module):
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(items)))) as pool:
         results = list(pool.map(one, items))
-    warnings = [w for r in results for w in r.pop("warnings", [])]
-    for warning in warnings:
-        module.warn(warning)
-    diff = {"before": {}, "after": {}}
-    for result in results:
-        if result.get("diff"):
-            diff["before"][result["name"]] = result["diff"]["before"]
-            diff["after"][result["name"]] = result["diff"]["after"]
-    out = dict(changed=any(r.get("changed") for r in results), vms=results, diff=diff)
-    failed = [r for r in results if r.get("failed")]
-    if failed:
-        module.fail_json(msg="; ".join(r["msg"] for r in failed), **out)
-    module.exit_json(**out)
+    finish_items(module, results, vms=results)
 
 
 def main():
