@@ -76,6 +76,11 @@ def qemu_vm_specs(vms, settings):
     return specs
 
 
+def qemu_vm_args(specs):
+    """The specs as qemu_vm options (for qemulab.network.qemu_vms): without `overlay` and unset options."""
+    return [dict((k, v) for k, v in spec.items() if k != "overlay" and v is not None) for spec in specs or []]
+
+
 def qemu_vms_pending(specs, running):
     """Names of the VMs whose qemu_vm task has something to do, given qemulab.network.qemu_vm_info's `vms`."""
     # Plain data first: ansible-core hands filters lazily templated containers, and the argument spec validation
@@ -83,11 +88,10 @@ def qemu_vms_pending(specs, running):
     specs, running = json.loads(json.dumps(specs or [])), json.loads(json.dumps(running or []))
     by_name = dict((vm["name"], vm) for vm in running)
     pending = []
-    for spec in specs:
+    for spec, args in zip(specs, qemu_vm_args(specs)):
         vm = by_name.get(spec["name"])
         # The module's own argument spec fills in defaults, also inside nics and disks, as AnsibleModule would.
-        checked = ArgumentSpecValidator(QEMU_VM_ARGUMENT_SPEC).validate(
-            dict((k, v) for k, v in spec.items() if k != "overlay"))
+        checked = ArgumentSpecValidator(QEMU_VM_ARGUMENT_SPEC).validate(args)
         try:
             if checked.error_messages:
                 raise QemuConfigError("; ".join(checked.error_messages))
@@ -101,11 +105,6 @@ def qemu_vms_pending(specs, running):
                 or (vm.get("fw_cfg") or {}) != contents:
             pending.append(spec["name"])
     return pending
-
-
-def qemu_vm_args(specs):
-    """The specs as qemu_vm options (for qemulab.network.qemu_vms): without `overlay` and unset options."""
-    return [dict((k, v) for k, v in spec.items() if k != "overlay" and v is not None) for spec in specs or []]
 
 
 class FilterModule(object):

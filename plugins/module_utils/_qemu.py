@@ -945,7 +945,7 @@ def close_fds(fds):
 
 def kvm_for_user(accel, reason, requested, user, vm):
     """KVM is probed as root; an unprivileged QEMU also needs to open /dev/kvm itself."""
-    if accel != "kvm" or user["uid"] == 0 or not accessible_as(user, [("/dev/kvm", "r"), ("/dev/kvm", "w")]):
+    if accel != "kvm" or not accessible_as(user, [("/dev/kvm", "r"), ("/dev/kvm", "w")]):
         return accel, reason
     if requested == "kvm":
         raise QemuConfigError("VM %s: accelerator is kvm but user %s (run_as) cannot open /dev/kvm; add the user "
@@ -1026,8 +1026,9 @@ def qemu_vm_task(params, check_mode, get_tap=_get_tap_netlink):
 
     vhost, vhost_reasons, fds = {}, {}, {}
     if need_start:
-        problems = missing_files(config) + hostfwd_problems(config, _forwards(stored_config) if need_stop else ())
-        if not missing_files(config):
+        missing = missing_files(config)
+        problems = missing + hostfwd_problems(config, _forwards(stored_config) if need_stop else ())
+        if not missing:
             problems += user_access_problems(config, user)
         try:
             problems += tap_problems(config, get_tap, user)
