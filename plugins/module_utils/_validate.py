@@ -14,52 +14,85 @@ import ipaddress
 import re
 
 IFNAME_MAX_BYTES = 15  # IFNAMSIZ (16) minus the terminating NUL
-NETNS_NAME_MAX_BYTES = 255  # a file name under /run/netns
-LAB_NAME_MAX_CHARS = 64
 MTU_MIN = 68  # the IPv4 minimum; the kernel refuses less on most link types
 MTU_MAX = 65535
+# A guest below this does not boot the default image's kernel; the same floor for the plan and qemu_vm.
+MEMORY_MIN_MIB = 64
+MEMORY_MAX_MIB = 1024 * 1024
+
+# The one name rule. Every name that becomes a path, an interface, a QEMU option or a hostname passes it: no '.',
+# '/', ',', '=', whitespace or shell metacharacter can reach a path, an option string or a command line.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")
+# Longest name per kind, in bytes. Interfaces: IFNAMSIZ. A lab name is part of the qemulab:<lab> alias and of
+# directory names; a VM name of its run directory, whose unix socket paths must stay under 108 bytes.
+NAME_MAX_BYTES = {"lab": 15, "vm": 32, "netns": 32, "bridge": IFNAME_MAX_BYTES, "tap": IFNAME_MAX_BYTES,
+                  "veth": IFNAME_MAX_BYTES, "interface": IFNAME_MAX_BYTES}
+LAB_NAME_MAX_CHARS = NAME_MAX_BYTES["lab"]
+NETNS_NAME_MAX_BYTES = NAME_MAX_BYTES["netns"]
+_KIND_TEXT = {"lab": "a lab", "vm": "a VM", "netns": "a namespace", "bridge": "a bridge", "tap": "a tap",
+              "veth": "a veth", "interface": "an interface"}
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_LAB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# a bare number is MiB; "B" only after a unit ("1024B" would read as bytes, so it is refused)
+_MEMORY_RE = re.compile(r"^\s*([0-9]+)\s*(?:([kmgt])(i?b)?)?\s*$", re.IGNORECASE)
+_MEMORY_UNITS_MIB = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
+def check_name(name, kind):
+    """Why `name` cannot be a name of this kind (lab, vm, netns, bridge, tap, veth, interface), or None.
+
+    The text names the value and the fix; callers prefix the object and the field."""
+    limit = NAME_MAX_BYTES[kind]
+    what = _KIND_TEXT[kind]
+    if not isinstance(name, str) or not name:
+        return "%r is not %s name; give a non-empty name of lower-case letters, digits and '-'" % (name, what)
+    if not NAME_RE.match(name):
+        bad = sorted(set(ch for ch in name if not ("0" <= ch <= "9" or "a" <= ch <= "z" or ch == "-")))
+        why = ("contains %s" % ", ".join(repr(ch) for ch in bad)) if bad else "starts with '-'"
+        return ("%r is not %s name (it %s); use lower-case letters, digits and '-', starting with a letter or "
+                "digit, at most %d characters" % (name, what, why, limit))
+    if len(name) > limit:
+        return "%r is %d characters long; %s name has at most %d, pick a shorter one" % (name, len(name), what, limit)
+    return None
 
 
 def check_ifname(name):
-    """Why `name` cannot be a Linux interface name, or None when it can."""
-    if not isinstance(name, str) or not name:
-        return "interface name must be a non-empty string"
-    if name in (".", ".."):
-        return "interface name must not be '.' or '..'"
-    if len(name.encode("utf-8")) > IFNAME_MAX_BYTES:
-        return "interface name %r is %d bytes; Linux allows at most %d, pick a shorter name" % (
-            name, len(name.encode("utf-8")), IFNAME_MAX_BYTES)
-    bad = sorted(set(ch for ch in name if ch in "/:" or ch.isspace()))
-    if bad:
-        return "interface name %r contains %s; use letters, digits, '-', '_' or '.'" % (
-            name, ", ".join(repr(ch) for ch in bad))
-    return None
+    """Why `name` cannot be a lab interface name (bridge, tap, veth end), or None when it can."""
+    return check_name(name, "interface")
 
 
 def check_netns_name(name):
-    """Why `name` cannot name a network namespace (a file in /run/netns), or None."""
-    if not isinstance(name, str) or not name:
-        return "namespace name must be a non-empty string"
-    if name in (".", "..") or "/" in name or "\0" in name:
-        return "namespace name %r must not be '.', '..' or contain '/'; pick a plain name" % name
-    if len(name.encode("utf-8")) > NETNS_NAME_MAX_BYTES:
-        return "namespace name is longer than %d bytes; pick a shorter name" % NETNS_NAME_MAX_BYTES
-    if any(ch.isspace() for ch in name):
-        return "namespace name %r contains whitespace; pick a name without it" % name
-    return None
+    """Why `name` cannot name a lab's network namespace (a file in /run/netns), or None."""
+    return check_name(name, "netns")
 
 
 def check_lab_name(name):
-    """Why `name` cannot be a lab name (it ends up in interface aliases and file names), or None."""
-    if not isinstance(name, str) or not name:
-        return "lab name must be a non-empty string"
-    if len(name) > LAB_NAME_MAX_CHARS or not _LAB_NAME_RE.match(name):
-        return ("lab name %r must be 1-%d characters of letters, digits, '.', '_' or '-', starting with a letter "
-                "or digit" % (name, LAB_NAME_MAX_CHARS))
-    return None
+    """Why `name` cannot be a lab name (it ends up in interface aliases and directory names), or None."""
+    return check_name(name, "lab")
+
+
+def parse_memory(value):
+    """Memory in MiB from an int (MiB) or a string like 512M, 1G, 1GiB; ValueError with the fix otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("%r is not a memory size; give MiB as an integer or a size like 512M or 1G" % (value,))
+    if isinstance(value, int):
+        mib = value
+    else:
+        match = _MEMORY_RE.match(value)
+        if not match or (match.group(2) or "").lower() == "k":
+            raise ValueError("%r is not a memory size; give MiB as an integer or a size like 512M or 1G" % value)
+        mib = int(match.group(1)) * _MEMORY_UNITS_MIB[(match.group(2) or "").lower()]
+    if mib < MEMORY_MIN_MIB:
+        raise ValueError("%r is below %d MiB, too little for a guest to boot; give at least %dM"
+                         % (value, MEMORY_MIN_MIB, MEMORY_MIN_MIB))
+    if mib > MEMORY_MAX_MIB:
+        raise ValueError("%r is over %d MiB; give a size like 512M or 2G" % (value, MEMORY_MAX_MIB))
+    return mib
+
+
+def qemu_opt(value):
+    """A value placed inside a QEMU option string (`key=value,...`): QEMU reads ',,' as a literal comma."""
+    return str(value).replace(",", ",,")
 
 
 def normalize_mac(mac):
