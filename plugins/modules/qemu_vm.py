@@ -24,11 +24,13 @@ author:
   - qemulab developers (@qemulab)
 options:
   name:
-    description: Name of the VM (QEMU C(-name)).
+    description:
+      - Name of the VM (QEMU C(-name)) and of its run directory. Lower-case letters, digits and C(-), starting with a
+        letter or digit, at most 32 characters; any other name is refused before anything changes.
     type: str
     required: true
   lab:
-    description: Lab the VM belongs to; part of the default run directory.
+    description: Lab the VM belongs to; part of the default run directory. The same rule as O(name), at most 15 characters.
     type: str
     default: default
   state:
@@ -76,7 +78,7 @@ options:
         type: bool
         default: false
   memory:
-    description: Guest memory; an integer in MiB or a string such as C(512M) or C(1G).
+    description: Guest memory; an integer in MiB or a string such as C(512M) or C(1G), at least 64 MiB.
     type: raw
     default: 512
   vcpus:
@@ -114,10 +116,12 @@ options:
         choices: [tap, user]
         default: tap
       ifname:
-        description: Name of the tap (backend tap). It must already exist (qemulab.network.tap).
+        description:
+          - Name of the tap (backend tap). It must already exist (qemulab.network.tap). The name rule of O(name), at
+            most 15 characters.
         type: str
       netns:
-        description: Namespace the tap lives in; defaults to O(netns).
+        description: Namespace the tap lives in; defaults to O(netns). The name rule of O(name).
         type: str
       vhost:
         description: C(auto) enables vhost only where /dev/vhost-net is usable; C(on) fails where it is not.
@@ -150,7 +154,7 @@ options:
         type: bool
         default: true
   netns:
-    description: Namespace the taps live in; empty for the root namespace.
+    description: Namespace the taps live in; empty for the root namespace. The name rule of O(name).
     type: str
     default: ""
   stop_timeout:
@@ -334,7 +338,8 @@ fw_cfg_updated:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import QEMU_VM_ARGUMENT_SPEC, run_qemu_vm
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import QEMU_VM_ARGUMENT_SPEC
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_task import run_qemu_vm
 
 
 def main():

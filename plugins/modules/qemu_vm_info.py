@@ -18,11 +18,11 @@ author:
   - qemulab developers (@qemulab)
 options:
   lab:
-    description: Lab whose VMs to report.
+    description: Lab whose VMs to report (lower-case letters, digits and C(-), at most 15 characters).
     type: str
     default: default
   name:
-    description: Report only this VM.
+    description: Report only this VM (lower-case letters, digits and C(-), at most 32 characters).
     type: str
   run_root:
     description: Root of the run directories.
@@ -108,14 +108,15 @@ import pwd
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import vm_paths
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
     file_sha256,
     lab_run_dirs,
     process_uid,
     process_uptime,
     read_state,
-    vm_paths,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
 
 
 def user_name(uid):
@@ -149,6 +150,11 @@ def main():
         name=dict(type="str"),
         run_root=dict(type="path", default="/run/qemulab"),
     ), supports_check_mode=True)
+    for field, kind in (("lab", "lab"), ("name", "vm")):
+        if module.params[field] is not None:
+            problem = check_name(module.params[field], kind)
+            if problem:
+                module.fail_json(msg="qemu_vm_info: %s: %s" % (field, problem))
     vms = [vm_info(run_dir) for name, run_dir in lab_run_dirs(module.params["run_root"], module.params["lab"])
            if not module.params["name"] or name == module.params["name"]]
     module.exit_json(changed=False, vms=vms)

@@ -24,7 +24,9 @@ author:
   - qemulab developers (@qemulab)
 options:
   lab:
-    description: The lab whose VMs to remove.
+    description:
+      - The lab whose VMs to start or remove (lower-case letters, digits and C(-), at most 15 characters). Its VMs
+        run in O(run_root)/O(lab)/<name>; an item naming another lab or another C(run_dir) is refused.
     type: str
     required: true
   state:
@@ -108,33 +110,47 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.qemulab.network.plugins.module_utils._diff import finish_items
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import vm_paths
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import (
     QEMU_VM_ARGUMENT_SPEC,
     QemuConfigError,
-    VmTaskError,
-    lab_run_dirs,
+    check_names,
     normalise_config,
-    qemu_vm_task,
-    read_pid,
-    stop_vm,
-    tap_reader,
-    vm_paths,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import lab_run_dirs, read_pid, stop_vm
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_tap import tap_reader
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_task import VmTaskError, qemu_vm_task
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
 
 
-def validated(vms, lab):
-    """[(name, params or None, error or None)] for each item, as AnsibleModule would validate qemu_vm's options."""
+def validated(vms, lab, run_root):
+    """[(name, params or None, error or None)] for each item, as AnsibleModule would validate qemu_vm's options.
+
+    Every item belongs to `lab` and runs in run_root/lab/<name>, where state=absent finds it again."""
     out = []
     validator = ArgumentSpecValidator(QEMU_VM_ARGUMENT_SPEC)
     for index, item in enumerate(vms):
         item = dict(item)
         item.setdefault("lab", lab)
+        where = "vms[%d] (%s)" % (index, item.get("name", "?"))
         checked = validator.validate(item)
         if checked.error_messages:
-            out.append((item.get("name"), None, "vms[%d] (%s): %s" % (index, item.get("name", "?"),
-                                                                      "; ".join(checked.error_messages))))
-        else:
-            out.append((item.get("name"), checked.validated_parameters, None))
+            out.append((item.get("name"), None, "%s: %s" % (where, "; ".join(checked.error_messages))))
+            continue
+        params = checked.validated_parameters
+        problems = check_names(params)
+        if not problems and params["lab"] != lab:
+            problems.append("lab %s is not this task's lab %s; give each lab its own qemu_vms task"
+                            % (params["lab"], lab))
+        run_dir = os.path.join(run_root, lab, params["name"])
+        if not problems and params["run_dir"] and os.path.normpath(params["run_dir"]) != run_dir:
+            problems.append("run_dir %s is not %s, where this module finds the lab's VMs again; leave run_dir out"
+                            % (params["run_dir"], run_dir))
+        if problems:
+            out.append((item.get("name"), None, "%s: %s" % (where, "; ".join(problems))))
+            continue
+        params["run_dir"] = run_dir
+        out.append((item.get("name"), params, None))
     return out
 
 
@@ -151,7 +167,7 @@ def configs_of(params_list):
 
 def run_all(module):
     """state=running: every VM's qemu_vm task, in parallel."""
-    items = validated(module.params["vms"], module.params["lab"])
+    items = validated(module.params["vms"], module.params["lab"], module.params["run_root"])
     get_tap = tap_reader(configs_of([params for _name, params, _error in items if params is not None]))
 
     def one(item):
@@ -180,6 +196,9 @@ def main():
         run_root=dict(type="path", default="/run/qemulab"),
         stop_timeout=dict(type="int", default=10),
     ), supports_check_mode=True)
+    problem = check_name(module.params["lab"], "lab")
+    if problem:
+        module.fail_json(msg="qemu_vms: lab: %s" % problem)
     if module.params["state"] == "running":
         run_all(module)
     lab_dir = os.path.join(module.params["run_root"], module.params["lab"])

@@ -240,7 +240,7 @@ def test_missing_tap_and_taken_port_are_named(guest, lab, playbook):
 
 
 def test_accelerator_probe_is_a_real_boot(guest, tmp_path):
-    from ansible_collections.qemulab.network.plugins.module_utils._qemu import boot_reaches_kernel, resolve_accelerator
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import boot_reaches_kernel, resolve_accelerator
     # The probe's yardstick must be reachable at all: the same boot under TCG gets to start_kernel.
     reached, seconds = boot_reaches_kernel("qemu-system-x86_64", guest["kernel"], "tcg", 60)
     assert reached, seconds
@@ -297,7 +297,7 @@ def test_user_mode_forward_reaches_the_guest_on_loopback(guest, lab, playbook):
 
 
 def test_open_tap_inside_namespace_never_creates_one(netns):
-    from ansible_collections.qemulab.network.plugins.module_utils._qemu import open_tap
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu_tap import open_tap
     own_ns = os.readlink("/proc/self/ns/net")
     subprocess.run(["ip", "-n", netns, "tuntap", "add", "dev", "qvmtap0", "mode", "tap"], check=True)
     fd = open_tap("qvmtap0", netns)

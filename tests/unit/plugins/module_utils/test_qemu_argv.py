@@ -1,14 +1,12 @@
-"""_qemu: argv of every seed machine option for option, NIC variants, memory sizes, fingerprints, vhost, accelerator."""
-import json
+"""_qemu_argv: argv of every seed machine option for option, NIC variants, vhost, fds, and values escaped in
+option strings only."""
 import shlex
-import subprocess
 
 import pytest
 
-from ansible_collections.qemulab.network.plugins.module_utils import _qemu
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
-    QemuConfigError, build_argv, config_diff, decide_vhost, fingerprint, is_our_qemu, normalise_config,
-    parse_memory, resolve_accelerator)
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import build_argv, option_string
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import QemuConfigError, normalise_config
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import decide_vhost
 
 pytestmark = pytest.mark.unit
 
@@ -84,7 +82,7 @@ SEED_TASKS = {
     "vhost_h1": dict(name="h1", kernel="vms2/bzImageh1.bin", memory=1024, disks=[{"file": "vms2/h1.ext4"}],
                      append="root=/dev/vda console=ttyS0 rw",
                      nics=[{"mac": "12:34:56:AB:CD:7B", "ifname": "vport11", "vhost": "on"}]),
-    "user_mode": dict(name=None, kernel="bzImage-qemux86-64.bin", memory=128,
+    "user_mode": dict(name="user-mode", kernel="bzImage-qemux86-64.bin", memory=128,
                       disks=[{"file": "core-image-minimal-qemux86-64.ext4"}],
                       append="root=/dev/vda rw mem=256M console=ttyS0",
                       nics=[{"mac": "52:54:00:12:34:02", "backend": "user", "restrict": False}]),
@@ -209,164 +207,13 @@ def test_user_mode_restricted_forwards_on_loopback_only():
                                                "hostfwd=tcp:127.0.0.1:2201-:22,hostfwd=udp:127.0.0.1:5353-:53")
 
 
-def test_vhost_variants():
-    nic = {"vhost": "auto"}
-    assert decide_vhost(nic, True, "usable", "h1", 0) == (True, "usable")
-    assert decide_vhost(nic, False, "/dev/vhost-net does not exist", "h1", 0) == (False, "/dev/vhost-net does not exist")
-    assert decide_vhost({"vhost": "off"}, True, "usable", "h1", 0)[0] is False
-    with pytest.raises(QemuConfigError, match=r"VM h1: nics\[0\]\.vhost is on but /dev/vhost-net does not exist"):
-        decide_vhost({"vhost": "on"}, False, "/dev/vhost-net does not exist", "h1", 0)
+def test_vhost_decision_reaches_the_netdev():
     argv = our_argv("vhost_h1", vhost_usable=True)
     assert argv[argv.index("-netdev") + 1].endswith(",vhost=on")
     # auto turns vhost on wherever it is usable
     assert our_argv("h1", vhost_usable=True)[our_argv("h1").index("-netdev") + 1].endswith(",vhost=on")
     with pytest.raises(QemuConfigError, match="vhost is on but"):
         our_argv("vhost_h1", vhost_usable=False)
-
-
-@pytest.mark.parametrize("value,mib", [(512, 512), ("512", 512), ("512M", 512), ("1G", 1024), ("1g", 1024),
-                                       ("2GiB", 2048), ("256MiB", 256), (" 1G ", 1024)])
-def test_memory_sizes(value, mib):
-    assert parse_memory(value) == mib
-
-
-@pytest.mark.parametrize("value", ["1X", "", "G", "1.5G", "-1G", True, "8", "64K"])
-def test_memory_rejects_naming_the_field(value):
-    with pytest.raises(QemuConfigError, match=r"^VM rt1: memory: "):
-        parse_memory(value, "rt1")
-
-
-def test_duplicate_mac_is_named():
-    with pytest.raises(QemuConfigError, match=r"VM rt1: nics\[1\]\.mac 12:34:56:ab:cd:71 is already used by nics\[0\]"):
-        normalise_config(dict(name="rt1", nics=[{"mac": "12:34:56:AB:CD:71", "ifname": "a"},
-                                                {"mac": "12:34:56:ab:cd:71", "ifname": "b"}]))
-
-
-def test_fingerprint_and_diff():
-    base = normalise_config(dict(SEED_TASKS["rt1"], name="rt1"))
-    same = normalise_config(dict(SEED_TASKS["rt1"], name="rt1", memory=1024))
-    assert fingerprint(base) == fingerprint(same)
-    changed_nics = [dict(n) for n in SEED_TASKS["rt1"]["nics"]]
-    changed_nics[0]["mac"] = "12:34:56:ab:cd:99"
-    other = normalise_config(dict(SEED_TASKS["rt1"], name="rt1", nics=changed_nics, memory="2G"))
-    assert fingerprint(base) != fingerprint(other)
-    before, after = config_diff(base, other)
-    assert sorted(after) == ["memory", "nics"]
-    assert (before["memory"], after["memory"]) == (1024, 2048)
-    assert after["nics"][0]["mac"] == "12:34:56:ab:cd:99"
-    assert config_diff(base, same) == ({}, {})
-
-
-def test_pid_of_unrelated_process_is_not_our_qemu(tmp_path):
-    sleeper = subprocess.Popen(["sleep", "30"])
-    try:
-        assert not is_our_qemu(sleeper.pid, str(tmp_path))
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert not is_our_qemu(None, str(tmp_path))
-
-
-def test_accelerator_cache_is_used_and_written(tmp_path, monkeypatch):
-    cache = tmp_path / "accel.json"
-    calls = []
-
-    def fake_probe(binary, kernel):
-        calls.append(kernel)
-        return False, "probe guest printed nothing"
-
-    monkeypatch.setattr(_qemu, "probe_kvm", fake_probe)
-    monkeypatch.setattr(_qemu, "qemu_version", lambda binary: "7.2.22")
-    kernel = tmp_path / "vmlinuz"
-    kernel.write_bytes(b"k")
-    k = str(kernel)
-    assert resolve_accelerator("tcg", "qemu-system-x86_64", k, str(cache)) == ("tcg", "tcg requested")
-    # A disk-booted VM has no kernel to probe with: TCG for now, nothing cached.
-    assert resolve_accelerator("auto", "qemu-system-x86_64", None, str(cache))[0] == "tcg"
-    assert calls == [] and not cache.exists()
-    accel, reason = resolve_accelerator("auto", "qemu-system-x86_64", k, str(cache))
-    assert (accel, reason) == ("tcg", "probe guest printed nothing") and calls == [k]
-    stored = json.loads(cache.read_text())
-    assert list(stored.values())[0]["accelerator"] == "tcg"
-    assert resolve_accelerator("auto", "qemu-system-x86_64", k, str(cache))[0] == "tcg" and calls == [k]
-    assert resolve_accelerator("auto", "qemu-system-x86_64", "k", str(tmp_path / "none.json"), probe=False)[0] == "tcg"
-
-
-def test_taken_forward_port_is_named_unless_this_vm_holds_it():
-    import socket
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    port = holder.getsockname()[1]
-    try:
-        config = normalise_config(dict(name="h1", nics=[{"backend": "user", "mac": "52:54:00:00:00:09",
-                                                         "hostfwd": [{"host_port": port, "guest_port": 22}]}]))
-        assert _qemu.hostfwd_problems(config) == [
-            "VM h1: nics[0].hostfwd host_port %d (tcp) on 127.0.0.1 is already taken; pick a free port" % port]
-        assert _qemu.hostfwd_problems(config, held={(port, "tcp")}) == []
-    finally:
-        holder.close()
-    assert _qemu.hostfwd_problems(config) == []
-
-
-def test_missing_boot_files_are_named_with_the_fix(tmp_path):
-    config = normalise_config(dict(name="h1", initrd=str(tmp_path / "initrd.img"),
-                                   disks=[{"file": str(tmp_path / "h1.qcow2"), "format": "qcow2"}]))
-    assert _qemu.missing_files(config) == [
-        "VM h1: initrd %s does not exist; build the image first (qemulab.network guest_image role) or fix the path"
-        % (tmp_path / "initrd.img"),
-        "VM h1: disks[0].file %s does not exist; create it (qemu-img create) or fix the path" % (tmp_path / "h1.qcow2"),
-        "VM h1: initrd is set without kernel; give kernel too",
-    ]
-    (tmp_path / "initrd.img").write_bytes(b"i")
-    (tmp_path / "h1.qcow2").write_bytes(b"d")
-    (tmp_path / "vmlinuz").write_bytes(b"k")
-    config["kernel"] = str(tmp_path / "vmlinuz")
-    assert _qemu.missing_files(config) == []
-
-
-def test_port_in_use_sees_listeners_but_not_time_wait_of_a_stopped_guest():
-    import socket
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libslirp's tcp_listen does for hostfwd
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    port = listener.getsockname()[1]
-    assert _qemu.port_in_use(port)
-    client = socket.create_connection(("127.0.0.1", port))
-    served, _addr = listener.accept()
-    served.close()  # the forwarding side closes first, as when QEMU stops: 127.0.0.1:port lingers in TIME_WAIT
-    client.close()
-    listener.close()
-    assert not _qemu.port_in_use(port)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", 0))
-    try:
-        assert _qemu.port_in_use(udp.getsockname()[1], "udp")
-    finally:
-        udp.close()
-
-
-def test_run_as_is_part_of_the_fingerprint_only_when_set():
-    """Labs started before run_as existed keep their fingerprint (no restart on upgrade); setting it restarts."""
-    import hashlib
-    import json
-    from ansible_collections.qemulab.network.plugins.module_utils._qemu import CONFIG_FIELDS
-    base = normalise_config(dict(SEED_TASKS["rt1"], name="rt1"))
-    assert base["run_as"] is None
-    older = json.dumps(dict((k, base.get(k)) for k in CONFIG_FIELDS if k != "run_as"), sort_keys=True)
-    assert fingerprint(base) == hashlib.sha256(older.encode("utf-8")).hexdigest()
-    as_user = normalise_config(dict(SEED_TASKS["rt1"], name="rt1", run_as="qemulab"))
-    assert fingerprint(as_user) != fingerprint(base)
-    assert config_diff(base, as_user) == ({"run_as": None}, {"run_as": "qemulab"})
-
-
-def test_unknown_run_as_user_is_named_with_the_fix():
-    from ansible_collections.qemulab.network.plugins.module_utils._qemu import resolve_user
-    config = normalise_config(dict(SEED_TASKS["rt1"], name="rt1", run_as="qemulab-no-such-user"))
-    with pytest.raises(QemuConfigError, match=r"VM rt1: run_as: there is no user 'qemulab-no-such-user'.*useradd"):
-        resolve_user(config)
-    assert resolve_user(normalise_config(dict(SEED_TASKS["rt1"], name="rt1")))["uid"] == 0
-    assert resolve_user(normalise_config(dict(SEED_TASKS["rt1"], name="rt1", run_as="nobody")))["name"] == "nobody"
 
 
 def test_fds_for_an_unprivileged_qemu_reach_the_command_line():
@@ -381,3 +228,38 @@ def test_fds_for_an_unprivileged_qemu_reach_the_command_line():
     assert "file=/dev/fdset/1,if=virtio,format=qcow2" in text and "file=/dev/fdset/2,if=virtio,format=raw,readonly=on" in text
     assert "/private/" not in text
     assert "tap,id=net0,fd=10,vhost=on,vhostfd=20" in text and "tap,id=net1,fd=11" in text
+
+
+@pytest.mark.parametrize("items,text", [
+    (("tap", ("id", "net0"), ("fd", 7)), "tap,id=net0,fd=7"),
+    (("/tmp/a,b/x", ("server", "on")), "/tmp/a,,b/x,server=on"),
+    ((("file", "a,,b"),), "file=a,,,,b"),
+    (("on",), "on"),
+])
+def test_option_string_doubles_commas_in_values(items, text):
+    assert option_string(*items) == text
+
+
+def test_a_comma_in_a_path_is_doubled_inside_option_strings_and_kept_where_qemu_takes_the_argument_whole():
+    run_dir = "/tmp/a,b/vm"
+    config = normalise_config(dict(name="h1", lab="seed", run_dir=run_dir, kernel="/tmp/a,b/vmlinux",
+                                   initrd="/tmp/a,b/initrd", append="console=ttyS0,115200",
+                                   disks=[{"file": "/tmp/a,b/disk.img"}],
+                                   fw_cfg=[{"name": "opt/qemulab/interfaces", "content": ""}]))
+    argv = build_argv(config, "tcg")
+
+    def after(flag):
+        return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+    assert after("-kernel") == ["/tmp/a,b/vmlinux"] and after("-initrd") == ["/tmp/a,b/initrd"]
+    assert after("-append") == ["console=ttyS0,115200"]
+    assert after("-pidfile") == ["/tmp/a,b/vm/qemu.pid"] and after("-D") == ["/tmp/a,b/vm/qemu.log"]
+    assert after("-drive") == ["file=/tmp/a,,b/disk.img,if=virtio,format=raw"]
+    assert after("-qmp") == ["unix:/tmp/a,,b/vm/qmp.sock,server=on,wait=off"]
+    assert after("-chardev") == ["socket,id=console,path=/tmp/a,,b/vm/console.sock,server=on,wait=off,"
+                                 "logfile=/tmp/a,,b/vm/console.log"]
+    assert after("-fw_cfg") == ["name=opt/qemulab/interfaces,file=/tmp/a,,b/vm/fw_cfg/qemulab_interfaces"]
+
+
+def test_extra_args_are_passed_as_given():
+    argv = build_argv(normalise_config(dict(name="h1", extra_args=["-device", "x,a=1"])), "tcg")
+    assert argv[-2:] == ["-device", "x,a=1"]

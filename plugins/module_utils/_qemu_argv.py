@@ -1,0 +1,123 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU's command line for a normalised VM configuration, and the paths of a VM's run directory.
+
+Every value placed inside a QEMU option string (`key=value,...`) passes through option_string, which doubles its
+commas (_validate.qemu_opt); arguments QEMU takes whole (-kernel, -initrd, -append, -pidfile, -D) stay as they are.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.qemulab.network.plugins.module_utils._validate import qemu_opt
+
+# QEMU's seccomp filter: no obsolete calls, no set*id, no fork/exec, no scheduler or affinity changes.
+SANDBOX = ("on", ("obsolete", "deny"), ("elevateprivileges", "deny"), ("spawn", "deny"), ("resourcecontrol", "deny"))
+
+
+def vm_paths(run_dir):
+    return {
+        "run_dir": run_dir,
+        "pidfile": os.path.join(run_dir, "qemu.pid"),
+        "qmp_socket": os.path.join(run_dir, "qmp.sock"),
+        "console_socket": os.path.join(run_dir, "console.sock"),
+        "console_log": os.path.join(run_dir, "console.log"),
+        "log": os.path.join(run_dir, "qemu.log"),
+        "fingerprint": os.path.join(run_dir, "fingerprint.json"),
+    }
+
+
+def option_string(*items):
+    """A QEMU option string from items, each a bare value or a (key, value) pair: the one place values are escaped."""
+    parts = []
+    for item in items:
+        if isinstance(item, tuple):
+            parts.append("%s=%s" % (item[0], qemu_opt(item[1])))
+        else:
+            parts.append(qemu_opt(item))
+    return ",".join(parts)
+
+
+def _netdev_tap(index, nic, vhost, tap_fd, vhost_fd=None):
+    items = ["tap", ("id", "net%d" % index)]
+    if tap_fd is not None:
+        items.append(("fd", tap_fd))
+    else:
+        items += [("ifname", nic["ifname"]), ("script", "no"), ("downscript", "no")]
+    if vhost:
+        items.append(("vhost", "on"))
+        if vhost_fd is not None:
+            items.append(("vhostfd", vhost_fd))
+    return items
+
+
+def _netdev_user(index, nic):
+    items = ["user", ("id", "net%d" % index)]
+    if nic.get("net"):
+        items.append(("net", nic["net"]))
+    if nic.get("restrict", True):
+        items.append(("restrict", "on"))
+    for fwd in nic.get("hostfwd") or []:
+        items.append(("hostfwd", "%s:127.0.0.1:%d-:%d" % (fwd["protocol"], fwd["host_port"], fwd["guest_port"])))
+    return items
+
+
+def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_fds=None, vhost_fds=None):
+    """QEMU's argv for `config`. vhost: {nic index: bool}; tap_fds / vhost_fds: {nic index: fd} and disk_fds:
+    {disk index: [fds]} for files we opened for it (an unprivileged QEMU gets its disks as an fd set: QEMU picks
+    the fd whose access mode matches each open it makes, so a writable disk comes read-write and read-only)."""
+    vhost = vhost or {}
+    tap_fds = tap_fds or {}
+    disk_fds = disk_fds or {}
+    vhost_fds = vhost_fds or {}
+    paths = vm_paths(config["run_dir"])
+    accel = [accelerator]
+    if accelerator == "tcg" and config.get("tb_size"):
+        accel.append(("tb-size", config["tb_size"]))
+    argv = [config["qemu_binary"], "-name", option_string(config["name"]), "-accel", option_string(*accel),
+            "-m", option_string(config["memory"]), "-smp", option_string(config["vcpus"])]
+    # QEMU takes these three whole, commas included.
+    if config.get("kernel"):
+        argv += ["-kernel", config["kernel"]]
+    if config.get("initrd"):
+        argv += ["-initrd", config["initrd"]]
+    if config.get("append"):
+        argv += ["-append", config["append"]]
+    for index, disk in enumerate(config["disks"]):
+        path = disk["file"]
+        if disk_fds.get(index):
+            for fd in disk_fds[index]:
+                argv += ["-add-fd", option_string(("fd", fd), ("set", index + 1), ("opaque", "disks[%d]" % index))]
+            path = "/dev/fdset/%d" % (index + 1)
+        drive = [("file", path), ("if", disk["interface"]), ("format", disk["format"])]
+        if disk.get("readonly"):
+            drive.append(("readonly", "on"))
+        argv += ["-drive", option_string(*drive)]
+    for index, nic in enumerate(config["nics"]):
+        device = [nic["model"], ("netdev", "net%d" % index)]
+        if nic.get("mac"):
+            device.append(("mac", nic["mac"]))
+        if nic["backend"] == "tap":
+            netdev = _netdev_tap(index, nic, vhost.get(index, False), tap_fds.get(index), vhost_fds.get(index))
+        else:
+            netdev = _netdev_user(index, nic)
+        argv += ["-device", option_string(*device), "-netdev", option_string(*netdev)]
+    for item in config.get("fw_cfg") or []:
+        argv += ["-fw_cfg", option_string(("name", item["name"]), ("file", item["file"]))]
+    if config.get("rng"):
+        argv += ["-device", option_string("virtio-rng-pci")]
+    argv += ["-display", "none", "-nodefaults", "-no-user-config"]
+    if daemon:
+        # -pidfile and -D take a plain path; -qmp's unix: and -chardev parse an option string.
+        argv += ["-pidfile", paths["pidfile"],
+                 "-qmp", "unix:" + option_string(paths["qmp_socket"], ("server", "on"), ("wait", "off")),
+                 "-chardev", option_string("socket", ("id", "console"), ("path", paths["console_socket"]),
+                                           ("server", "on"), ("wait", "off"), ("logfile", paths["console_log"])),
+                 "-serial", "chardev:console", "-D", paths["log"]]
+    if config.get("sandbox"):
+        argv += ["-sandbox", option_string(*SANDBOX)]
+    argv += config.get("extra_args") or []
+    return argv
