@@ -33,10 +33,8 @@ from ansible_collections.qemulab.network.plugins.module_utils._ownership import 
 )
 from ansible_collections.qemulab.network.plugins.module_utils._validate import (
     check_cidr,
-    check_ifname,
-    check_lab_name,
     check_mtu,
-    check_netns_name,
+    check_name,
     normalize_cidr,
 )
 
@@ -80,17 +78,18 @@ def want_link(params, prefix=""):
 
 
 def param_errors(kind, name, params, prefix=""):
-    """Validation errors for the link options of one end, each naming object, field and fix."""
+    """Validation errors for the link options of one end (kind: bridge, tap or veth), each naming object, field and
+    fix. Names pass the one name rule (_validate.check_name) before any of them reaches the kernel or a path."""
     errors = []
-    problem = check_ifname(name)
+    problem = check_name(name, kind)
     if problem:
         errors.append("%s %s: %sname: %s" % (kind, name, prefix, problem))
     if params.get(prefix + "bridge"):
-        problem = check_ifname(params[prefix + "bridge"])
+        problem = check_name(params[prefix + "bridge"], "bridge")
         if problem:
             errors.append("%s %s: %sbridge: %s" % (kind, name, prefix, problem))
     if params.get(prefix + "netns"):
-        problem = check_netns_name(params[prefix + "netns"])
+        problem = check_name(params[prefix + "netns"], "netns")
         if problem:
             errors.append("%s %s: %snetns: %s" % (kind, name, prefix, problem))
     if not prefix:
@@ -98,7 +97,7 @@ def param_errors(kind, name, params, prefix=""):
             problem = check_mtu(params["mtu"])
             if problem:
                 errors.append("%s %s: %s" % (kind, name, problem))
-        problem = check_lab_name(params.get("lab"))
+        problem = check_name(params.get("lab"), "lab")
         if problem:
             errors.append("%s %s: lab: %s" % (kind, name, problem))
     for index, address in enumerate(params.get(prefix + "addresses") or []):

@@ -20,11 +20,13 @@ requirements:
   - pyroute2
 options:
   netns:
-    description: Network namespace to read; empty for the current one. A namespace that does not exist has no interfaces.
+    description:
+      - Network namespace to read; empty for the current one. A namespace that does not exist has no interfaces.
+      - Lower-case letters, digits and C(-), at most 32 characters.
     type: str
     default: ""
   lab:
-    description: Only return interfaces owned by this lab; all interfaces when omitted.
+    description: Only return interfaces owned by this lab; all interfaces when omitted. At most 15 characters.
     type: str
 attributes:
   check_mode:
@@ -82,6 +84,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     netns_exists,
     netns_identity,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
 
 
 def main():
@@ -92,6 +95,10 @@ def main():
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
     netns, lab = module.params["netns"], module.params["lab"]
+    for field, value, kind in (("netns", netns, "netns"), ("lab", lab, "lab")):
+        problem = check_name(value, kind) if value else None
+        if problem:
+            module.fail_json(msg="interface_info: %s: %s" % (field, problem))
 
     if netns and not netns_exists(netns):
         module.exit_json(changed=False, interfaces=[], netns_exists=False, netns_owned=False, foreign=[])

@@ -28,7 +28,7 @@ options:
     required: true
     suboptions:
       name:
-        description: Interface name.
+        description: Interface name (lower-case letters, digits and C(-), at most 15 characters, like C(eth1)).
         type: str
         required: true
       addresses:
@@ -68,7 +68,7 @@ options:
       - Set C(net.ipv4.ip_forward). Omit to leave it alone. Not available together with O(netns).
     type: bool
   netns:
-    description: Network namespace to work in; empty for the current one.
+    description: Network namespace to work in; empty for the current one. Lower-case letters, digits and C(-).
     type: str
     default: ""
 attributes:
@@ -124,6 +124,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     NetlinkError,
     netlink,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_ifname, check_netns_name
 
 FORWARDING = "/proc/sys/net/ipv4/ip_forward"
 
@@ -137,8 +138,15 @@ def describe(action, item):
 
 
 def normalize(module):
+    if module.params["netns"]:
+        problem = check_netns_name(module.params["netns"])
+        if problem:
+            module.fail_json(msg="ip_config: netns: %s" % problem)
     interfaces, routes = [], []
     for i, iface in enumerate(module.params["interfaces"]):
+        problem = check_ifname(iface["name"])
+        if problem:
+            module.fail_json(msg="interfaces[%d]: name: %s" % (i, problem))
         addresses = iface.get("addresses")
         if addresses is not None:
             try:

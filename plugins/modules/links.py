@@ -40,7 +40,7 @@ options:
     type: str
     default: ""
   lab:
-    description: Lab of the items that name none.
+    description: Lab of the items that name none (lower-case letters, digits and C(-), at most 15 characters).
     type: str
     default: default
 attributes:
@@ -84,7 +84,7 @@ import contextlib
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.qemulab.network.plugins.module_utils._diff import finish_items
-from ansible_collections.qemulab.network.plugins.module_utils._link import LinkTaskError, link_task
+from ansible_collections.qemulab.network.plugins.module_utils._link import LinkTaskError, link_task, param_errors
 from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import (
     bridge_argument_spec,
     bridge_hooks,
@@ -98,6 +98,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     netlink,
     netns_exists,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
 
 
 def run_items(kind, items, spec, hooks_for, defaults, check_mode, sockets, failed_bridges):
@@ -115,6 +116,10 @@ def run_items(kind, items, spec, hooks_for, defaults, check_mode, sockets, faile
                 kind, index, name, "; ".join(checked.error_messages))))
             continue
         params = checked.validated_parameters
+        errors = param_errors(kind, name, params)
+        if errors:  # before a namespace of that name is opened
+            results.append(dict(name=name, failed=True, changed=False, msg="; ".join(errors), errors=errors))
+            continue
         if kind == "tap" and params.get("bridge") in failed_bridges:
             results.append(dict(name=name, failed=True, changed=False,
                                 msg="tap %s: its bridge %s failed (see that error)" % (name, params["bridge"])))
@@ -138,6 +143,10 @@ def main():
     ), supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
+    for field, kind in (("netns", "netns"), ("lab", "lab")):
+        problem = check_name(module.params[field], kind) if module.params[field] else None
+        if problem:
+            module.fail_json(msg="links: %s: %s" % (field, problem))
     defaults = {"netns": module.params["netns"], "lab": module.params["lab"]}
     with contextlib.ExitStack() as stack:
         opened = {}

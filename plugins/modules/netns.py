@@ -27,7 +27,7 @@ extends_documentation_fragment:
   - qemulab.network.netns.ownership
 options:
   name:
-    description: Namespace name.
+    description: Namespace name (lower-case letters, digits and C(-), starting with a letter or digit, at most 32 characters).
     type: str
     required: true
   state:

@@ -27,7 +27,7 @@ extends_documentation_fragment:
   - qemulab.network.netns.ownership
 options:
   name:
-    description: Tap name (at most 15 bytes, no C(/), C(:) or whitespace).
+    description: Tap name (lower-case letters, digits and C(-), starting with a letter or digit, at most 15 characters).
     type: str
     required: true
   state:

@@ -27,7 +27,7 @@ extends_documentation_fragment:
   - qemulab.network.netns.ownership
 options:
   name:
-    description: Name of the first end (at most 15 bytes, no C(/), C(:) or whitespace). O(netns) is where it lives.
+    description: Name of the first end (lower-case letters, digits and C(-), at most 15 characters), in O(netns).
     type: str
     required: true
   peer:
