@@ -13,6 +13,11 @@ import json
 
 from ansible.errors import AnsibleFilterError
 
+# rendered once, by the lab compiler; the filters of the same names show them to playbooks
+from ansible_collections.qemulab.network.plugins.plugin_utils._lab_render import (  # noqa: F401
+    guest_interfaces_file,
+    guest_sysctl_file,
+)
 from ansible_collections.qemulab.network.plugins.module_utils._addressing import (
     normalize_address,
     normalize_route,
@@ -39,40 +44,6 @@ def cidr_parts(cidr):
 def ip_config_interfaces(nics):
     """Planned NICs -> qemulab.network.ip_config `interfaces` (name and the addresses it should carry)."""
     return [{"name": nic["dev"], "addresses": [nic["address"]] if nic.get("address") else []} for nic in nics]
-
-
-INTERFACES_HEADER = ("# /etc/network/interfaces -- configuration file for ifup(8), ifdown(8)\n"
-                     "# Written by qemulab from the lab inventory; the next lab run puts back what it says.\n")
-
-
-def guest_interfaces_file(nics, routes=None, gateway=None):
-    """The guest's /etc/network/interfaces in the seed's format: a static stanza per addressed NIC, its static
-    routes as `up route add` lines, and the default route on the NIC whose subnet holds the gateway."""
-    routes = routes or []
-    lines = [INTERFACES_HEADER, "auto lo" + "".join(" " + nic["dev"] for nic in nics), "", "iface lo inet loopback"]
-    for nic in nics:
-        lines.append("")
-        if nic.get("address"):
-            p = cidr_parts(nic["address"])
-            lines += ["iface %s inet static" % nic["dev"], "    address %s" % p["address"],
-                      "    netmask %s" % p["netmask"], "    broadcast %s" % p["broadcast"],
-                      "    network %s" % p["network"]]
-        else:
-            lines.append("iface %s inet manual" % nic["dev"])
-        nic_routes = [r for r in routes if r.get("dev") == nic["dev"]]
-        if nic_routes:
-            lines.append("    # static route")
-            lines += ["    up route add -net %s gw %s dev %s" % (r["to"], r["via"], nic["dev"]) for r in nic_routes]
-        if gateway and nic.get("address"):
-            net = ipaddress.ip_interface(str(nic["address"])).network
-            if ipaddress.ip_address(str(gateway)) in net:
-                lines.append("    up route add default gw %s dev %s" % (gateway, nic["dev"]))
-    return "\n".join(lines) + "\n"
-
-
-def guest_sysctl_file(forwarding):
-    """The guest's sysctl file for the lab: IPv4 forwarding on for routers, off for hosts."""
-    return "net.ipv4.ip_forward = %d\n" % (1 if forwarding else 0)
 
 
 PROBE_SECTIONS = ("addresses", "routes", "forwarding", "interfaces_file", "sysctl_file")

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The qemu_vm arguments of a lab's VMs, and which of them qemu_vm would have to act on.
 
-vm_launch builds every VM's arguments once (qemu_vm_specs) and calls qemu_vms (as qemu_vm_args) and disk_overlay
+vm_launch completes the compiler's rendered VMs with its settings once (qemu_vm_specs) and calls qemu_vms (as qemu_vm_args) and disk_overlay
 only for the VMs qemu_vms_pending names: a lab run would otherwise start Python on the lab host twice per VM only to hear "nothing
 to do" (seven VMs: ~5 s of an idempotent run). The test is qemu_vm's own: the VM runs, its fingerprint (computed
 here with the module's code and defaults) is the one it was started with, and its fw_cfg files hold the wanted
@@ -17,9 +17,7 @@ import hashlib
 import json
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible_collections.qemulab.network.plugins.filter.guest_network import guest_interfaces_file, guest_sysctl_file
-from ansible_collections.qemulab.network.plugins.filter.qemu_nics import qemu_nics
-from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import (
     QEMU_VM_ARGUMENT_SPEC,
     QemuConfigError,
     fingerprint,
@@ -28,51 +26,37 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu import (
 
 
 def qemu_vm_specs(vms, settings):
-    """Planned VMs -> qemu_vm arguments (plus `overlay`: the copy-on-write disk to create, or null).
+    """Rendered VMs (the compiler's `hosts[<lab host>].vms`) completed with vm_launch's settings: qemu_vm arguments
+    plus `overlay`, the copy-on-write disk to create (null for a VM with its own disk).
 
-    settings: lab, netns, run_root, state_dir, default_kernel, default_initrd, default_disk, default_append,
-    custom_append, accelerator, tb_size, extra_args, boot_config, qemu_user.
+    Nothing of the inventory is reshaped here; only what the lab host decides is added: the built image's files,
+    the run and state directories, the accelerator and its translation cache, extra QEMU arguments, and whether
+    the guest gets its configuration at boot. settings: lab, run_root, state_dir, default_kernel, default_initrd,
+    default_disk, default_append, custom_append, accelerator, tb_size, extra_args, boot_config.
     """
     specs = []
     for vm in vms or []:
-        overlay = None
-        if not vm.get("disk"):
-            overlay = "%s/labs/%s/%s.qcow2" % (settings["state_dir"], settings["lab"], vm["name"])
+        overlay = None if vm.get("disk") else "%s/labs/%s/%s.qcow2" % (settings["state_dir"], vm["lab"], vm["name"])
         disk = vm.get("disk") or overlay
-        kernel = vm.get("kernel") or settings["default_kernel"]
         if vm.get("kernel"):
-            initrd = vm.get("initrd") or None
-            append = settings["custom_append"]
+            kernel, initrd, append = vm["kernel"], vm.get("initrd"), settings["custom_append"]
         else:
-            initrd = vm.get("initrd") or settings["default_initrd"]
-            append = settings["default_append"]
-        append = "%s qemulab.hostname=%s qemulab.mgmt=%s qemulab.nics=%s" % (
-            append, vm["name"], vm["mgmt_mac"], ",".join(nic["mac"] for nic in vm.get("nics") or []))
-        fw_cfg = []
-        if settings.get("boot_config") and not vm.get("kernel"):
-            fw_cfg = [{"name": "opt/qemulab/interfaces",
-                       "content": guest_interfaces_file(vm.get("nics") or [], vm.get("routes"), vm.get("gateway"))},
-                      {"name": "opt/qemulab/sysctl", "content": guest_sysctl_file(vm.get("forwarding"))}]
-        specs.append({
-            "name": vm["name"],
-            "lab": settings["lab"],
-            "state": "running",
-            "run_dir": "%s/%s/%s" % (settings["run_root"], settings["lab"], vm["name"]),
+            kernel, initrd, append = (settings["default_kernel"], settings["default_initrd"],
+                                      settings["default_append"])
+        spec = dict((key, value) for key, value in vm.items() if key not in ("disk", "ssh_port"))
+        spec.update({
+            "run_dir": "%s/%s/%s" % (settings["run_root"], vm["lab"], vm["name"]),
             "kernel": kernel,
-            "initrd": initrd,
-            "append": append.strip(),
+            "initrd": initrd or None,
+            "append": ("%s %s" % (append, vm["append"])).strip(),
             "disks": [{"file": disk, "format": "qcow2" if overlay or disk.endswith(".qcow2") else "raw"}],
-            "memory": vm["memory_mb"],
-            "vcpus": vm["vcpus"],
             "accelerator": settings["accelerator"],
             "tb_size": settings["tb_size"],
-            "netns": settings["netns"],
-            "nics": qemu_nics(vm, settings["netns"]),
             "extra_args": list(settings.get("extra_args") or []),
-            "fw_cfg": fw_cfg,
-            "run_as": settings.get("qemu_user") or None,
+            "fw_cfg": list(vm.get("fw_cfg") or []) if settings.get("boot_config") else [],
             "overlay": overlay,
         })
+        specs.append(spec)
     return specs
 
 

@@ -3,7 +3,7 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.qemulab.network.plugins.filter.guest_network import cidr_parts, ip_config_interfaces
-from ansible_collections.qemulab.network.plugins.filter.qemu_nics import qemu_nics
+from ansible_collections.qemulab.network.plugins.plugin_utils._lab_render import qemu_nics
 
 pytestmark = pytest.mark.unit
 
@@ -23,8 +23,10 @@ def test_ip_config_interfaces_keeps_guest_order_and_empty_addresses():
 
 def test_qemu_nics_puts_the_management_nic_last_bound_to_loopback_port():
     vm = {"name": "rt2", "ssh_port": 2202, "mgmt_mac": "52:54:00:00:00:02",
-          "nics": [{"tap": "vport22", "mac": "12:34:56:ab:cd:74", "model": "e1000", "vhost": "off"},
-                   {"tap": "vport42", "mac": "12:34:56:ab:cd:75"}]}
+          "nics": [{"backend": "tap", "tap": "vport22", "mac": "12:34:56:ab:cd:74", "model": "e1000", "vhost": "off",
+                    "mtu": None},
+                   {"backend": "tap", "tap": "vport42", "mac": "12:34:56:ab:cd:75", "model": "virtio-net-pci",
+                    "vhost": "auto", "mtu": None}]}
     nics = qemu_nics(vm, "qemulab-seed")
     assert [n["backend"] for n in nics] == ["tap", "tap", "user"]
     assert nics[0] == {"model": "e1000", "mac": "12:34:56:ab:cd:74", "backend": "tap", "ifname": "vport22",

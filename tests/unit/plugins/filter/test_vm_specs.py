@@ -5,28 +5,41 @@ import os
 import pytest
 
 from ansible_collections.qemulab.network.plugins.filter.vm_specs import qemu_vm_specs, qemu_vms_pending
-from ansible_collections.qemulab.network.plugins.module_utils import _qemu
+from ansible_collections.qemulab.network.plugins.module_utils import _qemu_config, _qemu_process, _qemu_task
+from ansible_collections.qemulab.network.plugins.plugin_utils._lab_render import qemu_vm
 
 pytestmark = pytest.mark.unit
 
-SETTINGS = {"lab": "seed", "netns": "qemulab-seed", "run_root": "/run/qemulab", "state_dir": "/var/lib/qemulab",
+SETTINGS = {"lab": "seed", "run_root": "/run/qemulab", "state_dir": "/var/lib/qemulab",
             "default_kernel": "/img/vmlinux", "default_initrd": "/img/initrd.img", "default_disk": "/img/disk.ext4",
             "default_append": "root=/dev/vda rw init=/sbin/qemulab-init", "custom_append": "root=/dev/vda rw",
             "accelerator": "auto", "tb_size": 64, "extra_args": [], "boot_config": True}
+PLAN = {"lab_name": "seed", "netns": "qemulab-seed", "qemu_user": ""}
+
+
+def nic(dev, tap, mac, address, model="virtio-net-pci"):
+    return {"dev": dev, "backend": "tap", "bridge": "br", "tap": tap, "mac": mac, "address": address, "model": model,
+            "vhost": "auto", "mtu": None, "net": None, "hostfwd": []}
+
+
+# VMs as the compiler plans them; rendered() turns one into what vm_launch receives
 RT1 = {"name": "rt1", "kind": "router", "memory_mb": 1024, "vcpus": 1, "kernel": None, "initrd": None, "disk": None,
        "mgmt_mac": "52:54:00:00:00:01", "ssh_port": 2201, "forwarding": True, "gateway": None,
        "routes": [{"to": "10.20.60.0/24", "via": "10.20.20.2", "dev": "eth1"}],
-       "nics": [{"dev": "eth0", "tap": "vport11", "mac": "12:34:56:ab:cd:71", "address": "10.20.10.1/24"},
-                {"dev": "eth1", "tap": "vport21", "mac": "12:34:56:ab:cd:72", "address": "10.20.20.1/24",
-                 "model": "e1000"}]}
+       "nics": [nic("eth0", "vport11", "12:34:56:ab:cd:71", "10.20.10.1/24"),
+                nic("eth1", "vport21", "12:34:56:ab:cd:72", "10.20.20.1/24", "e1000")]}
 OWN = dict(RT1, name="yocto", kernel="/seed/bzImage", disk="/seed/rt.ext4", ssh_port=2209)
+
+
+def rendered(*vms, **plan):
+    return [qemu_vm(vm, dict(PLAN, **plan)) for vm in vms]
 
 
 class Module(object):
     """What AnsibleModule hands qemu_vm: the spec's arguments validated, defaults filled in."""
     def __init__(self, params):
         from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-        result = ArgumentSpecValidator(_qemu.QEMU_VM_ARGUMENT_SPEC).validate(params)
+        result = ArgumentSpecValidator(_qemu_config.QEMU_VM_ARGUMENT_SPEC).validate(params)
         assert not result.error_messages, result.error_messages
         self.params = result.validated_parameters
 
@@ -34,13 +47,13 @@ class Module(object):
 def _running(spec):
     """qemu_vm_info's entry for a VM started by qemu_vm with exactly `spec`."""
     params = dict((k, v) for k, v in spec.items() if k != "overlay")
-    config = _qemu.normalise_config(Module(params).params)
-    return {"name": spec["name"], "state": "running", "fingerprint": _qemu.fingerprint(config),
+    config = _qemu_config.normalise_config(Module(params).params)
+    return {"name": spec["name"], "state": "running", "fingerprint": _qemu_config.fingerprint(config),
             "fw_cfg": dict((i["name"], hashlib.sha256(i["content"].encode()).hexdigest()) for i in spec["fw_cfg"])}
 
 
 def test_specs_for_the_default_image_and_an_own_kernel():
-    rt1, own = qemu_vm_specs([RT1, OWN], SETTINGS)
+    rt1, own = qemu_vm_specs(rendered(RT1, OWN), SETTINGS)
     assert rt1["overlay"] == "/var/lib/qemulab/labs/seed/rt1.qcow2"
     assert rt1["disks"] == [{"file": rt1["overlay"], "format": "qcow2"}]
     assert rt1["kernel"] == "/img/vmlinux" and rt1["initrd"] == "/img/initrd.img"
@@ -56,28 +69,28 @@ def test_specs_for_the_default_image_and_an_own_kernel():
 
 
 def test_a_vm_running_as_specified_is_skipped_and_any_difference_is_not():
-    specs = qemu_vm_specs([RT1, OWN], SETTINGS)
+    specs = qemu_vm_specs(rendered(RT1, OWN), SETTINGS)
     running = [_running(s) for s in specs]
     assert qemu_vms_pending(specs, running) == []
     assert qemu_vms_pending(specs, running[:1]) == ["yocto"]                        # not started
     assert qemu_vms_pending(specs, [dict(running[0], state="paused"), running[1]]) == ["rt1"]
-    moved = qemu_vm_specs([dict(RT1, memory_mb=512), OWN], SETTINGS)
+    moved = qemu_vm_specs(rendered(dict(RT1, memory_mb=512), OWN), SETTINGS)
     assert qemu_vms_pending(moved, running) == ["rt1"]                              # a restart
-    readdressed = qemu_vm_specs([dict(RT1, gateway="10.20.10.9"), OWN], SETTINGS)
+    readdressed = qemu_vm_specs(rendered(dict(RT1, gateway="10.20.10.9"), OWN), SETTINGS)
     assert qemu_vms_pending(readdressed, running) == ["rt1"]                        # new boot-time file
-    broken = qemu_vm_specs([dict(RT1, memory_mb="lots"), OWN], SETTINGS)
+    broken = qemu_vm_specs(rendered(dict(RT1, memory_mb="lots"), OWN), SETTINGS)
     assert qemu_vms_pending(broken, running) == ["rt1"]                             # the module explains
 
 
 def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatch):
     """qemu_vm itself, given a VM started from the spec, reports nothing to do exactly when the filter skips it."""
-    spec = qemu_vm_specs([RT1], dict(SETTINGS, run_root=str(tmp_path)))[0]
+    spec = qemu_vm_specs(rendered(RT1), dict(SETTINGS, run_root=str(tmp_path)))[0]
     params = Module(dict((k, v) for k, v in spec.items() if k != "overlay")).params
-    config = _qemu.normalise_config(params)
+    config = _qemu_config.normalise_config(params)
     os.makedirs(config["run_dir"])
-    _qemu.write_fw_cfg(config, dict((i["name"], i["content"]) for i in spec["fw_cfg"]), ["opt/qemulab/interfaces",
+    _qemu_process.write_fw_cfg(config, dict((i["name"], i["content"]) for i in spec["fw_cfg"]), ["opt/qemulab/interfaces",
                                                                                          "opt/qemulab/sysctl"])
-    monkeypatch.setattr(_qemu, "read_state", lambda run_dir: {"pid": 1, "status": "running",
+    monkeypatch.setattr(_qemu_task, "read_state", lambda run_dir: {"pid": 1, "status": "running",
                                                               "stored": {"config": config}})
 
     class Fake(object):
@@ -88,7 +101,7 @@ def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatc
 
         def fail_json(self, msg, **kw):
             raise AssertionError(msg)
-    assert _qemu.run_qemu_vm(Fake(params))["changed"] is False
+    assert _qemu_task.run_qemu_vm(Fake(params))["changed"] is False
     assert qemu_vms_pending([spec], [_running(spec)]) == []
 
 
@@ -97,7 +110,7 @@ def test_qemu_vm_args_are_valid_qemu_vm_options_and_qemu_vms_validates_them_so()
     validation accepts them and names the item of a broken one."""
     from ansible_collections.qemulab.network.plugins.filter.vm_specs import qemu_vm_args
     from ansible_collections.qemulab.network.plugins.modules.qemu_vms import validated
-    specs = qemu_vm_specs([RT1, OWN], dict(SETTINGS, qemu_user=""))
+    specs = qemu_vm_specs(rendered(RT1, OWN), SETTINGS)
     args = qemu_vm_args(specs)
     assert [sorted(a) for a in args] == [sorted(k for k, v in s.items() if k != "overlay" and v is not None)
                                          for s in specs]
@@ -105,7 +118,7 @@ def test_qemu_vm_args_are_valid_qemu_vm_options_and_qemu_vms_validates_them_so()
     checked = validated(args, "seed")
     assert [(name, error) for name, _params, error in checked] == [("rt1", None), ("yocto", None)]
     assert checked[0][1]["run_as"] is None and checked[0][1]["stop_timeout"] == 10
-    assert qemu_vm_args(qemu_vm_specs([RT1], dict(SETTINGS, qemu_user="qemulab")))[0]["run_as"] == "qemulab"
+    assert qemu_vm_args(qemu_vm_specs(rendered(RT1, qemu_user="qemulab"), SETTINGS))[0]["run_as"] == "qemulab"
     broken = validated([dict(args[0], vcpus="many"), {"nics": []}], "seed")
     assert broken[0][1] is None and broken[0][2].startswith("vms[0] (rt1): ") and "vcpus" in broken[0][2]
     assert broken[1][1] is None and broken[1][2].startswith("vms[1] (?): ") and "name" in broken[1][2]

@@ -1,0 +1,128 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: lab_host_info
+short_description: What a lab host offers a lab before it starts - memory, CPUs and who claims the lab name
+version_added: 0.2.0
+description:
+  - Read by the lab playbook once per run, before its plan is made, so the plan can refuse a lab that does not fit
+    and a lab name another inventory holds before anything on the host changes.
+  - C(mem_available_mib) is the kernel's C(MemAvailable) plus the resident memory of this lab's own running QEMU
+    processes (a pidfile is trusted only when C(/proc/PID/cmdline) is a QEMU whose pidfile lies in the VM's run
+    directory), so a re-run of a running lab is judged as its first run was.
+  - A O(lab) that is not a valid lab name is not an error here (the plan reports it); nothing is read for it.
+  - Read-only.
+author:
+  - qemulab developers (@qemulab)
+options:
+  lab:
+    description: The lab whose claim and running QEMUs to read.
+    type: str
+    required: true
+  run_root:
+    description: Root of the labs' run directories.
+    type: path
+    default: /run/qemulab
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Read what the lab host offers
+  qemulab.network.lab_host_info:
+    lab: seed
+  register: lab_host
+"""
+
+RETURN = r"""
+mem_available_mib:
+  description: MemAvailable plus what this lab's running QEMUs hold, in MiB.
+  returned: always
+  type: int
+cpus:
+  description: CPUs this process may run on.
+  returned: always
+  type: int
+claim:
+  description: The lab's claim (C(<run_root>/<lab>/lab.json) - C(lab), C(inventory), C(netns)), or null.
+  returned: always
+  type: dict
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import is_our_qemu, lab_run_dirs, read_pid
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
+
+CLAIM_MAX_BYTES = 64 * 1024
+
+
+def _meminfo_kib(field):
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _rss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, IOError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _read_claim(path):
+    """The claim as a dict, or None: never through a symlink, never more than CLAIM_MAX_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, CLAIM_MAX_BYTES)
+    finally:
+        os.close(fd)
+    try:
+        claim = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return None
+    return claim if isinstance(claim, dict) else None
+
+
+def main():
+    module = AnsibleModule(argument_spec=dict(lab=dict(type="str", required=True),
+                                              run_root=dict(type="path", default="/run/qemulab")),
+                           supports_check_mode=True)
+    lab, run_root = module.params["lab"], module.params["run_root"]
+    claim, lab_kib = None, 0
+    if check_lab_name(lab) is None:
+        claim = _read_claim(os.path.join(run_root, lab, "lab.json"))
+        for _name, run_dir in lab_run_dirs(run_root, lab):
+            pid = read_pid(os.path.join(run_dir, "qemu.pid"))
+            if is_our_qemu(pid, run_dir):
+                lab_kib += _rss_kib(pid)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,
+                     claim=claim)
+
+
+if __name__ == "__main__":
+    main()

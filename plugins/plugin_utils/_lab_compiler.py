@@ -1,0 +1,826 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lab compiler: an inventory turned into the plan, in named stages.
+
+    read      the lab-wide variables, the groups and every VM's variables, as plain data
+    validate  every field against its declaration in `_lab_schema` (one reader per type, the rules of
+              `module_utils/_validate`), then the checks across fields: segments, duplicates, routes, NAT
+    defaults  filled from the declarations while reading
+    derive    MACs, bridges, taps, routes' devices, NAT subnets, the capacity check against the lab host
+    render    per lab host, the exact arguments of each module and role (`_lab_render`)
+
+Every problem is collected, each naming the host, the field, the value and the fix; bad input never raises. The
+playbook stops on a non-empty `errors` before anything on the lab host changes.
+
+Controller-only (plugins/plugin_utils): modules never import this.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import hashlib
+import ipaddress
+import os
+
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_render
+from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import (
+    MISSING as _MISSING,
+    as_int as _as_int,
+    describe as _describe,
+    field as _field,
+    fields as _fields,
+    is_mapping as _is_mapping,
+    keys as _keys,
+    network as _network,
+)
+
+try:
+    from jinja2 import Undefined
+except ImportError:  # only Ansible's templating produces undefined values, and it always has jinja2
+    Undefined = None
+
+from ansible.module_utils.six.moves.collections_abc import Mapping
+
+RUN_ROOT = "/run/qemulab"
+# QEMU's user-mode network of the management NIC (the guest's mgmt0 is 10.0.2.15/24 there)
+MGMT_NET = ipaddress.ip_network("10.0.2.0/24")
+# Resident memory a QEMU process needs beyond its guest's RAM under TCG with the lab's tb-size (64 MiB), measured
+# with bench/qemu_overhead.py; the capacity check adds it per VM.
+QEMU_OVERHEAD_MIB = 160
+DEFAULT_HYPERVISOR = "localhost"
+
+
+class _Problems(object):
+    """Collects every error; `add` takes the owner (host or 'lab'), the field and the message with its fix."""
+
+    def __init__(self):
+        self.messages = []
+        # the problems a cleanup must stop for: it needs nothing but a valid lab name and namespace
+        self.cleanup = []
+        # (owner, variable) pairs that failed to render: reported once, never again as "not set"
+        self.unrenderable = set()
+
+    def add(self, owner, field, message):
+        self.messages.append("%s: %s %s" % (owner, field, message))
+        if field in ("lab_name", "lab_netns"):
+            self.cleanup.append(self.messages[-1])
+
+
+def _plain(value):
+    """A deep copy in plain dict/list/str, rendering Ansible's lazy containers now so a bad template fails here."""
+    if Undefined is not None and isinstance(value, Undefined):
+        # Ansible 2.19 hands over an undefined value as a marker that only fails when the result is finalised
+        raise ValueError(getattr(value, "_undefined_message", None) or "a value is undefined")
+    if isinstance(value, Mapping):
+        return dict((_plain(key), _plain(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _get(mapping, key, problems, owner):
+    """One variable of a hostvars entry; a template that fails to render is a problem, not a traceback."""
+    try:
+        if key not in mapping:
+            return _MISSING
+        return _plain(mapping[key])
+    except Exception as exc:  # templating errors of any kind surface here in Ansible's lazy hostvars
+        problems.add(owner, key, "cannot be rendered (%s); fix the variable's template" % _short(exc))
+        problems.unrenderable.add((owner, key))
+        return _MISSING
+
+
+def _short(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _is_str(value):
+    return isinstance(value, str)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def derived_mac(lab_name, vm, slot, prefix="02"):
+    """A stable MAC from lab, VM and slot; prefix 02 is locally administered unicast, 52:54:00 QEMU's own range."""
+    digest = hashlib.sha256(("%s/%s/%s" % (lab_name, vm, slot)).encode("utf-8")).hexdigest()
+    octets = prefix.split(":")
+    octets += [digest[2 * i:2 * i + 2] for i in range(6 - len(octets))]
+    return ":".join(octets)
+
+
+def _unique_mac(lab_name, vm, slot, prefix, used):
+    attempt = 0
+    while True:
+        mac = derived_mac(lab_name, vm, slot if attempt == 0 else "%s#%d" % (slot, attempt), prefix)
+        if mac not in used:
+            return mac
+        attempt += 1
+
+
+def _check_keys(mapping, known, owner, field, problems):
+    for key in sorted(str(k) for k in mapping):
+        if key not in known:
+            problems.add(owner, "%s.%s" % (field, key), "is not a known key; use only %s" % ", ".join(known))
+
+
+class _Compiler(object):
+    def __init__(self, hostvars, groups, claims, overrides, check_files, host_resources):
+        self.hostvars = hostvars if _is_mapping(hostvars) else {}
+        self.groups = groups if _is_mapping(groups) else {}
+        self.claims = claims if _is_mapping(claims) else {}
+        self.overrides = overrides
+        self.check_files = check_files
+        self.host_resources = host_resources if _is_mapping(host_resources) else {}
+        self.problems = _Problems()
+        # address -> (owner, field) of its first user, for duplicates across VMs and host ports
+        self.addresses = {}
+        self.macs = {}
+        self.ifnames = {}
+        # bridge -> list of (owner, field, IPv4Interface) on it; bridge -> [(owner, field, mtu)]
+        self.segments = {}
+        self.segment_mtus = {}
+        self.bridge_order = []
+        # VMs whose NICs could not all be read: their routes are not checked against segments, to avoid cascades
+        self.unresolved = set()
+        # (host_port, protocol) -> "vm field" of user-mode NIC forwards; (vm, field, network) of user-mode NICs
+        self.forwards = {}
+        self.user_nets = []
+
+    # -- stage: read ------------------------------------------------------------------------------------------
+    def host_vars(self, host):
+        try:
+            if host in self.hostvars:
+                entry = self.hostvars[host]
+                return entry if _is_mapping(entry) else {}
+        except Exception as exc:
+            self.problems.add(host, "hostvars", "cannot be read (%s)" % _short(exc))
+        return {}
+
+    def group(self, name):
+        members = self.groups.get(name) if _is_mapping(self.groups) else None
+        if not isinstance(members, (list, tuple)):
+            return []
+        return [str(m) for m in members if _is_str(m)]
+
+    # -- stage: validate (one field against its declaration) -------------------------------------------------
+    def read(self, scope, name, mapping, owner, label=None, context=None):
+        """Field `name` of `mapping` checked against its declaration in the schema.
+
+        Unset (or null) gives the declared default; a required field unset and a value that breaks the field's
+        rule are problems (named `owner: label`) and give None."""
+        decl = _field(scope, name)
+        label = label or name
+        if scope in ("lab", "vm"):
+            if (owner, name) in self.problems.unrenderable:
+                return None
+            raw = _get(mapping, name, self.problems, owner)
+            if (owner, name) in self.problems.unrenderable:
+                return None
+        else:
+            raw = mapping.get(name, _MISSING)
+        if raw is _MISSING or raw is None or (raw == "" and decl.default == ""):
+            if decl.required:
+                self.problems.add(owner, label, "is not set; give it%s, like %s" % (
+                    " (%s)" % decl.rule if decl.rule else "", decl.example.strip("`")))
+                return None
+            return decl.default_for(context)
+        value, why = decl.read(raw)
+        if why:
+            self.problems.add(owner, label, why)
+            return None
+        return value
+
+    def item_mappings(self, scope, value, owner, label):
+        """(index, item label, item) for each mapping of a list field whose items are `scope` fields; a non-mapping
+        item and keys the scope does not declare are problems."""
+        items = []
+        for index, raw in enumerate(value or []):
+            item_label = "%s[%d]" % (label, index)
+            if not _is_mapping(raw):
+                problems_shape = ", ".join(f.name for f in _fields(scope))
+                self.problems.add(owner, item_label, "%s is not a mapping; write {%s}" % (
+                    _describe(raw), problems_shape))
+                continue
+            _check_keys(raw, _keys(scope), owner, item_label, self.problems)
+            items.append((index, item_label, raw))
+        return items
+
+    # -- the stages in order ---------------------------------------------------------------------------------
+    def compile(self):
+        problems = self.problems
+        hypervisors = self.group("hypervisors")
+        # Without a hypervisors group the lab host is the controller itself (implicit localhost, local connection);
+        # the lab-wide variables then come from group_vars/all, which every host of the inventory sees.
+        hypervisor = hypervisors[0] if hypervisors else DEFAULT_HYPERVISOR
+        hv_vars = self.host_vars(hypervisor)
+        if not hypervisors and not hv_vars:
+            hv_vars = self.lab_wide_vars()
+        hv_owner = hypervisor
+
+        lab = {}
+        for decl in _fields("lab"):
+            if self.overrides.get(decl.name) is not None:
+                lab[decl.name] = self.read("lab", decl.name, {decl.name: self.overrides[decl.name]}, hv_owner)
+            else:
+                lab[decl.name] = self.read("lab", decl.name, hv_vars, hv_owner)
+        lab_name = lab["lab_name"] or ""
+        inventory_dir = self.overrides.get("inventory_dir")
+        if inventory_dir is None:
+            inventory_dir = _get(hv_vars, "inventory_dir", problems, hv_owner)
+        self.check_claim(lab_name, inventory_dir, hv_owner)
+
+        vms = self.plan_vms(lab_name, hypervisors or [hypervisor])
+        host_ports = self.plan_host_ports(lab["lab_host_ports"], hv_owner)
+        bridges = self.plan_bridges()
+        self.check_interface_names()
+        self.check_user_nets(vms)
+        self.resolve_routes(vms)
+        self.resolve_nat(vms)
+        for vm in vms:
+            for nic in vm["nics"]:
+                nic.pop("_iface", None)
+        self.assign_macs(lab_name, vms)
+        self.check_capacity(vms, lab["lab_overcommit"], hv_owner)
+
+        taps = []
+        for vm in vms:
+            for nic in vm["nics"]:
+                if nic["tap"]:
+                    taps.append({"name": nic["tap"], "bridge": nic["bridge"], "vm": vm["name"], "mtu": nic["mtu"]})
+        for vm in vms:
+            vm.pop("_routes_in", None)
+            vm.pop("_gateway_in", None)
+            vm.pop("_nat_in", None)
+        plan = {
+            "lab_name": lab_name,
+            "netns": lab["lab_netns"] or "",
+            "qemu_user": lab["lab_qemu_user"] or "",
+            "lock_timeout": lab["lab_lock_timeout"] if lab["lab_lock_timeout"] is not None else 600,
+            "run_dir": "%s/%s" % (RUN_ROOT, lab_name),
+            "hypervisor": hypervisor,
+            "hypervisors": hypervisors or [hypervisor],
+            "bridges": bridges,
+            "taps": taps,
+            "host_ports": host_ports,
+            "vms": vms,
+            "errors": list(problems.messages),
+            "cleanup_errors": list(problems.cleanup),
+        }
+        # render: nothing is rendered for an invalid lab, so no role can act on half a plan
+        plan["hosts"] = {} if plan["errors"] else _lab_render.render(plan)
+        return plan
+
+    def lab_wide_vars(self):
+        """The lab-wide variables as every VM sees them (group_vars/all), for an inventory without hypervisors."""
+        names = self.group("all") or sorted(str(name) for name in self.hostvars)
+        for name in names:
+            entry = self.host_vars(name)
+            if entry:
+                return entry
+        return {}
+
+    def check_claim(self, lab_name, inventory_dir, owner):
+        if not lab_name or lab_name not in self.claims:
+            return
+        claimed = self.claims[lab_name]
+        here = inventory_dir if _is_str(inventory_dir) else ""
+        if _norm_path(claimed) != _norm_path(here):
+            self.problems.add(owner, "lab_name", "%s is already claimed by the running lab of inventory %s (this is "
+                              "%s); tear that lab down first or choose another lab_name"
+                              % (lab_name, claimed, here or "an inventory without a directory"))
+
+    # -- VMs --------------------------------------------------------------------------------------------------
+    def vm_names(self, hypervisors):
+        routers, hosts = self.group("routers"), self.group("hosts")
+        names = []
+        for name in self.group("lab") + routers + hosts:
+            if name not in names and name not in hypervisors:
+                names.append(name)
+        # a host outside lab/routers/hosts that still describes NICs was most likely meant to be a VM
+        for name in self.group("all") + self.group("ungrouped"):
+            if name in names or name in hypervisors:
+                continue
+            if "vm_nics" in self.host_vars(name):
+                names.append(name)
+        return names, routers, hosts
+
+    def plan_vms(self, lab_name, hypervisors):
+        problems = self.problems
+        names, routers, hosts = self.vm_names(hypervisors)
+        for name in sorted(set(self.group("lab") + routers + hosts) & set(hypervisors)):
+            problems.add(name, "groups", "is both a hypervisor and a lab VM; keep the lab host out of "
+                         "routers, hosts and lab")
+        if not names:
+            problems.add("lab", "groups", "define no VMs; add VMs to group routers or hosts (children of lab)")
+        ports = {}
+        vms = []
+        for name in names:
+            hv = self.host_vars(name)
+            # the VM's own name becomes a directory, a QEMU option and a hostname: it passes the name rule first
+            if self.read("vm", "inventory_hostname", {"inventory_hostname": name}, name) is None:
+                continue
+            if name in routers and name in hosts:
+                problems.add(name, "groups", "is in both routers and hosts; put it in exactly one")
+            elif name not in routers and name not in hosts:
+                problems.add(name, "groups", "is in neither routers nor hosts; put it in exactly one")
+            kind = "router" if name in routers else "host"
+            memory = self.read("vm", "vm_memory", hv, name)
+            vcpus = self.read("vm", "vm_vcpus", hv, name)
+            forwarding = self.read("vm", "vm_forwarding", hv, name, context=kind)
+            vm = {
+                "name": name,
+                "kind": kind,
+                "hypervisor": self.vm_hypervisor(name, hv, hypervisors),
+                "ssh_port": self.vm_port(name, hv, ports),
+                "memory_mb": memory if memory is not None else _field("vm", "vm_memory").default,
+                "vcpus": vcpus if vcpus is not None else _field("vm", "vm_vcpus").default,
+                "kernel": None,
+                "initrd": None,
+                "disk": None,
+                "forwarding": forwarding if forwarding is not None else kind == "router",
+                "gateway": None,
+                "routes": [],
+                "nics": self.vm_nics(name, hv),
+                "mgmt_mac": None,
+                "_routes_in": self.read("vm", "vm_routes", hv, name),
+                "_gateway_in": _get(hv, "vm_gateway", problems, name),
+                "_nat_in": self.read("vm", "vm_nat", hv, name),
+                "nat": [],
+            }
+            self.vm_boot_files(vm, hv)
+            vms.append(vm)
+        return vms
+
+    def vm_hypervisor(self, name, hv, hypervisors):
+        value = self.read("vm", "vm_hypervisor", hv, name)
+        default = hypervisors[0]
+        if value is None:
+            return default
+        if value not in hypervisors:
+            self.problems.add(name, "vm_hypervisor", "%s is not a host of group hypervisors (%s); name one of them"
+                              % (_describe(value), ", ".join(hypervisors)))
+            return default
+        if value != default:
+            self.problems.add(name, "vm_hypervisor", "%s: only one hypervisor (%s) is supported so far; place the "
+                              "VM on %s" % (value, default, default))
+        return value
+
+    def vm_port(self, name, hv, ports):
+        port = self.read("vm", "ansible_port", hv, name)
+        if port is None:
+            return None
+        if port in ports:
+            self.problems.add(name, "ansible_port", "%d is already used by %s; give every VM its own port"
+                              % (port, ports[port]))
+        else:
+            ports[port] = name
+        return port
+
+    def vm_boot_files(self, vm, hv):
+        name = vm["name"]
+        given = {}
+        for field in ("vm_kernel", "vm_initrd", "vm_disk"):
+            if _get(hv, field, self.problems, name) == "":
+                continue
+            value = self.read("vm", field, hv, name)
+            if value is None:
+                continue
+            if self.check_files and not os.path.isfile(value):
+                self.problems.add(name, field, "%s does not exist on the lab host; fix the path or drop %s to use "
+                                  "the built guest image" % (value, field))
+            given[field] = value
+        if ("vm_kernel" in given) != ("vm_disk" in given):
+            missing = "vm_disk" if "vm_kernel" in given else "vm_kernel"
+            self.problems.add(name, missing, "is not set while %s is; a VM brings its own kernel and root disk "
+                              "together, or neither for the built guest image"
+                              % ("vm_kernel" if missing == "vm_disk" else "vm_disk"))
+        if "vm_initrd" in given and "vm_kernel" not in given:
+            self.problems.add(name, "vm_initrd", "is set without vm_kernel; an initrd only goes with its kernel")
+        vm["kernel"] = given.get("vm_kernel")
+        vm["initrd"] = given.get("vm_initrd")
+        vm["disk"] = given.get("vm_disk")
+
+    # -- stage: derive (capacity) ----------------------------------------------------------------------------
+    def check_capacity(self, vms, overcommit, owner):
+        """The VMs against the lab host's memory and CPUs, before anything starts.
+
+        `host_resources` (read on the lab host by the playbook): mem_available_mib (MemAvailable plus what this
+        lab's own running QEMUs hold, so a re-run is judged like the first run) and cpus."""
+        if overcommit or not vms:
+            return
+        available = _as_int(self.host_resources.get("mem_available_mib"))
+        cpus = _as_int(self.host_resources.get("cpus"))
+        if available is not None:
+            wanted = sum(vm["memory_mb"] for vm in vms)
+            overhead = QEMU_OVERHEAD_MIB * len(vms)
+            if wanted + overhead > available:
+                self.problems.add(owner, "vm_memory", "of the lab's %d VMs adds up to %d MiB, plus %d MiB for QEMU "
+                                  "itself (%d MiB per VM), but the lab host has %d MiB available; give the VMs less "
+                                  "vm_memory, run fewer VMs, or set lab_overcommit: true to start them anyway"
+                                  % (len(vms), wanted, overhead, QEMU_OVERHEAD_MIB, available))
+        if cpus is not None:
+            for vm in vms:
+                if vm["vcpus"] > cpus:
+                    self.problems.add(vm["name"], "vm_vcpus", "%d is more than the %d CPUs of the lab host; give at "
+                                      "most %d, or set lab_overcommit: true" % (vm["vcpus"], cpus, cpus))
+
+    def vm_nics(self, name, hv):
+        problems = self.problems
+        value = self.read("vm", "vm_nics", hv, name)
+        if not value:
+            self.unresolved.add(name)
+            if value is not None:
+                problems.add(name, "vm_nics", "is empty; give the VM at least one NIC {bridge, tap, address}")
+            return []
+        nics = []
+        items = self.item_mappings("nic", value, name, "vm_nics")
+        if len(items) != len(value):
+            self.unresolved.add(name)
+        for index, field, raw in items:
+            nic = {"index": index, "dev": "eth%d" % index}
+            for decl in _fields("nic"):
+                nic[decl.name] = self.read("nic", decl.name, raw, name, "%s.%s" % (field, decl.name))
+            nic["backend"] = nic["backend"] or "tap"
+            nic["model"] = nic["model"] or "virtio-net-pci"
+            if nic["mac"]:
+                self.claim_mac(nic["mac"], name, field + ".mac")
+            if nic["backend"] == "user":
+                self.user_nic(name, field, raw, nic)
+                nics.append(nic)
+                continue
+            nic["net"], nic["hostfwd"] = None, []
+            nic["vhost"] = nic["vhost"] or "auto"
+            for key in ("net", "hostfwd"):
+                if raw.get(key) is not None:
+                    problems.add(name, "%s.%s" % (field, key), "only applies to backend user; drop it or set "
+                                 "backend: user")
+            for key in ("bridge", "tap"):
+                if raw.get(key) is None:
+                    problems.add(name, "%s.%s" % (field, key), "is not set; name the %s of eth%d" % (key, index))
+                elif nic[key]:
+                    self.ifnames.setdefault(nic[key], []).append((key, name, "%s.%s" % (field, key)))
+            if nic["vhost"] == "on" and nic["model"] != "virtio-net-pci":
+                problems.add(name, field + ".vhost", "is on but vhost only works with virtio-net-pci; use auto or "
+                             "off, or model virtio-net-pci")
+            iface = None
+            if raw.get("address") is not None:
+                if nic["address"] is None:
+                    self.unresolved.add(name)
+                else:
+                    iface = nic["address"]
+                    nic["address"] = str(iface)
+                    nic["_iface"] = iface
+                    self.claim_address(iface, name, field + ".address")
+            if nic["bridge"]:
+                if nic["bridge"] not in self.segments:
+                    self.segments[nic["bridge"]] = []
+                    self.bridge_order.append(nic["bridge"])
+                if iface:
+                    self.segments[nic["bridge"]].append((name, field + ".address", iface))
+                self.segment_mtus.setdefault(nic["bridge"], []).append((name, field + ".mtu", nic["mtu"]))
+            nics.append(nic)
+        return nics
+
+    def user_nic(self, name, field, raw, nic):
+        """A QEMU user-mode (SLIRP) NIC: its own private network, always restricted, forwards on 127.0.0.1 only."""
+        problems = self.problems
+        nic["vhost"], nic["bridge"], nic["tap"] = None, None, None
+        for key in ("bridge", "tap", "vhost"):
+            if raw.get(key) is not None:
+                problems.add(name, "%s.%s" % (field, key), "does not apply to a user-mode NIC (QEMU's own network, "
+                             "no bridge or tap); drop it or use backend: tap")
+        default_net = _field("nic", "net").default
+        net = _network(default_net)[0] if raw.get("net") is None else nic["net"]
+        why = None
+        if net is None:
+            nic["address"], nic["hostfwd"] = None, []
+            return
+        if net.prefixlen > 29:
+            why = "%s is too small for SLIRP's gateway (.2), DNS (.3) and guest; use a /24 like %s" % (
+                net, default_net)
+        elif net.overlaps(MGMT_NET):
+            why = "%s overlaps %s, the management NIC's user-mode network; use another, like %s" % (
+                net, MGMT_NET, default_net)
+        if why:
+            problems.add(name, field + ".net", why)
+            nic["net"], nic["address"], nic["hostfwd"] = None, None, []
+            return
+        nic["net"] = str(net)
+        self.user_nets.append((name, field + ".net", net))
+        first = net.network_address + 15
+        if raw.get("address") is None:
+            # SLIRP's DHCP hands out .15 first; the guest gets the same address statically (no DHCP client)
+            nic["address"] = "%s/%d" % (first, net.prefixlen)
+        elif nic["address"] is not None:
+            iface = nic["address"]
+            nic["address"] = None
+            if iface.network != net:
+                why = "%s is not in the user-mode network %s; use an address in it, like %s/%d" % (
+                    iface, net, first, net.prefixlen)
+            elif iface.ip in (net.network_address + 2, net.network_address + 3):
+                why = "%s is SLIRP's own gateway or DNS address; use another, like %s/%d" % (iface, first, net.prefixlen)
+            if why:
+                problems.add(name, field + ".address", why)
+            else:
+                nic["address"] = str(iface)
+        forwards, nic["hostfwd"] = nic["hostfwd"] or [], []
+        if not forwards:
+            return
+        if nic["address"] and ipaddress.ip_interface(nic["address"]).ip != first:
+            # QEMU forwards to SLIRP's first DHCP address when hostfwd names no guest address
+            problems.add(name, field + ".address", "%s is not %s, where QEMU delivers the forwards; drop address "
+                         "or use %s/%d" % (nic["address"], first, first, net.prefixlen))
+        for _index, fwd_field, fwd in self.item_mappings("hostfwd", forwards, name, field + ".hostfwd"):
+            values = dict((decl.name, self.read("hostfwd", decl.name, fwd, name, "%s.%s" % (fwd_field, decl.name)))
+                          for decl in _fields("hostfwd"))
+            if None in values.values():
+                continue
+            key = (values["host_port"], values["protocol"])
+            if key in self.forwards:
+                problems.add(name, fwd_field + ".host_port", "%d/%s is already forwarded by %s; give every forward "
+                             "its own port" % (key + (self.forwards[key],)))
+                continue
+            self.forwards[key] = "%s %s" % (name, fwd_field)
+            nic["hostfwd"].append(values)
+
+    def claim_mac(self, mac, owner, field):
+        if mac in self.macs:
+            first_owner, first_field = self.macs[mac]
+            self.problems.add(owner, field, "%s is already used by %s %s; give every NIC its own MAC"
+                              % (mac, first_owner, first_field))
+        else:
+            self.macs[mac] = (owner, field)
+
+    def claim_address(self, iface, owner, field):
+        if iface.ip in self.addresses:
+            first_owner, first_field = self.addresses[iface.ip]
+            self.problems.add(owner, field, "%s is already used by %s %s; give every interface its own address"
+                              % (iface.ip, first_owner, first_field))
+        else:
+            self.addresses[iface.ip] = (owner, field)
+
+    # -- host ports -------------------------------------------------------------------------------------------
+    def plan_host_ports(self, value, owner):
+        problems = self.problems
+        ports = []
+        for _index, field, raw in self.item_mappings("host_port", value, owner, "lab_host_ports"):
+            port = dict((decl.name, self.read("host_port", decl.name, raw, owner, "%s.%s" % (field, decl.name)))
+                        for decl in _fields("host_port") if decl.name != "routes")
+            for key in ("name", "peer"):
+                if port[key]:
+                    self.ifnames.setdefault(port[key], []).append(("veth", owner, "%s.%s" % (field, key)))
+            if port["bridge"] and port["bridge"] not in self.segments:
+                problems.add(owner, field + ".bridge", "%s is used by no VM NIC; attach the port to a bridge of "
+                             "the lab (%s)" % (port["bridge"], ", ".join(sorted(self.segments)) or "none"))
+            iface = port["address"]
+            if iface is not None:
+                port["address"] = str(iface)
+                self.claim_address(iface, owner, field + ".address")
+                if port["bridge"] in self.segments:
+                    self.segments[port["bridge"]].append((owner, field + ".address", iface))
+            routes = self.read("host_port", "routes", raw, owner, field + ".routes")
+            nets = [iface.network] if iface else []
+            own = [iface.ip] if iface else []
+            port["routes"] = [
+                {"to": r["to"], "via": r["via"]}
+                for r in self.parse_routes(routes or [], owner, field + ".routes", nets, "the port's address", own)]
+            ports.append(port)
+        return ports
+
+    # -- segments ---------------------------------------------------------------------------------------------
+    def plan_bridges(self):
+        problems = self.problems
+        subnets = {}
+        for bridge in self.bridge_order:
+            members = self.segments[bridge]
+            if not members:
+                subnets[bridge] = None
+                continue
+            first_owner, first_field, first = members[0]
+            subnets[bridge] = first.network
+            for member_owner, field, iface in members[1:]:
+                if iface.network != first.network:
+                    problems.add(member_owner, field, "%s is not in %s, the subnet of bridge %s (set by %s %s); "
+                                 "all addresses on one bridge share a subnet" % (
+                                     iface, first.network, bridge, first_owner, first_field))
+        known = [(b, subnets[b]) for b in self.bridge_order if subnets[b] is not None]
+        for i, (bridge_a, net_a) in enumerate(known):
+            for bridge_b, net_b in known[i + 1:]:
+                if net_a.overlaps(net_b):
+                    a_owner, a_field, _address = self.segments[bridge_a][0]
+                    b_owner, b_field, b_iface = self.segments[bridge_b][0]
+                    problems.add(b_owner, b_field, "%s puts bridge %s in %s, which overlaps %s of bridge %s (set by "
+                                 "%s %s); give every bridge its own subnet" % (
+                                     b_iface, bridge_b, net_b, net_a, bridge_a, a_owner, a_field))
+        self.subnets = subnets
+        mtus = {}
+        for bridge in self.bridge_order:
+            # a bridge forwards at its smallest port's MTU: members that disagree would drop each other's frames
+            members = self.segment_mtus.get(bridge, [])
+            first_owner, first_field, first = members[0] if members else (None, None, None)
+            for owner, field, mtu in members[1:]:
+                if (mtu or 1500) != (first or 1500):
+                    problems.add(owner, field, "%s differs from %s on bridge %s (set by %s %s); give every NIC of a "
+                                 "segment the same mtu" % (mtu or "1500 (unset)", first or "1500 (unset)", bridge,
+                                                           first_owner, first_field))
+            mtus[bridge] = first
+        return [{"name": b, "subnet": str(subnets[b]) if subnets[b] else None, "mtu": mtus.get(b)}
+                for b in sorted(subnets)]
+
+    def check_interface_names(self):
+        """Bridges, taps and veth ends share one namespace of link names."""
+        for ifname in sorted(self.ifnames):
+            uses = self.ifnames[ifname]
+            bridge_uses = [u for u in uses if u[0] == "bridge"]
+            other_uses = [u for u in uses if u[0] != "bridge"]
+            if bridge_uses and other_uses:
+                kind, who, field = other_uses[0]
+                self.problems.add(who, field, "%s is also the name of a bridge (%s %s); give the %s another name"
+                                  % (ifname, bridge_uses[0][1], bridge_uses[0][2], "tap" if kind == "tap" else
+                                     "veth end"))
+            for kind, who, field in other_uses[1:]:
+                first_kind, first_who, first_field = other_uses[0]
+                self.problems.add(who, field, "%s is already used by %s %s; give every %s its own name"
+                                  % (ifname, first_who, first_field, "tap" if kind == "tap" else "interface"))
+
+    # -- routes -----------------------------------------------------------------------------------------------
+    def parse_routes(self, value, owner, field, networks, where, own_addresses):
+        """[{to, via}] -> [{to, via, network, gateway}] keeping only the valid ones.
+
+        `networks` are the owner's attached subnets (None: unknown, skip the checks that need them)."""
+        problems = self.problems
+        routes = []
+        seen = {}
+        for index, item_field, raw in self.item_mappings("route", value, owner, field):
+            network = self.read("route", "to", raw, owner, item_field + ".to")
+            gateway = self.read("route", "via", raw, owner, item_field + ".via")
+            if network is None or gateway is None:
+                continue
+            if networks is None:
+                pass
+            elif networks and not any(gateway in net for net in networks):
+                problems.add(owner, item_field + ".via", "%s is on no segment of %s (%s); use a gateway on one "
+                             "of them" % (gateway, where, ", ".join(str(n) for n in networks)))
+                continue
+            elif not networks:
+                problems.add(owner, item_field + ".via", "%s cannot be reached: %s has no address; give it an "
+                             "address on the gateway's segment" % (gateway, where))
+                continue
+            if gateway in own_addresses:
+                problems.add(owner, item_field + ".via", "%s is %s own address; route via a neighbour's address"
+                             % (gateway, "the port's" if field.startswith("lab_host_ports") else "the VM's"))
+                continue
+            # the kernel refuses a second route to one destination, and already has one to an attached segment
+            if networks and network in networks:
+                problems.add(owner, item_field + ".to", "%s is a segment of %s, reached directly; drop this route"
+                             % (network, where))
+                continue
+            if network in seen:
+                problems.add(owner, item_field + ".to", "%s is already routed by %s[%d]; keep one route per "
+                             "destination" % (network, field, seen[network]))
+                continue
+            seen[network] = index
+            routes.append({"to": str(network), "via": str(gateway), "network": network, "gateway": gateway})
+        return routes
+
+    def resolve_routes(self, vms):
+        for vm in vms:
+            name = vm["name"]
+            attached = [(nic["dev"], nic["_iface"].network) for nic in vm["nics"] if nic.get("_iface")]
+            networks = None if name in self.unresolved else [net for _nic, net in attached]
+            routes_in = vm["_routes_in"]
+            if routes_in:
+                own = [nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")]
+                for route in self.parse_routes(routes_in, name, "vm_routes", networks, "the VM's NICs", own):
+                    dev = next((dev for dev, net in attached if route["gateway"] in net), None)
+                    if dev:
+                        vm["routes"].append({"to": route["to"], "via": route["via"], "dev": dev})
+            gateway_in = vm["_gateway_in"]
+            if gateway_in is not _MISSING and gateway_in is not None and gateway_in != "":
+                gateway = self.read("vm", "vm_gateway", {"vm_gateway": gateway_in}, name)
+                if gateway is None or networks is None:
+                    pass
+                elif not any(gateway in net for net in networks):
+                    self.problems.add(name, "vm_gateway", "%s is on no segment of the VM's NICs (%s); use an "
+                                      "address on one of them" % (gateway, ", ".join(str(n) for n in networks)
+                                                                  or "none addressed"))
+                elif any(gateway == nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")):
+                    self.problems.add(name, "vm_gateway", "%s is the VM's own address; use a router's address"
+                                      % gateway)
+                elif any(route["to"] == "0.0.0.0/0" for route in vm["routes"]):
+                    self.problems.add(name, "vm_gateway", "%s duplicates the default route in vm_routes; keep only "
+                                      "one of them" % gateway)
+                else:
+                    vm["gateway"] = str(gateway)
+
+    def check_user_nets(self, vms):
+        """User-mode networks stay apart from the lab's segments and SSH ports stay apart from their forwards."""
+        for name, field, net in self.user_nets:
+            for bridge, subnet in sorted((b, n) for b, n in self.subnets.items() if n is not None):
+                if net.overlaps(subnet):
+                    self.problems.add(name, field, "%s overlaps %s of bridge %s; the guest would have two routes "
+                                      "to it, use another network" % (net, subnet, bridge))
+        for vm in vms:
+            if vm["ssh_port"] is not None and (vm["ssh_port"], "tcp") in self.forwards:
+                self.problems.add(vm["name"], "ansible_port", "%d is also forwarded by %s; give the forward "
+                                  "another port" % (vm["ssh_port"], self.forwards[(vm["ssh_port"], "tcp")]))
+
+    # -- NAT --------------------------------------------------------------------------------------------------
+    def resolve_nat(self, vms):
+        """vm_nat on routers: masquerade an inside segment out of an outside NIC, or publish one address 1:1."""
+        problems = self.problems
+        for vm in vms:
+            name, value = vm["name"], vm["_nat_in"]
+            if not value:
+                continue
+            if vm["kind"] != "router" or not vm["forwarding"]:
+                problems.add(name, "vm_nat", "is set on a VM that does not forward; NAT runs on a router (group "
+                             "routers, vm_forwarding true)")
+                continue
+            devs = dict((nic["dev"], nic) for nic in vm["nics"] if nic.get("_iface"))
+            for _index, field, raw in self.item_mappings("nat", value, name, "vm_nat"):
+                rule = self.nat_rule(name, field, raw, devs)
+                if rule:
+                    vm["nat"].append(rule)
+
+    def nat_rule(self, name, field, raw, devs):
+        problems = self.problems
+        kind = self.read("nat", "type", raw, name, field + ".type")
+        if kind is None:
+            return None
+        if kind == "masquerade":
+            for key in ("inside_address", "outside_address"):
+                if raw.get(key) is not None:
+                    problems.add(name, "%s.%s" % (field, key), "only applies to type static; drop it or use type "
+                                 "static")
+        rule = {"type": kind}
+        for side in ("inside", "outside"):
+            dev = raw.get(side)
+            if dev not in devs:
+                problems.add(name, "%s.%s" % (field, side), "%s is not an addressed tap NIC of this VM; name one of "
+                             "%s" % (_describe(dev), ", ".join(sorted(devs)) or "none"))
+                return None
+            rule[side] = str(dev)
+        if rule["inside"] == rule["outside"]:
+            problems.add(name, field + ".outside", "is the inside NIC too; translate between two different NICs")
+            return None
+        inside_net, outside_net = devs[rule["inside"]]["_iface"].network, devs[rule["outside"]]["_iface"].network
+        if kind == "masquerade":
+            rule["inside_subnet"] = str(inside_net)
+            return rule
+        for side, net in (("inside", inside_net), ("outside", outside_net)):
+            key = side + "_address"
+            if raw.get(key) is None:
+                problems.add(name, "%s.%s" % (field, key), "is not set; give the %s address of the 1:1 mapping, on "
+                             "%s's segment %s" % (side, rule[side], net))
+                return None
+            address = self.read("nat", key, raw, name, "%s.%s" % (field, key))
+            if address is None:
+                return None
+            why = None
+            if address not in net:
+                why = "%s is not on %s's segment %s; use an address in it" % (address, rule[side], net)
+            if not why and address in (net.network_address, net.broadcast_address):
+                why = "%s is the network or broadcast address of %s; pick a host address" % (address, net)
+            if why:
+                problems.add(name, "%s.%s" % (field, key), why)
+                return None
+            rule[key] = str(address)
+        if ipaddress.ip_address(rule["inside_address"]) == devs[rule["inside"]]["_iface"].ip:
+            problems.add(name, field + ".inside_address", "%s is the router's own address; publish a host behind "
+                         "it" % rule["inside_address"])
+            return None
+        # the router answers ARP for the published address, so nobody else on the segment may hold it
+        self.claim_address(ipaddress.ip_interface("%s/%d" % (rule["outside_address"], outside_net.prefixlen)),
+                           name, field + ".outside_address")
+        return rule
+
+    def assign_macs(self, lab_name, vms):
+        used = set(self.macs)
+        for vm in vms:
+            for nic in vm["nics"]:
+                if nic["mac"] is None:
+                    nic["mac"] = _unique_mac(lab_name, vm["name"], nic["index"], "02", used)
+                    used.add(nic["mac"])
+        for vm in vms:
+            vm["mgmt_mac"] = _unique_mac(lab_name, vm["name"], "mgmt", "52:54:00", used)
+            used.add(vm["mgmt_mac"])
+
+
+def _norm_path(value):
+    if not _is_str(value) or not value:
+        return ""
+    return os.path.normpath(value)
+
+
+
+
+def compile_lab(hostvars, groups, claims=None, overrides=None, check_files=True, host_resources=None):
+    """The plan of the lab described by `hostvars` and `groups` (see the lab_plan filter's documentation)."""
+    return _Compiler(hostvars, groups, claims or {}, overrides or {}, bool(check_files), host_resources).compile()

@@ -1,0 +1,158 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The compiler's last stage: a valid plan rendered, per lab host, as the exact arguments of each module and role.
+
+    links        qemulab.network.links   bridges and taps (host_prep runs it for those not already as planned)
+    host_ports   qemulab.network.veth    one item per host port; `host_port_routes`: ip_config per port
+    vms          qemulab.network.qemu_vm per VM, all but what the lab host decides at run time (the built image's
+                 files, accelerator, run and state directories: vm_launch's settings, merged by qemu_vm_specs)
+    guests       per VM: guest_network's nics, routes, gateway, forwarding; router_nat's rules; whom it pings
+    teardown     the lab and namespace the teardown role removes
+
+Roles pass these through; nothing downstream reshapes a NIC. The guest's configuration files are rendered here too,
+once: vm_launch hands them over at boot through fw_cfg and guest_network compares the running guest with them.
+
+Controller-only: modules never import this.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+
+INTERFACES_HEADER = ("# /etc/network/interfaces -- configuration file for ifup(8), ifdown(8)\n"
+                     "# Written by qemulab from the lab inventory; the next lab run puts back what it says.\n")
+# The management NIC's forward: 127.0.0.1:<ansible_port> to the guest's sshd.
+SSH_GUEST_PORT = 22
+
+
+# ------------------------------------------------------------------ the guest's own files
+
+def guest_interfaces_file(nics, routes=None, gateway=None):
+    """The guest's /etc/network/interfaces in the seed's format: a static stanza per addressed NIC, its static
+    routes as `up route add` lines, and the default route on the NIC whose subnet holds the gateway."""
+    routes = routes or []
+    lines = [INTERFACES_HEADER, "auto lo" + "".join(" " + nic["dev"] for nic in nics), "", "iface lo inet loopback"]
+    for nic in nics:
+        lines.append("")
+        if nic.get("address"):
+            iface = ipaddress.ip_interface(str(nic["address"]))
+            lines += ["iface %s inet static" % nic["dev"], "    address %s" % iface.ip,
+                      "    netmask %s" % iface.network.netmask, "    broadcast %s" % iface.network.broadcast_address,
+                      "    network %s" % iface.network.network_address]
+        else:
+            lines.append("iface %s inet manual" % nic["dev"])
+        if nic.get("mtu"):
+            lines.append("    mtu %d" % nic["mtu"])
+        nic_routes = [r for r in routes if r.get("dev") == nic["dev"]]
+        if nic_routes:
+            lines.append("    # static route")
+            lines += ["    up route add -net %s gw %s dev %s" % (r["to"], r["via"], nic["dev"]) for r in nic_routes]
+        if gateway and nic.get("address"):
+            net = ipaddress.ip_interface(str(nic["address"])).network
+            if ipaddress.ip_address(str(gateway)) in net:
+                lines.append("    up route add default gw %s dev %s" % (gateway, nic["dev"]))
+    return "\n".join(lines) + "\n"
+
+
+def guest_sysctl_file(forwarding):
+    """The guest's sysctl file for the lab: IPv4 forwarding on for routers, off for hosts."""
+    return "net.ipv4.ip_forward = %d\n" % (1 if forwarding else 0)
+
+
+# ------------------------------------------------------------------ qemu_vm
+
+def _lab_nic(nic, netns):
+    if nic["backend"] == "user":
+        # always restricted: a lab guest reaches SLIRP's gateway and its 127.0.0.1 forwards, nothing beyond
+        return {"model": nic["model"], "mac": nic["mac"], "backend": "user", "restrict": True, "net": nic["net"],
+                "hostfwd": [dict(fwd) for fwd in nic["hostfwd"]]}
+    rendered = {"model": nic["model"], "mac": nic["mac"], "backend": "tap", "ifname": nic["tap"],
+                "netns": netns, "vhost": nic["vhost"]}
+    if nic.get("mtu"):
+        rendered["mtu"] = nic["mtu"]
+    return rendered
+
+
+def qemu_nics(vm, netns):
+    """A planned VM's NICs as qemu_vm `nics`: the lab NICs in guest order, the management NIC last (user-mode,
+    restricted, forwarding 127.0.0.1:<ssh_port> to the guest's sshd)."""
+    nics = [_lab_nic(nic, netns) for nic in vm["nics"]]
+    nics.append({"model": "virtio-net-pci", "mac": vm["mgmt_mac"], "backend": "user", "restrict": True,
+                 "hostfwd": [{"host_port": vm["ssh_port"], "guest_port": SSH_GUEST_PORT, "protocol": "tcp"}]})
+    return nics
+
+
+def qemu_vm(vm, plan):
+    """qemu_vm's options for one VM, less vm_launch's settings (see qemu_vm_specs)."""
+    built_image = not vm["kernel"]
+    return {
+        "name": vm["name"],
+        "lab": plan["lab_name"],
+        "state": "running",
+        # None: the built guest image's, filled in by vm_launch once the image exists
+        "kernel": vm["kernel"],
+        "initrd": vm["initrd"],
+        "disk": vm["disk"],
+        "append": "qemulab.hostname=%s qemulab.mgmt=%s qemulab.nics=%s" % (
+            vm["name"], vm["mgmt_mac"], ",".join(nic["mac"] for nic in vm["nics"])),
+        "memory": vm["memory_mb"],
+        "vcpus": vm["vcpus"],
+        "netns": plan["netns"],
+        "nics": qemu_nics(vm, plan["netns"]),
+        # the guest boots configured (the default image's init reads these); own images are configured over SSH
+        "fw_cfg": [{"name": "opt/qemulab/interfaces",
+                    "content": guest_interfaces_file(vm["nics"], vm["routes"], vm["gateway"])},
+                   {"name": "opt/qemulab/sysctl", "content": guest_sysctl_file(vm["forwarding"])}]
+        if built_image else [],
+        "run_as": plan["qemu_user"] or None,
+        "ssh_port": vm["ssh_port"],
+    }
+
+
+# ------------------------------------------------------------------ per lab host
+
+def _addresses(nics):
+    return [nic["address"].split("/")[0] for nic in nics if nic["bridge"] and nic["address"]]
+
+
+def render(plan):
+    """{lab host: arguments} for a plan without errors."""
+    netns, lab = plan["netns"], plan["lab_name"]
+    host_addresses = dict((vm["name"], _addresses(vm["nics"])) for vm in plan["vms"] if vm["kind"] == "host")
+    rendered = {}
+    for hypervisor in plan["hypervisors"]:
+        vms = [vm for vm in plan["vms"] if vm["hypervisor"] == hypervisor]
+        taps = [tap for tap in plan["taps"] if any(tap["vm"] == vm["name"] for vm in vms)]
+        used = set(tap["bridge"] for tap in taps)
+        bridges = [bridge for bridge in plan["bridges"] if bridge["name"] in used]
+        ports = plan["host_ports"] if hypervisor == plan["hypervisor"] else []
+        rendered[hypervisor] = {
+            "lab": lab,
+            "netns": netns,
+            "qemu_user": plan["qemu_user"],
+            "links": {
+                # arp_ignore 1: a segment's bridge never answers ARP for a host port's address (see the bridge module)
+                "bridges": [dict({"name": b["name"], "arp_ignore": 1}, **({"mtu": b["mtu"]} if b["mtu"] else {}))
+                            for b in bridges],
+                "taps": [dict({"name": t["name"], "bridge": t["bridge"], "owner": plan["qemu_user"] or None},
+                              **({"mtu": t["mtu"]} if t["mtu"] else {})) for t in taps],
+            },
+            "host_ports": [{"name": p["name"], "peer": p["peer"], "netns": netns, "bridge": p["bridge"],
+                            "peer_netns": netns, "peer_addresses": [p["address"]] if p["address"] else [],
+                            "lab": lab} for p in ports],
+            "host_port_routes": [{"peer": p["peer"], "routes": p["routes"]} for p in ports],
+            # what each host port pings when the lab is verified: every host's lab addresses
+            "host_port_pings": [[p["peer"], address] for p in ports
+                                for name in sorted(host_addresses) for address in host_addresses[name]],
+            "vms": [qemu_vm(vm, plan) for vm in vms],
+            "guests": dict((vm["name"], {
+                "nics": vm["nics"], "routes": vm["routes"], "gateway": vm["gateway"],
+                "forwarding": vm["forwarding"], "nat": vm["nat"],
+                "pings": [address for name in sorted(host_addresses) if name != vm["name"]
+                          for address in host_addresses[name]] if vm["kind"] == "host" else [],
+            }) for vm in vms),
+            "teardown": {"lab": lab, "netns": netns},
+        }
+    return rendered
