@@ -14,7 +14,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils iproute2 debootstrap busybox-static e
 	openssh-client graphviz python3-venv python3-dev gcc cpio zstd kmod socat iperf3 tcpdump \
 	iputils-ping procps psmisc rsync git iptables
 
-.PHONY: setup apt venv collection lab cleanup status graph test test-unit test-integration \
+.PHONY: setup apt venv collection lab cleanup status graph docs test test-unit test-integration \
 	sanity lint molecule bench clean
 
 setup: apt venv collection
@@ -51,6 +51,10 @@ status: setup
 
 graph: setup
 	$(BIN)/ansible-playbook playbooks/graph.yml
+
+# docs/inventory.md's field tables, generated from the lab schema (a unit test fails when they differ).
+docs: setup
+	PYTHONPATH=$(BUILD)/collections $(PY) -c 'import sys; from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import render_inventory_doc as r; p = "docs/inventory.md"; t = open(p).read(); open(p, "w").write(r(t))'
 
 test: setup test-unit test-integration sanity lint molecule
 

@@ -80,6 +80,7 @@ def _integer(low, high, what):
             return None, "%s is not %s from %d to %d; give one, like %d" % (describe(value), what, low, high, low)
         return number, None
     read.type_text = "int"
+    read.rule_text = "%d-%d" % (low, high)
     return read
 
 
@@ -269,7 +270,7 @@ class Field(object):
         self.default = default
         self.meaning = meaning
         self.example = example
-        self.rule = rule
+        self.rule = rule or getattr(read, "rule_text", "")
         self.derived = derived
 
     @property
@@ -386,7 +387,7 @@ SCHEMA = (
     Field("nic", "mtu", _integer(MTU_MIN, MTU_MAX, "an MTU"), None,
           "The NIC's MTU, on both sides of the wire: the guest's interface, its tap on the lab host and what "
           "virtio-net announces (`host_mtu`). Every member of a bridge must agree (a bridge takes its smallest "
-          "port's MTU). Unset: the kernel's 1500.", "`9000`", "%d-%d" % (MTU_MIN, MTU_MAX)),
+          "port's MTU). Unset: the kernel's 1500.", "`9000`"),
     Field("nic", "net", network, DEFAULT_USER_NET,
           "backend `user` only: the user-mode network; at most a /29, not overlapping the management NIC's "
           "`10.0.2.0/24` nor any bridge's subnet.", "`10.0.3.0/24`"),
