@@ -27,13 +27,15 @@ def plumbing_pending(interfaces, lab, bridges=None, taps=None):
     pending = {"bridges": [], "taps": []}
     for bridge in bridges or []:
         link = links.get(bridge["name"])
-        if not (_ours(link, lab) and link.get("kind") == "bridge"):
+        if not (_ours(link, lab) and link.get("kind") == "bridge"
+                and (not bridge.get("mtu") or link.get("mtu") == bridge["mtu"])):
             pending["bridges"].append(bridge["name"])
     for tap in taps or []:
         link = links.get(tap["name"])
         tun = (link or {}).get("tun") or {}
         if not (_ours(link, lab) and link.get("kind") == "tun" and tun.get("type") == "tap"
-                and link.get("master") == tap.get("bridge") and tun.get("owner") == tap.get("owner_uid")):
+                and link.get("master") == tap.get("bridge") and tun.get("owner") == tap.get("owner_uid")
+                and (not tap.get("mtu") or link.get("mtu") == tap["mtu"])):
             pending["taps"].append(tap["name"])
     return pending
 

@@ -41,6 +41,14 @@ def option_string(*items):
     return ",".join(parts)
 
 
+# NIC options qemu_vm passes to the NIC's -device: its argument spec, the device property it becomes and the models
+# that have that property. qemu_vm's spec and normalisation take their NIC options from here, so a new one is
+# declared once, beside the code that uses it.
+NIC_DEVICE_OPTIONS = {
+    "mtu": (dict(type="int"), "host_mtu", ("virtio-net-pci",)),
+}
+
+
 def _netdev_tap(index, nic, vhost, tap_fd, vhost_fd=None):
     items = ["tap", ("id", "net%d" % index)]
     if tap_fd is not None:
@@ -100,6 +108,9 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
         device = [nic["model"], ("netdev", "net%d" % index)]
         if nic.get("mac"):
             device.append(("mac", nic["mac"]))
+        for key, (_spec, prop, models) in sorted(NIC_DEVICE_OPTIONS.items()):
+            if nic.get(key) is not None and nic["model"] in models:
+                device.append((prop, nic[key]))
         if nic["backend"] == "tap":
             netdev = _netdev_tap(index, nic, vhost.get(index, False), tap_fds.get(index), vhost_fds.get(index))
         else:

@@ -17,6 +17,7 @@ import os
 import re
 
 from ansible_collections.qemulab.network.plugins.module_utils import _validate
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import NIC_DEVICE_OPTIONS
 
 RUN_ROOT = "/run/qemulab"
 NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
@@ -63,6 +64,7 @@ QEMU_VM_ARGUMENT_SPEC = dict(
         )),
         net=dict(type="str"),
         restrict=dict(type="bool", default=True),
+        **dict((key, spec) for key, (spec, _prop, _models) in NIC_DEVICE_OPTIONS.items())
     ), required_if=[("backend", "tap", ("ifname",))]),
     netns=dict(type="str", default=""),
     stop_timeout=dict(type="int", default=10),
@@ -171,6 +173,8 @@ def normalise_config(params):
                                       % (name, index, mac, seen_macs[mac]))
             seen_macs[mac] = index
         entry = {"model": nic.get("model") or "virtio-net-pci", "mac": mac, "backend": backend}
+        # set device options only: an unset one leaves the fingerprint of a running VM as it was
+        entry.update((key, nic[key]) for key in NIC_DEVICE_OPTIONS if nic.get(key) is not None)
         if backend == "tap":
             if not nic.get("ifname"):
                 raise QemuConfigError("VM %s: nics[%d] has backend tap but no ifname; name the tap it uses"

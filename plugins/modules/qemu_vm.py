@@ -153,6 +153,11 @@ options:
         description: Isolate a user-mode guest from the outside (only forwards reach it).
         type: bool
         default: true
+      mtu:
+        description:
+          - MTU the device announces to the guest (virtio-net's C(host_mtu); the guest's driver takes it as its
+            interface's MTU). Other models have no such property and ignore it. Give the tap the same MTU.
+        type: int
   netns:
     description: Namespace the taps live in; empty for the root namespace. The name rule of O(name).
     type: str

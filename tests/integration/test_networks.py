@@ -4,7 +4,7 @@
     h1 (e1000, 10.66.1.10) --------+-- brin --(rtl8139) rt1 (virtio)-- brout -- h2 (virtio, 10.66.2.20)
                                                       rt1 eth2: QEMU user-mode, 10.0.3.15, 127.0.0.1:P -> 8000
 
-rt1 masquerades brin out of eth1 and publishes h1 as 10.66.2.10 (static 1:1 NAT). A small TCP service on each
+brout carries an MTU of 4000 (the NIC option `mtu` on both of its NICs). rt1 masquerades brin out of eth1 and publishes h1 as 10.66.2.10 (static 1:1 NAT). A small TCP service on each
 guest answers every connection with its hostname and the peer address it sees, so the far side's view of the
 source address is read, not assumed. Every lab address lives in the test's own namespace (lab_netns) or inside
 the guests; the user-mode NIC is restricted and talked to only through its gateway and 127.0.0.1.
@@ -83,7 +83,7 @@ def _write_inventory(root, lab, netns, ports):
             "ansible_port": ssh_rt1,
             "vm_nics": [
                 {"bridge": "brin", "tap": "tin1", "address": "10.66.1.1/24", "model": "rtl8139"},
-                {"bridge": "brout", "tap": "tout1", "address": "10.66.2.1/24"},
+                {"bridge": "brout", "tap": "tout1", "address": "10.66.2.1/24", "mtu": 4000},
                 {"backend": "user", "net": "10.0.3.0/24", "hostfwd": [{"host_port": fwd, "guest_port": 8000}]},
             ],
             "vm_nat": [
@@ -98,7 +98,8 @@ def _write_inventory(root, lab, netns, ports):
         # h2 routes back through rt1 only so lab.yml's own reachability check passes; NAT is proven by the source
         # address h2 sees (and by its absence once the rules are flushed)
         "host_vars/h2.yml": {"ansible_port": ssh_h2, "vm_gateway": "10.66.2.1",
-                             "vm_nics": [{"bridge": "brout", "tap": "tout2", "address": "10.66.2.20/24"}]},
+                             "vm_nics": [{"bridge": "brout", "tap": "tout2", "address": "10.66.2.20/24",
+                                          "mtu": 4000}]},
     }
     for rel, data in files.items():
         path = os.path.join(root, rel)
@@ -172,6 +173,22 @@ def test_lab_comes_up_and_launching_and_configuring_again_changes_nothing(lab):
     assert again.rc == 0, again
     assert {host: again.changed(host) for host in ("localhost", "rt1", "h1", "h2")} == {
         "localhost": 0, "rt1": 0, "h1": 0, "h2": 0}, again
+
+
+def test_nic_mtu_is_the_taps_the_bridges_and_the_guests_and_a_full_frame_crosses_unfragmented(lab):
+    """vm_nics[].mtu end to end: tap and bridge on the lab host, the guest's interface (virtio's host_mtu and the
+    interfaces file), and a don't-fragment ping of exactly that size between the two guests on the segment."""
+    for link in ("tout1", "tout2", "brout"):
+        shown = subprocess.run(["ip", "-netns", lab["netns"], "-o", "link", "show", link], capture_output=True,
+                               text=True, check=True).stdout
+        assert " mtu 4000 " in shown, shown
+    assert _ok(lab["rt1"], "cat /sys/class/net/eth1/mtu") == "4000"
+    assert _ok(lab["h2"], "cat /sys/class/net/eth0/mtu") == "4000"
+    # the other segment keeps the kernel's default
+    assert _ok(lab["h1"], "cat /sys/class/net/eth0/mtu") == "1500"
+    # 3972 bytes of payload + 8 ICMP + 20 IP = 4000: passes only if every hop carries 4000 unfragmented
+    _ok(lab["h2"], "ping -c 1 -W 5 -M do -s 3972 10.66.2.1")
+    assert _ssh(lab["h2"], "ping -c 1 -W 5 -M do -s 3973 10.66.2.1").returncode != 0
 
 
 def test_nic_models_route_end_to_end_and_each_nic_has_its_driver(lab):
