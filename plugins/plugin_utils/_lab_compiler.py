@@ -45,9 +45,13 @@ from ansible.module_utils.six.moves.collections_abc import Mapping
 RUN_ROOT = "/run/qemulab"
 # QEMU's user-mode network of the management NIC (the guest's mgmt0 is 10.0.2.15/24 there)
 MGMT_NET = ipaddress.ip_network("10.0.2.0/24")
-# Resident memory a QEMU process needs beyond its guest's RAM under TCG with the lab's tb-size (64 MiB), measured
-# with bench/qemu_overhead.py; the capacity check adds it per VM.
-QEMU_OVERHEAD_MIB = 160
+# Resident memory QEMU needs beyond its guests' RAM under TCG, measured with bench/qemu_overhead.py (2026-11-27:
+# 176 MiB per QEMU whatever the guest size, of which 64 MiB is the translation cache at vm_launch's tb-size of 64,
+# ~25 MiB its own anonymous memory and ~90 MiB QEMU's binary and the image's kernel and initrd, which every QEMU
+# shares). The capacity check adds the private part per VM (cache + 25 MiB, rounded up with margin) and the shared
+# part once.
+QEMU_OVERHEAD_MIB = 96
+QEMU_SHARED_MIB = 128
 DEFAULT_HYPERVISOR = "localhost"
 
 
@@ -418,12 +422,13 @@ class _Compiler(object):
         cpus = _as_int(self.host_resources.get("cpus"))
         if available is not None:
             wanted = sum(vm["memory_mb"] for vm in vms)
-            overhead = QEMU_OVERHEAD_MIB * len(vms)
+            overhead = QEMU_OVERHEAD_MIB * len(vms) + QEMU_SHARED_MIB
             if wanted + overhead > available:
                 self.problems.add(owner, "vm_memory", "of the lab's %d VMs adds up to %d MiB, plus %d MiB for QEMU "
-                                  "itself (%d MiB per VM), but the lab host has %d MiB available; give the VMs less "
-                                  "vm_memory, run fewer VMs, or set lab_overcommit: true to start them anyway"
-                                  % (len(vms), wanted, overhead, QEMU_OVERHEAD_MIB, available))
+                                  "itself (%d MiB per VM and %d shared), but the lab host has %d MiB available; give "
+                                  "the VMs less vm_memory, run fewer VMs, or set lab_overcommit: true to start them "
+                                  "anyway" % (len(vms), wanted, overhead, QEMU_OVERHEAD_MIB, QEMU_SHARED_MIB,
+                                              available))
         if cpus is not None:
             for vm in vms:
                 if vm["vcpus"] > cpus:

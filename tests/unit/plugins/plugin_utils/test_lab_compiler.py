@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from ansible_collections.qemulab.network.plugins.plugin_utils._lab_compiler import QEMU_OVERHEAD_MIB, compile_lab
+from ansible_collections.qemulab.network.plugins.plugin_utils._lab_compiler import (
+    QEMU_OVERHEAD_MIB, QEMU_SHARED_MIB, compile_lab)
 
 pytestmark = pytest.mark.unit
 
@@ -65,13 +66,13 @@ def test_without_a_hypervisors_group_the_lab_host_is_localhost_and_lab_vars_come
 
 def test_capacity_is_checked_with_qemus_overhead_and_lab_overcommit_lifts_it():
     hostvars, groups = lab()
-    wanted = 512 + 1024 + 2 * QEMU_OVERHEAD_MIB
+    wanted = 512 + 1024 + 2 * QEMU_OVERHEAD_MIB + QEMU_SHARED_MIB
     assert compile_lab(hostvars, groups, host_resources={"mem_available_mib": wanted, "cpus": 2})["errors"] == []
     errors = compile_lab(hostvars, groups, host_resources={"mem_available_mib": wanted - 1, "cpus": 2})["errors"]
     assert errors == ["localhost: vm_memory of the lab's 2 VMs adds up to 1536 MiB, plus %d MiB for QEMU itself (%d "
-                      "MiB per VM), but the lab host has %d MiB available; give the VMs less vm_memory, run fewer "
-                      "VMs, or set lab_overcommit: true to start them anyway"
-                      % (2 * QEMU_OVERHEAD_MIB, QEMU_OVERHEAD_MIB, wanted - 1)]
+                      "MiB per VM and %d shared), but the lab host has %d MiB available; give the VMs less "
+                      "vm_memory, run fewer VMs, or set lab_overcommit: true to start them anyway"
+                      % (2 * QEMU_OVERHEAD_MIB + QEMU_SHARED_MIB, QEMU_OVERHEAD_MIB, QEMU_SHARED_MIB, wanted - 1)]
     hostvars["r1"]["vm_vcpus"] = 3
     errors = compile_lab(hostvars, groups, host_resources={"mem_available_mib": wanted, "cpus": 2})["errors"]
     assert errors == ["r1: vm_vcpus 3 is more than the 2 CPUs of the lab host; give at most 2, or set "
