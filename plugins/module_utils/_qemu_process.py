@@ -274,5 +274,5 @@ def launch(config, argv, pass_fds, user=None):
     # Popen must not reap or kill it later: the VM outlives this process.
     proc.returncode = 0
     write_json_atomic(paths["fingerprint"], {"fingerprint": fingerprint(config), "config": config,
-                                              "started_at": time.time()}, mode=0o600)
+                                             "started_at": time.time()}, mode=0o600)
     return proc.pid

@@ -3,7 +3,8 @@
 """A VM's taps: checking they exist (and whom they belong to) before QEMU starts, and opening them inside their
 namespace so QEMU gets a file descriptor.
 
-Taps are opened with the tun ioctl after setns(2), not through pyroute2; pyroute2 is imported only to read them.
+Taps are opened with the tun ioctl after setns(2), not through pyroute2; pyroute2 (guarded in _netlink) only
+reads them.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -16,6 +17,8 @@ import fcntl
 import os
 import socket
 import struct
+
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, get_link, netlink
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454ca
@@ -86,7 +89,6 @@ def tap_problems(config, get_tap, user=None):
 
 def _read_taps(netns, names):
     """{name: link dict or None} for `names` in `netns`, over one netlink socket."""
-    from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, get_link, netlink
     if not HAS_PYROUTE2:
         raise RuntimeError("the Python library pyroute2 is needed to check taps; install it for the interpreter "
                            "that runs this module (pip install pyroute2, or Debian's python3-pyroute2)")
