@@ -1,0 +1,234 @@
+"""Unit tests (temporary directories, no kernel objects): lab_dirs removes a lab's directory only when it is a real
+directory whose lab.json claims that lab, keeps anything else with a warning, and refuses a bad lab name before
+reading anything."""
+import json
+import os
+
+import pytest
+import yaml
+
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
+from ansible_collections.qemulab.network.plugins.modules import lab_dirs
+
+pytestmark = pytest.mark.unit
+
+
+class Exited(Exception):
+    def __init__(self, result):
+        super().__init__(result)
+        self.result = result
+
+
+def run(monkeypatch, check=False, diff=False, **args):
+    """main() with these options; the result dict (failed: True when it called fail_json)."""
+    def exit_json(module, **result):
+        raise Exited(result)
+
+    def fail_json(module, **result):
+        raise Exited(dict(result, failed=True))
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    warnings = []
+    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda module, text: warnings.append(text))
+    args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
+    with patch_module_args(args), pytest.raises(Exited) as exited:
+        lab_dirs.main()
+    return dict(exited.value.result, warnings=warnings)
+
+
+@pytest.fixture
+def roots(tmp_path):
+    run_root, state_dir = tmp_path / "run", tmp_path / "state"
+    (state_dir / "labs").mkdir(parents=True)
+    run_root.mkdir()
+    return {"run_root": str(run_root), "state_dir": str(state_dir)}
+
+
+def lab_dir(root, lab, claim=None, files=("keep",)):
+    """A directory root/lab holding `files` and, when `claim` is a name, a lab.json claiming it."""
+    path = os.path.join(root, lab)
+    os.makedirs(path)
+    for name in files:
+        with open(os.path.join(path, name), "w") as f:
+            f.write("x")
+    if claim is not None:
+        with open(os.path.join(path, "lab.json"), "w") as f:
+            json.dump({"lab": claim, "inventory": "/inv", "netns": ""}, f)
+    return path
+
+
+def both(roots, lab, claim):
+    return (lab_dir(roots["run_root"], lab, claim), lab_dir(os.path.join(roots["state_dir"], "labs"), lab, claim))
+
+
+def test_claimed_directories_are_removed_and_a_second_run_changes_nothing(monkeypatch, roots):
+    run_dir, disk_dir = both(roots, "seed", "seed")
+    os.mkdir(os.path.join(run_dir, "rt1"))  # a VM directory whose QEMU is not running
+    result = run(monkeypatch, lab="seed", diff=True, **roots)
+    assert result["changed"] and not result.get("failed")
+    assert result["removed"] == [disk_dir, run_dir] and result["kept"] == [] and result["warnings"] == []
+    assert result["diff"] == {"before": {"paths": [disk_dir, run_dir]}, "after": {"paths": []}}
+    assert not os.path.lexists(run_dir) and not os.path.lexists(disk_dir)
+    again = run(monkeypatch, lab="seed", diff=True, **roots)
+    assert not again["changed"] and again["removed"] == [] and again["diff"]["before"] == {"paths": []}
+
+
+def test_check_mode_reports_the_same_and_removes_nothing(monkeypatch, roots):
+    run_dir, disk_dir = both(roots, "seed", "seed")
+    checked = run(monkeypatch, lab="seed", check=True, diff=True, **roots)
+    assert os.path.isdir(run_dir) and os.path.isdir(disk_dir)
+    applied = run(monkeypatch, lab="seed", diff=True, **roots)
+    assert {k: checked[k] for k in ("changed", "removed", "kept", "diff")} == \
+        {k: applied[k] for k in ("changed", "removed", "kept", "diff")}
+
+
+def test_missing_lab_is_no_change(monkeypatch, roots):
+    both(roots, "other", "other")
+    result = run(monkeypatch, lab="seed", **roots)
+    assert not result["changed"] and result["removed"] == [] and result["kept"] == [] and result["warnings"] == []
+    assert os.path.isfile(os.path.join(roots["run_root"], "other", "keep"))
+
+
+def test_missing_roots_are_no_change(monkeypatch, tmp_path):
+    result = run(monkeypatch, lab="seed", run_root=str(tmp_path / "no"), state_dir=str(tmp_path / "none"))
+    assert not result["changed"] and result["removed"] == []
+
+
+def test_unclaimed_directory_is_kept_with_a_warning_naming_it_and_the_fix(monkeypatch, roots):
+    run_dir = lab_dir(roots["run_root"], "seed", claim=None)
+    disk_dir = lab_dir(os.path.join(roots["state_dir"], "labs"), "seed", claim="seed")
+    result = run(monkeypatch, lab="seed", diff=True, **roots)
+    assert result["changed"] and result["removed"] == [disk_dir]
+    assert os.path.isfile(os.path.join(run_dir, "keep")) and not os.path.lexists(disk_dir)
+    assert [item["path"] for item in result["kept"]] == [run_dir]
+    [warning] = result["warnings"]
+    assert run_dir in warning and "no lab.json claim" in warning and "remove it by hand" in warning
+    assert result["diff"]["after"] == {"paths": [run_dir]}
+
+
+def test_claim_of_another_lab_is_kept(monkeypatch, roots):
+    run_dir, disk_dir = both(roots, "seed", "other")
+    result = run(monkeypatch, lab="seed", **roots)
+    assert not result["changed"] and result["removed"] == []
+    assert os.path.isfile(os.path.join(run_dir, "keep")) and os.path.isfile(os.path.join(disk_dir, "keep"))
+    assert len(result["warnings"]) == 2 and all("claims lab 'other'" in w and "lab_name=other" in w
+                                                for w in result["warnings"])
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"[]", b'{"lab": 5}', b"x" * (70 * 1024)],
+                         ids=["empty", "broken", "list", "lab-not-string", "huge"])
+def test_unusable_claim_keeps_the_directory(monkeypatch, roots, content):
+    run_dir = lab_dir(roots["run_root"], "seed")
+    with open(os.path.join(run_dir, "lab.json"), "wb") as f:
+        f.write(content)
+    result = run(monkeypatch, lab="seed", **roots)
+    assert not result["changed"] and os.path.isfile(os.path.join(run_dir, "keep"))
+    assert len(result["warnings"]) == 1 and run_dir in result["warnings"][0]
+
+
+def test_claim_that_is_a_link_is_not_followed(monkeypatch, roots, tmp_path):
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"lab": "seed"}))
+    run_dir = lab_dir(roots["run_root"], "seed")
+    os.symlink(str(elsewhere), os.path.join(run_dir, "lab.json"))
+    result = run(monkeypatch, lab="seed", **roots)
+    assert not result["changed"] and os.path.isdir(run_dir) and elsewhere.exists()
+
+
+def test_symlinked_directory_is_kept_and_its_target_untouched(monkeypatch, roots, tmp_path):
+    target = lab_dir(str(tmp_path), "precious", claim="seed", files=("data",))  # even a target that claims seed
+    link = os.path.join(roots["run_root"], "seed")
+    os.symlink(target, link)
+    disk_link = os.path.join(roots["state_dir"], "labs", "seed")
+    os.symlink(target, disk_link)
+    result = run(monkeypatch, lab="seed", diff=True, **roots)
+    assert not result["changed"] and result["removed"] == []
+    assert os.path.islink(link) and os.path.islink(disk_link)
+    assert sorted(os.listdir(target)) == ["data", "lab.json"]
+    assert all("symbolic link (to %s)" % target in w for w in result["warnings"]) and len(result["warnings"]) == 2
+    assert result["diff"]["before"] == result["diff"]["after"] == {"paths": [disk_link, link]}
+
+
+def test_file_under_the_lab_name_is_kept(monkeypatch, roots):
+    path = os.path.join(roots["run_root"], "seed")
+    with open(path, "w") as f:
+        f.write("x")
+    result = run(monkeypatch, lab="seed", **roots)
+    assert not result["changed"] and os.path.isfile(path) and "not a directory" in result["warnings"][0]
+
+
+@pytest.mark.parametrize("lab", ["", ".", "..", "../../etc", "/x", "a/b", "x$(touch /tmp/qlpwn)", "Seed", "-x",
+                                 "a" * 16, "seed "])
+def test_bad_lab_name_is_refused_before_anything_is_read(monkeypatch, roots, lab):
+    both(roots, "other", "other")
+    # The roots themselves claim nothing, but a name like '' or '.' would point at them.
+    reads = []
+    monkeypatch.setattr(lab_dirs, "read_lab_dir", lambda *a: reads.append(a))
+    result = run(monkeypatch, lab=lab, **roots)
+    assert result["failed"] and reads == []
+    assert result["msg"] == "lab_dirs: lab: %s; nothing was removed" % check_lab_name(lab)
+    assert result["msg"].startswith("lab_dirs: lab: %r " % lab)
+    assert os.path.isfile(os.path.join(roots["run_root"], "other", "keep"))
+
+
+def test_relative_root_is_refused(monkeypatch, roots):
+    result = run(monkeypatch, lab="seed", run_root="relative/run", state_dir=roots["state_dir"])
+    assert result["failed"] and "run_root" in result["msg"] and "absolute" in result["msg"]
+
+
+def test_running_vm_keeps_everything(monkeypatch, roots):
+    run_dir, disk_dir = both(roots, "seed", "seed")
+    os.mkdir(os.path.join(run_dir, "rt1"))
+    monkeypatch.setattr(lab_dirs, "read_pid", lambda pidfile: 4242)
+    monkeypatch.setattr(lab_dirs, "is_our_qemu", lambda pid, run_dir: run_dir.endswith("/rt1"))
+    result = run(monkeypatch, lab="seed", **roots)
+    assert result["failed"] and "rt1 (pid 4242)" in result["msg"] and "qemu_vms" in result["msg"]
+    assert os.path.isdir(run_dir) and os.path.isdir(disk_dir)
+    checked = run(monkeypatch, lab="seed", check=True, **roots)  # the role's earlier task would have stopped it
+    assert checked["changed"] and not checked.get("failed")
+
+
+def test_directory_swapped_for_a_link_after_the_check_is_not_removed(monkeypatch, roots, tmp_path):
+    run_dir = lab_dir(roots["run_root"], "seed", claim="seed")
+    found = lab_dirs.read_lab_dir(roots["run_root"], "seed")
+    target = lab_dir(str(tmp_path), "precious", claim="seed")
+    os.rename(run_dir, str(tmp_path / "moved"))
+    os.symlink(target, run_dir)
+    with pytest.raises(lab_dirs.DirectoryChanged):
+        lab_dirs.remove_lab_dir(found, "seed")
+    assert os.path.isfile(os.path.join(target, "keep"))
+
+
+def test_plan_names_only_claimed_directories():
+    findings = [
+        {"path": "/s/labs/seed", "kind": "directory", "claim": "seed", "problem": None},
+        {"path": "/r/seed", "kind": "absent", "claim": None, "problem": None},
+    ]
+    remove, kept, diff = lab_dirs.plan_lab_dirs("seed", findings)
+    assert remove == ["/s/labs/seed"] and kept == []
+    assert diff == {"before": {"paths": ["/s/labs/seed"]}, "after": {"paths": []}}
+
+
+def test_docs_match_argument_spec():
+    doc = yaml.safe_load(lab_dirs.DOCUMENTATION)
+    spec = lab_dirs.argument_spec()
+    assert sorted(doc["options"]) == sorted(spec)
+    for name, option in spec.items():
+        documented = doc["options"][name]
+        for key in ("type", "default", "choices", "required", "elements"):
+            assert documented.get(key) == option.get(key), (name, key)
+    assert sorted(yaml.safe_load(lab_dirs.RETURN)) == ["kept", "lab", "removed"]
+    for task in yaml.safe_load(lab_dirs.EXAMPLES):
+        assert set(task["qemulab.network.lab_dirs"]) <= set(spec)
+
+
+def test_unreadable_root_fails_naming_it(monkeypatch, roots):
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(lab_dirs, "_open_dir", denied)
+    result = run(monkeypatch, lab="seed", **roots)
+    assert result["failed"] and roots["run_root"] in result["msg"] and "nothing was removed" in result["msg"]
