@@ -116,19 +116,38 @@ def test_run_as_is_part_of_the_fingerprint_only_when_set():
     assert config_diff(base, as_user) == ({"run_as": None}, {"run_as": "qemulab"})
 
 
-def test_the_module_is_pure():
-    """The controller's plan imports it: no process, namespace, signal or socket code comes with it."""
+def _imports(module):
+    """The names a module imports: stdlib top-level modules and the collection's modules (module_utils.X)."""
     import ast
     import inspect
-    from ansible_collections.qemulab.network.plugins.module_utils import _qemu_config
-    tree = ast.parse(inspect.getsource(_qemu_config))
-    imported = set()
-    for node in ast.walk(tree):
+    stdlib, collection = set(), set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        names = []
         if isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names)
+            names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            imported.update("%s.%s" % (node.module, alias.name) for alias in node.names)
-    stdlib = set(name.split(".")[0] for name in imported if not name.startswith("ansible_collections."))
+            names = ["%s.%s" % (node.module, alias.name) for alias in node.names]
+        for name in names:
+            if name.startswith("ansible_collections."):
+                parts = name.split(".")
+                collection.add(".".join(parts[:parts.index("module_utils") + 2]))
+            else:
+                stdlib.add(name.split(".")[0])
+    return stdlib, collection
+
+
+def test_the_module_is_pure():
+    """The controller's plan imports it: no process, namespace, signal or socket code comes with it, nor with what
+    it imports from the collection."""
+    import importlib
+    from ansible_collections.qemulab.network.plugins.module_utils import _qemu_config
+    seen, todo, stdlib = set(), [_qemu_config], set()
+    while todo:
+        module = todo.pop()
+        own, collection = _imports(module)
+        stdlib |= own
+        for name in collection - seen:
+            seen.add(name)
+            todo.append(importlib.import_module(name))
     assert stdlib <= {"__future__", "hashlib", "ipaddress", "json", "os", "re"}, stdlib
-    assert [name for name in imported if name.startswith("ansible_collections.")] == [
-        "ansible_collections.qemulab.network.plugins.module_utils._validate"]
+    assert all(name.rsplit(".", 1)[1] in ("_validate", "_qemu_argv") for name in seen), seen
