@@ -14,6 +14,7 @@ options:
   netns:
     description:
       - Network namespace (a name under C(/run/netns)) to work in. Omit for the host's own namespace.
+      - Lower-case letters, digits and C(-), starting with a letter or digit, at most 32 characters.
       - The namespace must exist; create it with M(qemulab.network.netns). In check mode a missing namespace is
         reported as a warning, since an earlier task would have created it.
     type: str
@@ -24,7 +25,8 @@ options:
 options:
   lab:
     description:
-      - Name of the lab that owns the object. Interfaces the lab creates get the alias C(qemulab:<lab>);
+      - Name of the lab that owns the object (lower-case letters, digits and C(-), starting with a letter or digit,
+        at most 15 characters). Interfaces the lab creates get the alias C(qemulab:<lab>);
         namespaces get a marker file C(/run/qemulab/_netns/<name>.owner).
       - An existing object of the same name that is not marked for this lab (no mark, or another lab's) is never
         adopted or deleted silently; the task fails naming it unless O(force=true).

@@ -767,7 +767,7 @@ class _Compiler(object):
         rule = {"type": kind}
         for side in ("inside", "outside"):
             dev = raw.get(side)
-            if dev not in devs:
+            if not isinstance(dev, str) or dev not in devs:
                 problems.add(name, "%s.%s" % (field, side), "%s is not an addressed tap NIC of this VM; name one of "
                              "%s" % (_describe(dev), ", ".join(sorted(devs)) or "none"))
                 return None
@@ -822,8 +822,6 @@ def _norm_path(value):
     if not _is_str(value) or not value:
         return ""
     return os.path.normpath(value)
-
-
 
 
 def compile_lab(hostvars, groups, claims=None, overrides=None, check_files=True, host_resources=None):

@@ -49,9 +49,8 @@ def describe(value):
     if value is None:
         return "nothing"
     # Ansible hands over tagged subclasses of the plain types: name the plain one
-    kind = next((name for base, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"),
-                                          (list, "a list"), (dict, "a mapping")) if isinstance(value, base)),
-                "a " + type(value).__name__)
+    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (list, "a list"), (dict, "a mapping"))
+    kind = next((name for base, name in kinds if isinstance(value, base)), "a " + type(value).__name__)
     plain = next((base for base in (bool, int, float) if isinstance(value, base)), None)
     return "%r (%s)" % (plain(value) if plain else value, kind)
 
