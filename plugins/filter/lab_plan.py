@@ -83,7 +83,8 @@ _value:
     - The plan - C(lab_name), C(netns) (empty when none), C(qemu_user) (empty for root), C(run_dir), C(hypervisor), C(bridges) (C(name), C(subnet)),
       C(taps) (C(name), C(bridge), C(vm)), C(host_ports) (C(name), C(peer), C(bridge), C(address), C(routes)),
       C(vms), C(errors) and C(hosts) - per lab host, the exact arguments of each module and role (C(links),
-      C(host_ports), C(host_port_routes), C(vms), C(guests), C(teardown); empty while there are errors).
+      C(host_ports), C(host_port_routes), C(vms), C(guests), C(teardown); empty while there are errors), and
+      C(guests), every lab host's C(guests) by VM name.
     - Each VM - C(name), C(kind) (router or host), C(hypervisor), C(ssh_port), C(memory_mb), C(vcpus), C(kernel),
       C(initrd), C(disk) (null for the built guest image), C(forwarding), C(gateway), C(routes) (C(to), C(via),
       C(dev)), C(nics) (C(index), C(dev), C(backend), C(bridge), C(tap), C(mac), C(address), C(model), C(vhost),

@@ -278,6 +278,8 @@ class _Compiler(object):
         }
         # render: nothing is rendered for an invalid lab, so no role can act on half a plan
         plan["hosts"] = {} if plan["errors"] else _lab_render.render(plan)
+        # a guest's own arguments, found by its name wherever it runs (the plays on the guests look them up so)
+        plan["guests"] = dict((name, guest) for host in plan["hosts"].values() for name, guest in host["guests"].items())
         return plan
 
     def lab_wide_vars(self):
