@@ -15,7 +15,8 @@ from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
 from ansible.vars.manager import VariableManager
 
-from ansible_collections.qemulab.network.plugins.filter.lab_plan import FilterModule, derived_mac, lab_plan, memory_mb
+from ansible_collections.qemulab.network.plugins.filter.lab_plan import FilterModule, lab_plan
+from ansible_collections.qemulab.network.plugins.plugin_utils._lab_compiler import derived_mac
 
 pytestmark = pytest.mark.unit
 
@@ -128,7 +129,8 @@ def test_seed_plan_routes_gateways_forwarding_and_memory(seed_plan):
 
 
 def test_seed_plan_bridges_taps_and_host_port(seed_plan):
-    assert seed_plan["bridges"] == [{"name": "br%d" % i, "subnet": "10.20.%d0.0/24" % i} for i in range(1, 7)]
+    assert seed_plan["bridges"] == [{"name": "br%d" % i, "subnet": "10.20.%d0.0/24" % i, "mtu": None}
+                                    for i in range(1, 7)]
     # the seed's preparation script: vport<i><j> for i in 1..6, j in 1..2 on br<i>, plus vport13 for htest
     expected_taps = {("vport%d%d" % (i, j), "br%d" % i) for i in range(1, 7) for j in (1, 2)} | {("vport13", "br1")}
     assert {(t["name"], t["bridge"]) for t in seed_plan["taps"]} == expected_taps
@@ -224,15 +226,24 @@ def test_small_lab_is_valid_and_fills_defaults():
     r1 = vm_of(plan, "r1")
     assert (r1["memory_mb"], r1["vcpus"], r1["forwarding"], r1["kernel"], r1["disk"]) == (1024, 1, True, None, None)
     assert vm_of(plan, "a1")["forwarding"] is False
-    assert plan["bridges"] == [{"name": "br-a", "subnet": "10.1.1.0/24"}, {"name": "br-b", "subnet": "10.1.2.0/24"}]
+    assert plan["bridges"] == [{"name": "br-a", "subnet": "10.1.1.0/24", "mtu": None},
+                               {"name": "br-b", "subnet": "10.1.2.0/24", "mtu": None}]
 
 
 @pytest.mark.parametrize("value,expected", [(512, 512), ("512M", 512), ("1G", 1024), ("2g", 2048), ("768", 768),
-                                            ("1GiB", 1024), ("256MB", 256),
+                                            ("1GiB", 1024), ("256MB", 256), ("64M", 64),
                                             ("1X", None), ("1024B", None), ("1.5G", None), (0, None), (True, None),
-                                            ("", None), (1.5, None)])
-def test_memory_sizes(value, expected):
-    assert memory_mb(value) == expected
+                                            ("", None), (1.5, None), ("8M", None), (63, None), ("4096G", None)])
+def test_memory_sizes_are_the_modules_own_rule(value, expected):
+    """vm_memory is read with _validate.parse_memory, the function qemu_vm uses: the plan never accepts a size the
+    launch would refuse (8M passed the plan and failed at launch before)."""
+    hostvars, groups = small_lab()
+    hostvars["a1"]["vm_memory"] = value
+    plan = lab_plan(hostvars, groups)
+    if expected is None:
+        assert [e for e in plan["errors"] if e.startswith("a1: vm_memory ")], plan["errors"]
+    else:
+        assert plan["errors"] == [] and vm_of(plan, "a1")["memory_mb"] == expected
 
 
 def test_missing_mac_gets_a_stable_locally_administered_one():
@@ -269,8 +280,8 @@ def test_no_lab_netns_means_the_root_namespace():
     assert lab_plan(hostvars, groups)["netns"] == ""
 
 
-@pytest.mark.parametrize("value,planned", [(None, ""), ("", ""), ("root", ""), ("qemulab", "qemulab"),
-                                            ("_qemu-lab1", "_qemu-lab1"), (1001, "1001")])
+@pytest.mark.parametrize("value,planned", [
+    (None, ""), ("", ""), ("root", ""), ("qemulab", "qemulab"), ("_qemu-lab1", "_qemu-lab1"), (1001, "1001")])
 def test_qemu_user_is_planned_root_means_none(value, planned):
     hostvars, groups = small_lab()
     hostvars["localhost"]["lab_qemu_user"] = value
@@ -305,7 +316,8 @@ def test_own_kernel_and_disk_that_exist_are_planned(tmp_path):
     plan = lab_plan(hostvars, groups)
     assert plan["errors"] == []
     r1 = vm_of(plan, "r1")
-    assert (r1["kernel"], r1["initrd"], r1["disk"]) == tuple(str(tmp_path / n) for n in ("bzImage", "initrd", "r1.ext4"))
+    assert (r1["kernel"], r1["initrd"], r1["disk"]) == tuple(str(tmp_path / n)
+                                                             for n in ("bzImage", "initrd", "r1.ext4"))
 
 
 def test_check_files_false_leaves_existence_to_the_lab_host():
@@ -326,10 +338,10 @@ def test_claim_by_the_same_inventory_is_accepted_and_by_another_refused():
 
 # -- one test per check (the corpus in tests/bad_inventories repeats them through real inventory files) -------------
 @pytest.mark.parametrize("host,field,value,fragment", [
-    ("a1", "vm_nics", {"bridge": "br-a"}, "a1: vm_nics {'bridge': 'br-a'} (a dict) is not a list"),
+    ("a1", "vm_nics", {"bridge": "br-a"}, "a1: vm_nics {'bridge': 'br-a'} (a mapping) is not a list"),
     ("a1", "vm_memory", "1X", "a1: vm_memory '1X' is not a memory size"),
-    ("a1", "vm_vcpus", -1, "a1: vm_vcpus -1 (a int) is not a positive integer"),
-    ("a1", "vm_vcpus", "two", "a1: vm_vcpus 'two' is not a positive integer"),
+    ("a1", "vm_vcpus", -1, "a1: vm_vcpus -1 (an integer) is not a number of CPUs from 1 to 255"),
+    ("a1", "vm_vcpus", "two", "a1: vm_vcpus 'two' is not a number of CPUs from 1 to 255"),
     ("a1", "vm_forwarding", "yes please", "a1: vm_forwarding 'yes please' is not a boolean"),
     ("a1", "ansible_port", 70000, "a1: ansible_port 70000 is outside 1024-65535"),
     ("a1", "ansible_port", 2301, "a1: ansible_port 2301 is already used by r1"),
@@ -342,14 +354,14 @@ def test_claim_by_the_same_inventory_is_accepted_and_by_another_refused():
     ("r1", "vm_routes", [{"to": "10.9.0.5/24", "via": "10.1.1.2"}], "r1: vm_routes[0].to 10.9.0.5/24 has host bits"),
     ("r1", "vm_routes", [{"to": "10.9.0.0/24", "gw": "10.1.1.2"}], "r1: vm_routes[0].gw is not a known key"),
     ("r1", "vm_routes", "10.9.0.0/24", "r1: vm_routes '10.9.0.0/24' is not a list"),
-    ("r1", "vm_routes", [{"via": "10.1.1.2"}], "r1: vm_routes[0].to is not set; give the destination network"),
+    ("r1", "vm_routes", [{"via": "10.1.1.2"}], "r1: vm_routes[0].to is not set; give it, like 10.20.60.0/24"),
     ("r1", "vm_routes", [{"to": "10.9.0.0/24", "via": "10.1.1.1"}], "r1: vm_routes[0].via 10.1.1.1 is the VM's own"),
     ("r1", "vm_routes", [{"to": "10.1.2.0/24", "via": "10.1.1.2"}],
      "r1: vm_routes[0].to 10.1.2.0/24 is a segment of the VM's NICs, reached directly; drop this route"),
     ("r1", "vm_routes", [{"to": "10.9.0.0/24", "via": "10.1.1.2"}, {"to": "10.9.0.0/24", "via": "10.1.2.2"}],
      "r1: vm_routes[1].to 10.9.0.0/24 is already routed by vm_routes[0]; keep one route per destination"),
     ("a1", "vm_routes", [{"to": "default", "via": "10.1.1.1"}], "a1: vm_gateway 10.1.1.1 duplicates the default"),
-    ("r1", "vm_kernel", "relative/bzImage", "r1: vm_kernel relative/bzImage is not an absolute path"),
+    ("r1", "vm_kernel", "relative/bzImage", "r1: vm_kernel 'relative/bzImage' is not an absolute path"),
 ])
 def test_each_vm_check_names_host_field_and_fix(host, field, value, fragment):
     hostvars, groups = small_lab()
@@ -359,18 +371,39 @@ def test_each_vm_check_names_host_field_and_fix(host, field, value, fragment):
     assert all(";" in error for error in errors), errors
 
 
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="_lab_schema.as_int tests str.isdigit(), which holds "
+                   "for '\u00b2', then int() raises: every integer field and host_resources (reported; drop the "
+                   "mark once fixed)")
+@pytest.mark.parametrize("host,field,value", [("a1", "vm_vcpus", "\u00b2"), ("a1", "ansible_port", "\u00b9"),
+                                              ("localhost", "lab_lock_timeout", "\u00b3")])
+def test_unicode_digits_are_refused_not_raised(host, field, value):
+    hostvars, groups = small_lab()
+    hostvars[host][field] = value
+    assert only_error(hostvars, groups).startswith("%s: %s %r is not " % (host, field, value))
+
+
+@pytest.mark.xfail(strict=True, reason="a gateway may be the network or broadcast address of the VM's subnet, which "
+                   "no NIC can hold and the kernel refuses as a gateway (reported; drop the mark once fixed)")
+@pytest.mark.parametrize("field,value", [("vm_gateway", "10.1.1.255"), ("vm_gateway", "10.1.1.0"),
+                                         ("vm_routes", [{"to": "10.9.0.0/24", "via": "10.1.1.255"}])])
+def test_a_gateway_at_the_network_or_broadcast_address_is_refused(field, value):
+    hostvars, groups = small_lab()
+    hostvars["a1"][field] = value
+    assert [e for e in errors_of(hostvars, groups) if e.startswith("a1: " + field)]
+
+
 @pytest.mark.parametrize("field,value,fragment", [
     ("address", "10.1.1.0/24", "a1: vm_nics[0].address 10.1.1.0/24 is the network or broadcast address"),
     ("address", "fe80::1/64", "a1: vm_nics[0].address fe80::1/64 is not IPv4"),
-    ("address", 42, "a1: vm_nics[0].address 42 (a int) is not an address with prefix length"),
+    ("address", 42, "a1: vm_nics[0].address 42 (an integer) is not an address with prefix length"),
     ("mac", "00:00:00:00:00:00", "a1: vm_nics[0].mac 00:00:00:00:00:00 is not usable"),
     ("mac", "12:34:56:00:00:01", "a1: vm_nics[0].mac 12:34:56:00:00:01 is already used by r1 vm_nics[0].mac"),
-    ("tap", "a" * 16, "a1: vm_nics[0].tap 'aaaaaaaaaaaaaaaa' is 16 bytes, over the kernel's limit of 15"),
-    ("tap", "tap one", "a1: vm_nics[0].tap 'tap one' is not a valid interface name"),
+    ("tap", "a" * 16, "a1: vm_nics[0].tap 'aaaaaaaaaaaaaaaa' is 16 characters long; a tap name has at most 15"),
+    ("tap", "tap one", "a1: vm_nics[0].tap 'tap one' is not a tap name (it contains ' ')"),
     ("tap", "ta1", "a1: vm_nics[0].tap ta1 is already used by r1 vm_nics[0].tap"),
     ("tap", "br-b", "a1: vm_nics[0].tap br-b is also the name of a bridge"),
-    ("model", "virtio", "a1: vm_nics[0].model 'virtio' is not a supported NIC model"),
-    ("vhost", "maybe", "a1: vm_nics[0].vhost 'maybe' is not auto, on or off"),
+    ("model", "virtio", "a1: vm_nics[0].model 'virtio' is not one of virtio-net-pci, e1000, rtl8139"),
+    ("vhost", "maybe", "a1: vm_nics[0].vhost 'maybe' is not one of auto, on, off"),
 ])
 def test_each_nic_check_names_host_field_and_fix(field, value, fragment):
     hostvars, groups = small_lab()
@@ -408,7 +441,7 @@ def test_host_port_checks():
         {"name": "veth-with-a-long-name", "peer": "ta1", "bridge": "br-q", "address": "10.1.1.2/24",
          "routes": [{"to": "10.1.2.0/24", "via": "10.1.2.1"}], "mtu": 1500}]
     errors = errors_of(hostvars, groups)
-    for fragment in ("localhost: lab_host_ports[0].name 'veth-with-a-long-name' is 21 bytes",
+    for fragment in ("localhost: lab_host_ports[0].name 'veth-with-a-long-name' is 21 characters long",
                      "localhost: lab_host_ports[0].peer ta1 is already used by r1 vm_nics[0].tap",
                      "localhost: lab_host_ports[0].bridge br-q is used by no VM NIC",
                      "localhost: lab_host_ports[0].address 10.1.1.2 is already used by a1 vm_nics[0].address",
@@ -416,7 +449,8 @@ def test_host_port_checks():
                      "localhost: lab_host_ports[0].mtu is not a known key"):
         assert any(e.startswith(fragment) for e in errors), (fragment, errors)
     hostvars["localhost"]["lab_host_ports"] = {"name": "hp0"}
-    assert only_error(hostvars, groups).startswith("localhost: lab_host_ports {'name': 'hp0'} (a dict) is not a list")
+    assert only_error(hostvars, groups).startswith(
+        "localhost: lab_host_ports {'name': 'hp0'} (a mapping) is not a list")
 
 
 def test_host_port_address_outside_its_bridges_subnet():
@@ -430,10 +464,23 @@ def test_lab_wide_checks():
     hostvars, groups = small_lab()
     hostvars["localhost"].update(lab_name="x" * 16, lab_netns="ns/with/slash")
     errors = errors_of(hostvars, groups)
-    assert any(e.startswith("localhost: lab_name 'xxxxxxxxxxxxxxxx' is not a lab name") for e in errors)
+    assert errors == [
+        "localhost: lab_name 'xxxxxxxxxxxxxxxx' is 16 characters long; a lab name has at most 15, pick a shorter one",
+        "localhost: lab_netns 'ns/with/slash' is not a namespace name (it contains '/'); use lower-case letters, "
+        "digits and '-', starting with a letter or digit, at most 32 characters"]
+    # both are what a cleanup must stop for (it needs only a valid lab name and namespace)
+    assert lab_plan(hostvars, groups)["cleanup_errors"] == errors
     hostvars["localhost"].update(lab_name="seed\n", lab_netns="")
-    assert only_error(hostvars, groups).startswith("localhost: lab_name 'seed\\n' is not a lab name")
-    assert any(e.startswith("localhost: lab_netns 'ns/with/slash' is not a valid interface name") for e in errors)
+    assert only_error(hostvars, groups).startswith("localhost: lab_name 'seed\\n' is not a lab name (it contains "
+                                                   "'\\n')")
+    for bad in ("Seed", "-seed", "se.ed", "se_ed"):
+        hostvars["localhost"]["lab_name"] = bad
+        assert only_error(hostvars, groups).startswith("localhost: lab_name %r is not a lab name" % bad)
+    hostvars["localhost"].update(lab_name="x" * 15, lab_netns="n" * 32)
+    assert errors_of(hostvars, groups) == []
+    hostvars["localhost"]["lab_netns"] = "n" * 33
+    assert only_error(hostvars, groups).startswith("localhost: lab_netns '%s' is 33 characters long; a namespace "
+                                                   "name has at most 32" % ("n" * 33))
 
 
 def test_group_checks():
@@ -453,7 +500,13 @@ def test_group_checks():
 def test_no_hypervisor_no_vms_and_a_hypervisor_in_the_lab():
     hostvars, groups = small_lab()
     groups["hypervisors"] = []
-    assert any(e.startswith("lab: groups.hypervisors is empty") for e in errors_of(hostvars, groups))
+    plan = lab_plan(hostvars, groups)
+    # no hypervisors: the controller itself is the lab host
+    assert (plan["errors"], plan["hypervisor"], plan["hypervisors"]) == ([], "localhost", ["localhost"])
+    assert plan["lab_name"] == "unit" and list(plan["hosts"]) == ["localhost"]
+    assert {vm["hypervisor"] for vm in plan["vms"]} == {"localhost"}
+    del groups["hypervisors"]
+    assert lab_plan(hostvars, groups) == plan
     hostvars, groups = small_lab()
     groups.update(all=["localhost"], lab=[], routers=[], hosts=[])
     hostvars["localhost"]["lab_host_ports"] = []
@@ -463,6 +516,22 @@ def test_no_hypervisor_no_vms_and_a_hypervisor_in_the_lab():
     groups["lab"].append("localhost")
     assert [e for e in errors_of(hostvars, groups) if e.startswith("localhost: groups")] == [
         "localhost: groups is both a hypervisor and a lab VM; keep the lab host out of routers, hosts and lab"]
+
+
+def test_without_hypervisors_the_lab_wide_variables_come_from_group_all():
+    """An inventory of VMs only: group_vars/all gives every VM the lab-wide variables, localhost is the lab host."""
+    hostvars, groups = small_lab()
+    lab_wide = hostvars.pop("localhost")
+    lab_wide.pop("ansible_connection")
+    for name in ("r1", "a1", "b1"):
+        hostvars[name].update(copy.deepcopy(lab_wide))
+    del groups["hypervisors"]
+    groups["all"].remove("localhost")
+    plan = lab_plan(hostvars, groups)
+    assert plan["errors"] == []
+    assert (plan["hypervisor"], plan["lab_name"], plan["netns"]) == ("localhost", "unit", "qlab-unit")
+    assert [(p["name"], p["address"]) for p in plan["host_ports"]] == [("hp0", "10.1.1.9/24")]
+    assert plan["hosts"]["localhost"]["teardown"] == {"lab": "unit", "netns": "qlab-unit"}
 
 
 def test_a_second_hypervisor_is_refused_for_now():

@@ -62,6 +62,11 @@ def test_specs_for_the_default_image_and_an_own_kernel():
     assert [i["name"] for i in rt1["fw_cfg"]] == ["opt/qemulab/interfaces", "opt/qemulab/sysctl"]
     assert "up route add -net 10.20.60.0/24 gw 10.20.20.2 dev eth1" in rt1["fw_cfg"][0]["content"]
     assert rt1["nics"][-1]["hostfwd"] == [{"host_port": 2201, "guest_port": 22, "protocol": "tcp"}]
+    # the namespace and the QEMU user come rendered with each VM, not from vm_launch's settings
+    assert rt1["netns"] == "qemulab-seed" and rt1["run_as"] is None
+    assert [(n["ifname"], n["netns"]) for n in rt1["nics"][:-1]] == [("vport11", "qemulab-seed"),
+                                                                     ("vport21", "qemulab-seed")]
+    assert "ssh_port" not in rt1
     # The seed's own images: their kernel and raw disk, no overlay, no initrd, nothing handed over at boot.
     assert own["overlay"] is None and own["initrd"] is None and own["fw_cfg"] == []
     assert own["disks"] == [{"file": "/seed/rt.ext4", "format": "raw"}]
@@ -88,10 +93,10 @@ def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatc
     params = Module(dict((k, v) for k, v in spec.items() if k != "overlay")).params
     config = _qemu_config.normalise_config(params)
     os.makedirs(config["run_dir"])
-    _qemu_process.write_fw_cfg(config, dict((i["name"], i["content"]) for i in spec["fw_cfg"]), ["opt/qemulab/interfaces",
-                                                                                         "opt/qemulab/sysctl"])
+    _qemu_process.write_fw_cfg(config, dict((i["name"], i["content"]) for i in spec["fw_cfg"]),
+                               ["opt/qemulab/interfaces", "opt/qemulab/sysctl"])
     monkeypatch.setattr(_qemu_task, "read_state", lambda run_dir: {"pid": 1, "status": "running",
-                                                              "stored": {"config": config}})
+                                                                   "stored": {"config": config}})
 
     class Fake(object):
         check_mode = True
@@ -115,10 +120,15 @@ def test_qemu_vm_args_are_valid_qemu_vm_options_and_qemu_vms_validates_them_so()
     assert [sorted(a) for a in args] == [sorted(k for k, v in s.items() if k != "overlay" and v is not None)
                                          for s in specs]
     assert "run_as" not in args[0] and "overlay" not in args[0]
-    checked = validated(args, "seed")
+    checked = validated(args, "seed", SETTINGS["run_root"])
     assert [(name, error) for name, _params, error in checked] == [("rt1", None), ("yocto", None)]
     assert checked[0][1]["run_as"] is None and checked[0][1]["stop_timeout"] == 10
     assert qemu_vm_args(qemu_vm_specs(rendered(RT1, qemu_user="qemulab"), SETTINGS))[0]["run_as"] == "qemulab"
-    broken = validated([dict(args[0], vcpus="many"), {"nics": []}], "seed")
+    # the run directory the specs name is the one qemu_vms finds the lab's VMs in again
+    assert [params["run_dir"] for _name, params, _error in checked] == [
+        "/run/qemulab/seed/rt1", "/run/qemulab/seed/yocto"]
+    elsewhere = validated(args, "seed", "/run/elsewhere")
+    assert all(params is None and "run_dir /run/qemulab/seed/" in error for _name, params, error in elsewhere)
+    broken = validated([dict(args[0], vcpus="many"), {"nics": []}], "seed", SETTINGS["run_root"])
     assert broken[0][1] is None and broken[0][2].startswith("vms[0] (rt1): ") and "vcpus" in broken[0][2]
     assert broken[1][1] is None and broken[1][2].startswith("vms[1] (?): ") and "name" in broken[1][2]
