@@ -498,10 +498,12 @@ class _Compiler(object):
         """A QEMU user-mode (SLIRP) NIC: its own private network, always restricted, forwards on 127.0.0.1 only."""
         problems = self.problems
         nic["vhost"], nic["bridge"], nic["tap"] = None, None, None
-        for key in ("bridge", "tap", "vhost"):
+        # SLIRP has no MTU of its own to set: an mtu here would reach the guest only
+        for key in ("bridge", "tap", "vhost", "mtu"):
             if raw.get(key) is not None:
                 problems.add(name, "%s.%s" % (field, key), "does not apply to a user-mode NIC (QEMU's own network, "
                              "no bridge or tap); drop it or use backend: tap")
+        nic["mtu"] = None
         default_net = _field("nic", "net").default
         net = _network(default_net)[0] if raw.get("net") is None else nic["net"]
         why = None
@@ -679,6 +681,11 @@ class _Compiler(object):
                 problems.add(owner, item_field + ".via", "%s cannot be reached: %s has no address; give it an "
                              "address on the gateway's segment" % (gateway, where))
                 continue
+            if networks and any(gateway in (net.network_address, net.broadcast_address) and net.prefixlen < 31
+                                for net in networks):
+                problems.add(owner, item_field + ".via", "%s is the network or broadcast address of its segment; "
+                             "route via a neighbour's address" % gateway)
+                continue
             if gateway in own_addresses:
                 problems.add(owner, item_field + ".via", "%s is %s own address; route via a neighbour's address"
                              % (gateway, "the port's" if field.startswith("lab_host_ports") else "the VM's"))
@@ -717,6 +724,10 @@ class _Compiler(object):
                     self.problems.add(name, "vm_gateway", "%s is on no segment of the VM's NICs (%s); use an "
                                       "address on one of them" % (gateway, ", ".join(str(n) for n in networks)
                                                                   or "none addressed"))
+                elif any(gateway in (net.network_address, net.broadcast_address) and net.prefixlen < 31
+                         for net in networks if gateway in net):
+                    self.problems.add(name, "vm_gateway", "%s is the network or broadcast address of its segment; "
+                                      "use a router's address" % gateway)
                 elif any(gateway == nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")):
                     self.problems.add(name, "vm_gateway", "%s is the VM's own address; use a router's address"
                                       % gateway)

@@ -59,7 +59,8 @@ def as_int(value):
     """Ints and digit strings (INI inventories give strings) as int; anything else None."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    # ASCII digits only: str.isdigit() also holds for '²' and other scripts' digits
+    if isinstance(value, str) and re.match(r"[0-9]+\Z", value.strip()):
         return int(value.strip())
     return None
 

@@ -89,8 +89,6 @@ def test_user_nic_checks_name_host_field_and_fix(nic, fragment):
     assert all(";" in error for error in errors), errors
 
 
-@pytest.mark.xfail(strict=True, reason="a user-mode NIC's mtu is accepted and written into the guest's interfaces "
-                   "file, but never reaches QEMU (_lab_render._lab_nic renders it for tap NICs only) (reported)")
 def test_a_user_mode_nics_mtu_is_refused_or_reaches_qemu():
     hostvars, groups = small_lab()
     hostvars["a1"]["vm_nics"].append({"backend": "user", "mtu": 9000})
