@@ -70,15 +70,20 @@ def proc_cmdline(pid):
         return None
 
 
-def process_uid(pid):
+def process_status(pid, field):
+    """The first number of a field of /proc/PID/status (Uid, VmRSS in KiB, ...), or None."""
     try:
         with open("/proc/%d/status" % pid) as f:
             for line in f:
-                if line.startswith("Uid:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (OSError, IOError, ValueError, IndexError):
         pass
     return None
+
+
+def process_uid(pid):
+    return process_status(pid, "Uid")
 
 
 def is_our_qemu(pid, run_dir):

@@ -65,7 +65,12 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import is_our_qemu, lab_run_dirs, read_pid
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
+    is_our_qemu,
+    lab_run_dirs,
+    process_status,
+    read_pid,
+)
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
 
 CLAIM_MAX_BYTES = 64 * 1024
@@ -76,17 +81,6 @@ def _meminfo_kib(field):
         for line in handle:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    return 0
-
-
-def _rss_kib(pid):
-    try:
-        with open("/proc/%d/status" % pid) as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, IOError, ValueError, IndexError):
-        pass
     return 0
 
 
@@ -118,7 +112,7 @@ def main():
         for _name, run_dir in lab_run_dirs(run_root, lab):
             pid = read_pid(os.path.join(run_dir, "qemu.pid"))
             if is_our_qemu(pid, run_dir):
-                lab_kib += _rss_kib(pid)
+                lab_kib += process_status(pid, "VmRSS") or 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,
                      claim=claim)
