@@ -8,8 +8,8 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ipaddress
-
 import json
+import shlex
 
 from ansible.errors import AnsibleFilterError
 
@@ -56,8 +56,9 @@ def guest_network_probe(interfaces_file, sysctl_file):
         "addresses": "ip -j address show 2>/dev/null",
         "routes": "ip -j -4 route show table main 2>/dev/null",
         "forwarding": "cat /proc/sys/net/ipv4/ip_forward",
-        "interfaces_file": "cat %s 2>/dev/null" % interfaces_file,
-        "sysctl_file": "cat %s 2>/dev/null" % sysctl_file,
+        # raw takes a shell line: the role's paths go in quoted
+        "interfaces_file": "cat %s 2>/dev/null" % shlex.quote(str(interfaces_file)),
+        "sysctl_file": "cat %s 2>/dev/null" % shlex.quote(str(sysctl_file)),
     }
     return "; ".join("echo; echo '@@qemulab:%s@@'; %s" % (name, parts[name]) for name in PROBE_SECTIONS) + \
         "; echo; echo '@@qemulab:end@@'"
