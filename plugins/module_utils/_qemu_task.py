@@ -216,7 +216,7 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
             close_fds(fds)
             close_fds(vhost_fds)
             close_fds(disk_fds)
-        stored = read_json(paths["fingerprint"])
+        stored = read_json(paths["fingerprint"], owner=os.geteuid())
         stored.update({"argv": argv, "accelerator": result["accelerator"],
                        "accelerator_reason": result["accelerator_reason"], "nics": result["nics"]})
         write_json_atomic(paths["fingerprint"], stored, mode=0o600)

@@ -8,19 +8,33 @@ __metaclass__ = type
 
 import json
 import socket
+import struct
 import time
+
+# A QMP reply larger than this is not QEMU talking (query-qmp-schema, the largest, is ~200 KiB): stop reading.
+MAX_MESSAGE = 8 * 1024 * 1024
 
 
 class QMPError(Exception):
     """QMP could not be reached or answered with an error."""
 
 
-class QMPClient(object):
-    """One QMP session: greeting, qmp_capabilities, then commands. Use as a context manager."""
+def peer_credentials(sock):
+    """(pid, uid, gid) of the process that made the other end of a connected unix socket (SO_PEERCRED)."""
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
 
-    def __init__(self, path, timeout=5.0):
+
+class QMPClient(object):
+    """One QMP session: greeting, qmp_capabilities, then commands. Use as a context manager.
+
+    peer_check(pid, uid, gid), when given, must accept the process serving the socket before a byte is sent: a
+    socket path in a directory another user owns may have been swapped for a link to someone else's socket."""
+
+    def __init__(self, path, timeout=5.0, peer_check=None):
         self.path = path
         self.timeout = timeout
+        self.peer_check = peer_check
+        self.peer = None
         self._sock = None
         self._buf = b""
         self.greeting = None
@@ -41,6 +55,15 @@ class QMPClient(object):
             sock.close()
             raise QMPError("cannot connect to QMP socket %s: %s" % (self.path, exc))
         self._sock = sock
+        try:
+            self.peer = peer_credentials(sock)
+        except (OSError, socket.error, struct.error) as exc:
+            self.close()
+            raise QMPError("QMP socket %s: cannot read its peer credentials: %s" % (self.path, exc))
+        if self.peer_check is not None and not self.peer_check(*self.peer):
+            self.close()
+            raise QMPError("QMP socket %s is served by pid %d (uid %d), not by this VM's QEMU"
+                           % (self.path, self.peer[0], self.peer[1]))
         # QMP serves one client at a time: a busy monitor shows up as a greeting timeout.
         self.greeting = self._read_message()
         if "QMP" not in self.greeting:
@@ -55,7 +78,11 @@ class QMPClient(object):
                 self._sock = None
 
     def _read_message(self):
+        deadline = time.time() + self.timeout
         while b"\n" not in self._buf:
+            if len(self._buf) > MAX_MESSAGE or time.time() > deadline:
+                raise QMPError("QMP socket %s: no complete message within %s bytes and %ss"
+                               % (self.path, MAX_MESSAGE, self.timeout))
             try:
                 chunk = self._sock.recv(65536)
             except (OSError, socket.error) as exc:
@@ -89,10 +116,11 @@ class QMPClient(object):
         raise QMPError("QMP %s: no reply within %ss" % (name, self.timeout))
 
 
-def query_status(path, timeout=3.0):
-    """The VM's run status (`running`, `paused`, `shutdown`, ...) or None when QMP does not answer."""
+def query_status(path, timeout=3.0, peer_check=None):
+    """The VM's run status (`running`, `paused`, `shutdown`, ...) or None when QMP does not answer (or the socket's
+    server fails `peer_check`)."""
     try:
-        with QMPClient(path, timeout=timeout) as qmp:
+        with QMPClient(path, timeout=timeout, peer_check=peer_check) as qmp:
             return qmp.command("query-status").get("status")
     except QMPError:
         return None

@@ -128,6 +128,11 @@ def user_name(uid):
         return str(uid)
 
 
+def _in_fw_cfg_dir(path, run_dir):
+    """Only the VM's own fw_cfg files are hashed, whatever the stored configuration says."""
+    return os.path.dirname(os.path.normpath(path)) == os.path.join(run_dir, "fw_cfg")
+
+
 def vm_info(run_dir):
     have = read_state(run_dir)
     stored = have["stored"] or {}
@@ -139,8 +144,8 @@ def vm_info(run_dir):
                 accelerator=stored.get("accelerator"),
                 fingerprint=stored.get("fingerprint") if have["pid"] else None,
                 user=user_name(process_uid(have["pid"])) if have["pid"] else None,
-                fw_cfg=dict((item["name"], file_sha256(item["file"]))
-                            for item in (stored.get("config") or {}).get("fw_cfg") or []))
+                fw_cfg=dict((item["name"], file_sha256(item["file"]) if _in_fw_cfg_dir(item["file"], run_dir)
+                             else None) for item in (stored.get("config") or {}).get("fw_cfg") or []))
     return info
 
 

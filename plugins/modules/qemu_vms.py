@@ -110,14 +110,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.qemulab.network.plugins.module_utils._diff import finish_items
-from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import vm_paths
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import (
     QEMU_VM_ARGUMENT_SPEC,
     QemuConfigError,
     check_names,
     normalise_config,
 )
-from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import lab_run_dirs, read_pid, stop_vm
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import find_qemus, lab_run_dirs, stop_vm
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_tap import tap_reader
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_task import VmTaskError, qemu_vm_task
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
@@ -202,7 +201,8 @@ def main():
     if module.params["state"] == "running":
         run_all(module)
     lab_dir = os.path.join(module.params["run_root"], module.params["lab"])
-    vms = [{"name": name, "run_dir": run_dir, "pid": read_pid(vm_paths(run_dir)["pidfile"])}
+    # the QEMUs found in /proc, not the pidfile's word: an unprivileged QEMU user can rewrite its pidfile
+    vms = [{"name": name, "run_dir": run_dir, "pid": (find_qemus(run_dir) or [None])[0]}
            for name, run_dir in lab_run_dirs(module.params["run_root"], module.params["lab"])]
     result = dict(changed=bool(vms), vms=[dict(vm, stopped_by=None) for vm in vms],
                   diff=dict(before={"vms": [vm["name"] for vm in vms]}, after={"vms": []}))
