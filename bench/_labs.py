@@ -41,6 +41,15 @@ def _load(path):
         return yaml.safe_load(f) or {}
 
 
+def _known_hosts_of(dst, lab_name):
+    """The copied seed's group_vars/lab.yml, its guests' known_hosts pointed at this lab's (the seed names its own)."""
+    path = os.path.join(dst, "group_vars", "lab.yml")
+    lab_vars = _load(path)
+    lab_vars["ansible_ssh_common_args"] = ("-o UserKnownHostsFile=/var/lib/qemulab/labs/%s/known_hosts "
+                                           "-o StrictHostKeyChecking=yes" % lab_name)
+    _dump(path, lab_vars)
+
+
 def seed_variant_inventory(dst, lab_name, port_base, model=None, vhost=None):
     """A copy of inventories/seed under its own lab name, namespace and SSH ports; `model`/`vhost` on every NIC."""
     shutil.copytree(SEED_INVENTORY, dst)
@@ -48,6 +57,7 @@ def seed_variant_inventory(dst, lab_name, port_base, model=None, vhost=None):
     all_vars["lab_name"] = lab_name
     all_vars["lab_netns"] = lab_name
     _dump(os.path.join(dst, "group_vars", "all.yml"), all_vars)
+    _known_hosts_of(dst, lab_name)
     ports = {}
     for index, vm in enumerate(SEED_VMS):
         path = os.path.join(dst, "host_vars", vm + ".yml")
@@ -88,6 +98,7 @@ def chain_inventory(dst, size, lab_name, port_base):
         # 16 TCG guests booting on two cores take longer than the role's default wait
         "vm_launch_wait_timeout": 900})
     shutil.copy(os.path.join(SEED_INVENTORY, "group_vars", "lab.yml"), os.path.join(dst, "group_vars", "lab.yml"))
+    _known_hosts_of(dst, lab_name)
     ports = {}
     for pos, name in enumerate(names):
         nics, routes, hv = [], [], {}

@@ -29,7 +29,8 @@ import zlib
 
 # Bumped when the build procedure changes in a way the inputs do not show.
 # 2: the image also carries the kernel uncompressed (vmlinux), which QEMU boots through its PVH entry.
-IMAGE_FORMAT = 2
+# 3: no SSH keys in the image: the authorized key and each guest's host key come through fw_cfg at boot.
+IMAGE_FORMAT = 3
 MANIFEST = "manifest.json"
 IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.ext4")
 DEBIAN_SUITES = ("buster", "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable")
@@ -162,8 +163,8 @@ def tree_digest(paths):
     return h.hexdigest()
 
 
-def image_inputs(suite, mirror, packages, kernel_version, files_digest, authorized_key, disk_size_mb,
-                 initramfs_modules):
+def image_inputs(suite, mirror, packages, kernel_version, files_digest, disk_size_mb, initramfs_modules):
+    """What the image is built from; no key is among them, so one image serves every lab host key and guest."""
     return {
         "format": IMAGE_FORMAT,
         "suite": suite,
@@ -171,7 +172,6 @@ def image_inputs(suite, mirror, packages, kernel_version, files_digest, authoriz
         "packages": sorted(set(packages)),
         "kernel_version": kernel_version,
         "files": files_digest,
-        "authorized_key": authorized_key.strip(),
         "disk_size_mb": disk_size_mb,
         "initramfs_modules": list(initramfs_modules),
     }
@@ -464,8 +464,8 @@ TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", 
         "var/lib/apt/lists", "var/cache/debconf/templates.dat-old", "var/cache/debconf/config.dat-old")
 
 
-def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, initramfs_init, authorized_key,
-                disk_size_mb, initramfs_modules, deb_cache_dir, log):
+def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, initramfs_init, disk_size_mb,
+                initramfs_modules, deb_cache_dir, log):
     """Build a complete image under `key`; nothing named by the key exists unless every step succeeded."""
     os.makedirs(cache_dir, exist_ok=True)
     remove_stale_builds(cache_dir)
@@ -497,16 +497,11 @@ def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, init
         release = releases[-1]
 
         _copy_tree(files_dir, rootfs)
-        ssh_dir = os.path.join(rootfs, "root", ".ssh")
-        os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
-        with open(os.path.join(ssh_dir, "authorized_keys"), "w") as f:
-            f.write(authorized_key.strip() + "\n")
-        os.chmod(os.path.join(ssh_dir, "authorized_keys"), 0o600)
-        # One host key made at build time: generating keys at boot costs seconds under TCG.
+        os.makedirs(os.path.join(rootfs, "root", ".ssh"), mode=0o700, exist_ok=True)
+        # No keys in the image: qemulab-init installs the lab host's authorized key and the guest's own host key
+        # from fw_cfg at every boot (vm_launch makes one host key per VM), so no two guests share a host key.
         for old in glob.glob(os.path.join(rootfs, "etc", "ssh", "ssh_host_*")):
             os.unlink(old)
-        _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "qemulab-guest",
-              "-f", os.path.join(rootfs, "etc", "ssh", "ssh_host_ed25519_key")], "ssh host key")
         with open(os.path.join(rootfs, "etc", "network", "interfaces"), "w") as f:
             f.write("# Written by the qemulab guest_network role; qemulab-init runs ifup -a at boot.\n"
                     "auto lo\niface lo inet loopback\n")

@@ -12,8 +12,8 @@ short_description: Build or reuse the cached default guest image (kernel, tiny i
 version_added: 0.1.0
 description:
   - Makes sure a guest image built from exactly the given inputs exists under O(cache_dir)/<key>/, where <key> is a
-    hash of the inputs (suite, mirror, package list, kernel version, the files put into the guest, the authorized
-    SSH key, disk size, initramfs modules). Files are C(vmlinuz), C(vmlinux) (the same kernel uncompressed, when its
+    hash of the inputs (suite, mirror, package list, kernel version, the files put into the guest, disk size,
+    initramfs modules). Files are C(vmlinuz), C(vmlinux) (the same kernel uncompressed, when its
     payload decompresses to an ELF with a PVH entry), C(initrd.img), C(disk.ext4) and C(manifest.json).
   - An existing image with the same key is reused (changed false, no network access beyond C(apt-cache policy)).
     Otherwise it is built with C(debootstrap --variant=minbase), the tiny initramfs is assembled from the guest's own
@@ -21,6 +21,10 @@ description:
     renamed into place only when complete.
   - The kernel command line returned in RV(append) boots the guest's own init (no systemd); the per-VM part
     (C(qemulab.nics=), C(qemulab.mgmt=), C(qemulab.hostname=)) is added by the lab roles.
+  - The image holds no SSH key. Its init installs, at every boot, the authorized key from the fw_cfg item
+    C(opt/qemulab/authorized_keys) and the guest's host key from C(opt/qemulab/ssh_host_ed25519_key) (the
+    qemulab.network.vm_launch role hands over both, a host key of its own per VM); a guest booted without a host key
+    makes one. So one image serves any key, and no two guests share a host key.
 author:
   - qemulab developers (@qemulab)
 requirements:
@@ -73,10 +77,6 @@ options:
     type: list
     elements: str
     default: [virtio_pci, virtio_blk, crc32c_generic, ext4]
-  authorized_key:
-    description: SSH public key (one line) allowed to log in as root.
-    type: str
-    required: true
   disk_size_mb:
     description: Size of the raw ext4 base disk in MiB.
     type: int
@@ -100,7 +100,6 @@ EXAMPLES = r"""
     packages: [linux-image-amd64, busybox-static, kmod, ifupdown, iproute2, openssh-server, python3]
     files_dir: "{{ role_path }}/files/rootfs"
     initramfs_init: "{{ role_path }}/files/initramfs-init"
-    authorized_key: "{{ lookup('ansible.builtin.file', '/var/lib/qemulab/ssh/id_ed25519.pub') }}"
   register: image
 """
 
@@ -170,7 +169,6 @@ def main():
             files_dir=dict(type="path", required=True),
             initramfs_init=dict(type="path", required=True),
             initramfs_modules=dict(type="list", elements="str", default=["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]),
-            authorized_key=dict(type="str", required=True, no_log=False),
             disk_size_mb=dict(type="int", default=2048),
             kernel_args=dict(type="str", default="console=ttyS0 quiet"),
         ),
@@ -187,8 +185,8 @@ def main():
             module.fail_json(msg="guest_image: apt-cache policy linux-image-amd64 has no candidate on this host; "
                                  "run apt-get update or set kernel_version (guest_image_kernel_version)")
         inputs = image_inputs(p["suite"], mirror, p["packages"], kernel_version,
-                              tree_digest([p["files_dir"], p["initramfs_init"]]), p["authorized_key"],
-                              p["disk_size_mb"], p["initramfs_modules"])
+                              tree_digest([p["files_dir"], p["initramfs_init"]]), p["disk_size_mb"],
+                              p["initramfs_modules"])
         key = image_key(inputs)
         paths = image_paths(p["cache_dir"], key)
         manifest = read_image(p["cache_dir"], key)
@@ -211,8 +209,8 @@ def main():
                 if manifest is None:
                     manifest = build_image(
                         p["cache_dir"], key, inputs, mirror, p["packages"], p["suite"], p["files_dir"],
-                        p["initramfs_init"], p["authorized_key"], p["disk_size_mb"], p["initramfs_modules"],
-                        p["deb_cache_dir"], module.log)
+                        p["initramfs_init"], p["disk_size_mb"], p["initramfs_modules"], p["deb_cache_dir"],
+                        module.log)
             result["manifest"] = manifest
             result["kernel"] = boot_kernel(paths, manifest)
     except GuestImageError as e:

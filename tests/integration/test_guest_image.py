@@ -103,6 +103,20 @@ def test_role_outputs_point_at_a_complete_cached_image(image):
     assert "Filesystem volume name:   qemulab-root" in disk.stdout
 
 
+def test_a_new_ssh_key_reuses_the_image(image, tmp_path):
+    """The image holds no key: a lab host with another guest key (a fresh one here) gets the same image."""
+    res = run_playbook(ROLE_PLAY, extra_vars={"guest_image_ssh_key": str(tmp_path / "other_key")}, check=True)
+    assert res.rc == 0, res
+    build = res.result(ROLE_TASK + "Build or reuse the guest image")
+    assert build["changed"] is False and build["key"] == image["build"]["key"]
+    assert "authorized_key" not in build["manifest"]["inputs"]
+    res = run_playbook(ROLE_PLAY, extra_vars={"guest_image_ssh_key": str(tmp_path / "other_key")})
+    assert res.rc == 0, res
+    assert res.result(ROLE_TASK + "Build or reuse the guest image")["key"] == image["build"]["key"]
+    published = res.result(ROLE_TASK + "Publish the image for the lab roles")["ansible_facts"]
+    assert published["guest_image_authorized_key"] == (tmp_path / "other_key.pub").read_text().strip()
+
+
 def test_second_run_reuses_the_image_in_under_a_second(image):
     res = run_playbook(ROLE_PLAY)
     assert res.rc == 0, res
@@ -138,13 +152,25 @@ def test_changed_input_means_rebuild_and_check_mode_builds_nothing(image):
     assert not [n for n in os.listdir("/var/cache/qemulab/images") if n.startswith(f".build-{build['key']}")]
 
 
+def _keygen(path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.read_text(), (path.parent / (path.name + ".pub")).read_text()
+
+
 @pytest.fixture
-def vm(image):
-    """One VM from an overlay through disk_overlay + qemu_vm: e1000 lab NIC first, virtio second, virtio mgmt."""
+def vm(image, tmp_path):
+    """One VM from an overlay through disk_overlay + qemu_vm: e1000 lab NIC first, virtio second, virtio mgmt.
+
+    Its keys are this test's own, handed over through fw_cfg as vm_launch does: a client key the lab host never
+    made, and a host key its known_hosts lists, so the image serves any key and the guest shows the one it got."""
     lab = "qlg" + secrets.token_hex(3)
     name = "vm1"
     overlay = f"/var/lib/qemulab/labs/{lab}/{name}.qcow2"
     port = _free_port()
+    _client_private, client_public = _keygen(tmp_path / "client")
+    host_private, host_public = _keygen(tmp_path / "host")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {' '.join(host_public.split()[:2])}\n")
     macs = {"eth0": "52:54:00:a1:00:01", "eth1": "52:54:00:a1:00:02", "mgmt0": "52:54:00:a1:00:0f"}
     vars_ = {"lab": lab, "name": name, "overlay": overlay, "port": port, "macs": macs,
              "append": f"{image['guest_image_append']} qemulab.nics={macs['eth0']},{macs['eth1']} "
@@ -153,7 +179,9 @@ def vm(image):
              # What vm_launch hands a lab guest at boot. The address sits on a restricted user-mode NIC inside the
              # guest: no host interface carries it and no packet can leave.
              "fw_cfg": [{"name": "opt/qemulab/interfaces", "content": FW_CFG_INTERFACES},
-                        {"name": "opt/qemulab/sysctl", "content": "net.ipv4.ip_forward = 1\n"}]}
+                        {"name": "opt/qemulab/sysctl", "content": "net.ipv4.ip_forward = 1\n"},
+                        {"name": "opt/qemulab/authorized_keys", "content": client_public},
+                        {"name": "opt/qemulab/ssh_host_ed25519_key", "content": host_private}]}
     up = """
 - name: Start
   hosts: localhost
@@ -197,7 +225,7 @@ def vm(image):
         state: absent
 """
     info = dict(vars_, up=run_playbook(up, extra_vars=vars_), down=lambda: run_playbook(down, extra_vars=vars_),
-                key=image["guest_image_ssh_key"])
+                key=str(tmp_path / "client"), known_hosts=str(known_hosts))
     try:
         yield info
     finally:
@@ -215,9 +243,9 @@ def vm(image):
 
 
 def _ssh(vm, command):
-    argv = ["ssh", "-i", vm["key"], "-p", str(vm["port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
-            "root@127.0.0.1", command]
+    argv = ["ssh", "-i", vm["key"], "-p", str(vm["port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", "UserKnownHostsFile=" + vm["known_hosts"], "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=10", "root@127.0.0.1", command]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
@@ -240,11 +268,17 @@ def test_guest_boots_to_ssh_with_renamed_nics_and_powers_off_on_acpi(vm, image):
     # qemu_vm's default virtio RNG is in use, so the boot did not wait for timer-jitter entropy.
     rng = _ssh(vm, "cat /sys/devices/virtual/misc/hw_random/rng_current; dmesg | grep -c 'crng init done'")
     assert rng.stdout.split()[0].startswith("virtio_rng"), rng.stdout
-    pw = subprocess.run(["ssh", "-p", str(vm["port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                         "-o", "UserKnownHostsFile=/dev/null", "-o", "PreferredAuthentications=password",
+    pw = subprocess.run(["ssh", "-p", str(vm["port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                         "-o", "UserKnownHostsFile=" + vm["known_hosts"], "-o", "PreferredAuthentications=password",
                          "-o", "PubkeyAuthentication=no", "root@127.0.0.1", "true"],
                         capture_output=True, text=True, timeout=30)
-    assert pw.returncode != 0
+    assert pw.returncode != 0 and "Host key verification failed" not in pw.stderr, pw.stderr
+    # Only the key handed over at boot: the lab host's own guest key is not baked into the image.
+    other = subprocess.run(["ssh", "-i", image["guest_image_ssh_key"], "-p", str(vm["port"]), "-o", "BatchMode=yes",
+                            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes",
+                            "-o", "UserKnownHostsFile=" + vm["known_hosts"], "root@127.0.0.1", "true"],
+                           capture_output=True, text=True, timeout=30)
+    assert other.returncode != 0 and "Permission denied" in other.stderr, other.stderr
 
     # eth0 is the e1000 (probed first or not), eth1 the virtio lab NIC, mgmt0 the management NIC with 10.0.2.15/24.
     out = _ssh(vm, "for n in eth0 eth1 mgmt0; do echo $n $(cat /sys/class/net/$n/address) "
