@@ -1,8 +1,11 @@
-"""Unit tests (temporary directories, no kernel objects): lab_dirs removes a lab's directory only when it is a real
+"""Unit tests (temporary directories, no kernel objects): lab_dirs creates a lab's two directories with their claims
+in one run (never through a link, never over another lab's claim), removes a lab's directory only when it is a real
 directory whose lab.json claims that lab, keeps anything else with a warning, and refuses a bad lab name before
 reading anything."""
+import grp
 import json
 import os
+import stat
 
 import pytest
 import yaml
@@ -220,7 +223,7 @@ def test_docs_match_argument_spec():
         documented = doc["options"][name]
         for key in ("type", "default", "choices", "required", "elements"):
             assert documented.get(key) == option.get(key), (name, key)
-    assert sorted(yaml.safe_load(lab_dirs.RETURN)) == ["kept", "lab", "removed"]
+    assert sorted(yaml.safe_load(lab_dirs.RETURN)) == ["claimed", "created", "fixed", "kept", "lab", "removed"]
     for task in yaml.safe_load(lab_dirs.EXAMPLES):
         assert set(task["qemulab.network.lab_dirs"]) <= set(spec)
 
@@ -232,3 +235,196 @@ def test_unreadable_root_fails_naming_it(monkeypatch, roots):
     monkeypatch.setattr(lab_dirs, "_open_dir", denied)
     result = run(monkeypatch, lab="seed", **roots)
     assert result["failed"] and roots["run_root"] in result["msg"] and "nothing was removed" in result["msg"]
+
+
+# state=present
+
+CLAIM_TEXT = '{\n    "inventory": "/inv/seed",\n    "lab": "seed",\n    "netns": "qemulab-seed"\n}\n'
+PRESENT = dict(lab="seed", inventory="/inv/seed", netns="qemulab-seed", state="present")
+
+
+def paths_of(roots, lab="seed"):
+    return os.path.join(roots["run_root"], lab), os.path.join(roots["state_dir"], "labs", lab)
+
+
+def attrs(path):
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, "%04o" % stat.S_IMODE(st.st_mode)
+
+
+def other_group():
+    """A gid that is not root's, and its name."""
+    for entry in grp.getgrall():
+        if entry.gr_gid != 0:
+            return entry.gr_gid, entry.gr_name
+    pytest.skip("no group other than root on this host")
+
+
+@pytest.fixture
+def fresh_roots(tmp_path):
+    """Roots that do not exist yet (the module makes them)."""
+    return {"run_root": str(tmp_path / "run" / "qemulab"), "state_dir": str(tmp_path / "state")}
+
+
+def test_present_creates_both_directories_their_roots_and_claims(monkeypatch, fresh_roots):
+    run_dir, disk_dir = paths_of(fresh_roots)
+    result = run(monkeypatch, diff=True, **PRESENT, **fresh_roots)
+    assert result["changed"] and not result.get("failed")
+    run_parent, labs = os.path.dirname(fresh_roots["run_root"]), os.path.join(fresh_roots["state_dir"], "labs")
+    assert result["created"] == [run_parent, fresh_roots["run_root"], run_dir, fresh_roots["state_dir"], labs, disk_dir]
+    assert result["claimed"] == [os.path.join(run_dir, "lab.json"), os.path.join(disk_dir, "lab.json")]
+    assert result["fixed"] == []
+    assert attrs(run_dir) == (0, 0, "0700") and attrs(disk_dir) == (0, 0, "0700")
+    assert attrs(fresh_roots["run_root"]) == (0, 0, "0755") and attrs(run_parent) == (0, 0, "0755")
+    assert attrs(labs) == (0, 0, "0700") and attrs(fresh_roots["state_dir"]) == (0, 0, "0700")
+    for directory in (run_dir, disk_dir):
+        claim = os.path.join(directory, "lab.json")
+        assert attrs(claim) == (0, 0, "0600") and open(claim).read() == CLAIM_TEXT
+        assert os.listdir(directory) == ["lab.json"]  # no temporary file left behind
+    diff = result["diff"]
+    assert diff["before"] == {"paths": {}}
+    assert diff["after"]["paths"][run_dir] == {"owner": 0, "group": 0, "mode": "0700"}
+    assert diff["after"]["paths"][fresh_roots["run_root"]] == {"owner": 0, "group": 0, "mode": "0755"}
+    assert diff["after"]["paths"][os.path.join(disk_dir, "lab.json")] == {
+        "owner": 0, "group": 0, "mode": "0600", "content": CLAIM_TEXT}
+
+
+def test_present_twice_is_no_change(monkeypatch, fresh_roots):
+    run(monkeypatch, **PRESENT, **fresh_roots)
+    again = run(monkeypatch, diff=True, **PRESENT, **fresh_roots)
+    assert not again["changed"] and not again.get("failed")
+    assert again["created"] == again["fixed"] == again["claimed"] == []
+    assert again["diff"]["before"] == again["diff"]["after"]
+
+
+def test_present_keeps_a_claim_written_by_the_former_copy_task(monkeypatch, roots):
+    """The role's copy task wrote to_nice_json plus a newline: the same bytes, so upgrading changes nothing."""
+    for directory in paths_of(roots):
+        os.mkdir(directory, 0o700)
+        with open(os.path.join(directory, "lab.json"), "w") as f:
+            f.write(json.dumps({"lab": "seed", "inventory": "/inv/seed", "netns": "qemulab-seed"}, indent=4,
+                               sort_keys=True, separators=(",", ": ")) + "\n")
+        os.chmod(os.path.join(directory, "lab.json"), 0o600)
+    assert not run(monkeypatch, **PRESENT, **roots)["changed"]
+
+
+def test_present_in_check_mode_reports_the_same_and_creates_nothing(monkeypatch, fresh_roots, tmp_path):
+    checked = run(monkeypatch, check=True, diff=True, **PRESENT, **fresh_roots)
+    assert os.listdir(str(tmp_path)) == []
+    applied = run(monkeypatch, diff=True, **PRESENT, **fresh_roots)
+    keys = ("changed", "created", "fixed", "claimed", "diff")
+    assert {k: checked[k] for k in keys} == {k: applied[k] for k in keys}
+    # and once in place, check mode agrees that nothing would change
+    assert not run(monkeypatch, check=True, **PRESENT, **fresh_roots)["changed"]
+
+
+def test_present_with_a_group_gives_the_run_directory_0710_and_that_gid(monkeypatch, fresh_roots):
+    gid, name = other_group()
+    run_dir, disk_dir = paths_of(fresh_roots)
+    result = run(monkeypatch, group=str(gid), **PRESENT, **fresh_roots)
+    assert result["changed"] and attrs(run_dir) == (0, gid, "0710") and attrs(disk_dir) == (0, 0, "0700")
+    assert not run(monkeypatch, group=name, **PRESENT, **fresh_roots)["changed"]  # by name: the same group
+    back = run(monkeypatch, **PRESENT, **fresh_roots)  # QEMU runs as root again
+    assert back["changed"] and back["fixed"] == [run_dir] and back["claimed"] == []
+    assert attrs(run_dir) == (0, 0, "0700")
+
+
+def test_present_fixes_mode_and_claim_of_an_existing_directory(monkeypatch, roots):
+    run_dir, disk_dir = paths_of(roots)
+    os.mkdir(run_dir, 0o755)
+    os.chmod(run_dir, 0o755)
+    lab_dir(os.path.join(roots["state_dir"], "labs"), "seed", claim="seed")  # claim of seed, other inventory
+    os.chmod(disk_dir, 0o700)
+    result = run(monkeypatch, diff=True, **PRESENT, **roots)
+    assert result["created"] == [] and result["fixed"] == [run_dir]
+    assert result["claimed"] == [os.path.join(run_dir, "lab.json"), os.path.join(disk_dir, "lab.json")]
+    assert attrs(run_dir) == (0, 0, "0700") and open(os.path.join(disk_dir, "lab.json")).read() == CLAIM_TEXT
+    assert os.path.isfile(os.path.join(disk_dir, "keep"))
+    assert result["diff"]["before"]["paths"][run_dir]["mode"] == "0755"
+
+
+def test_present_refuses_a_link_in_place_of_the_lab_directory_and_leaves_its_target(monkeypatch, roots, tmp_path):
+    target = lab_dir(str(tmp_path), "precious", files=("data",))
+    os.chmod(target, 0o755)
+    link = os.path.join(roots["run_root"], "seed")
+    os.symlink(target, link)
+    result = run(monkeypatch, **PRESENT, **roots)
+    assert result["failed"] and link in result["msg"] and "symbolic link" in result["msg"]
+    assert "nothing was changed" in result["msg"]
+    assert os.path.islink(link) and os.listdir(target) == ["data"] and attrs(target)[2] == "0755"
+    assert not os.path.lexists(paths_of(roots)[1])  # refused before the disk directory was made
+
+
+def test_present_refuses_a_file_in_place_of_the_lab_directory(monkeypatch, roots):
+    path = os.path.join(roots["state_dir"], "labs", "seed")
+    with open(path, "w") as f:
+        f.write("x")
+    result = run(monkeypatch, **PRESENT, **roots)
+    assert result["failed"] and path in result["msg"] and "not a directory" in result["msg"]
+
+
+def test_present_refuses_another_labs_claim(monkeypatch, roots):
+    run_dir = lab_dir(roots["run_root"], "seed", claim="other")
+    before = open(os.path.join(run_dir, "lab.json")).read()
+    result = run(monkeypatch, **PRESENT, **roots)
+    assert result["failed"] and run_dir in result["msg"] and "claims lab 'other'" in result["msg"]
+    assert open(os.path.join(run_dir, "lab.json")).read() == before
+    assert not os.path.lexists(paths_of(roots)[1])
+
+
+@pytest.mark.parametrize("kind", ["link", "broken", "directory"])
+def test_present_refuses_a_claim_that_is_not_a_claim(monkeypatch, roots, tmp_path, kind):
+    run_dir = lab_dir(roots["run_root"], "seed")
+    claim = os.path.join(run_dir, "lab.json")
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("precious")
+    if kind == "link":
+        os.symlink(str(elsewhere), claim)
+    elif kind == "broken":
+        with open(claim, "w") as f:
+            f.write("{not json")
+    else:
+        os.mkdir(claim)
+    result = run(monkeypatch, **PRESENT, **roots)
+    assert result["failed"] and claim in result["msg"]
+    assert elsewhere.read_text() == "precious"
+
+
+def test_present_claims_an_unclaimed_directory(monkeypatch, roots):
+    run_dir = lab_dir(roots["run_root"], "seed")
+    os.chmod(run_dir, 0o700)
+    result = run(monkeypatch, **PRESENT, **roots)
+    assert result["changed"] and os.path.join(run_dir, "lab.json") in result["claimed"]
+    assert os.path.isfile(os.path.join(run_dir, "keep"))
+
+
+def test_present_refuses_an_unknown_group_and_a_bad_name(monkeypatch, fresh_roots, tmp_path):
+    result = run(monkeypatch, group="no-such-group-qemulab", **PRESENT, **fresh_roots)
+    assert result["failed"] and "no-such-group-qemulab" in result["msg"] and os.listdir(str(tmp_path)) == []
+    bad = run(monkeypatch, **dict(PRESENT, lab="../x"), **fresh_roots)
+    assert bad["failed"] and bad["msg"].endswith("nothing was changed") and os.listdir(str(tmp_path)) == []
+
+
+def test_absent_after_present_removes_both(monkeypatch, fresh_roots):
+    run_dir, disk_dir = paths_of(fresh_roots)
+    run(monkeypatch, **PRESENT, **fresh_roots)
+    result = run(monkeypatch, lab="seed", state="absent", **fresh_roots)
+    assert result["changed"] and result["removed"] == [disk_dir, run_dir] and result["warnings"] == []
+    assert not os.path.lexists(run_dir) and not os.path.lexists(disk_dir)
+    assert os.path.isdir(fresh_roots["run_root"])  # the roots stay
+
+
+def test_claim_is_replaced_atomically_through_the_directory_fd(tmp_path):
+    directory = tmp_path / "lab"
+    directory.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    os.symlink(str(victim), str(directory / "lab.json"))
+    fd = os.open(str(directory), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        lab_dirs.write_claim(fd, b"new\n")
+    finally:
+        os.close(fd)
+    assert victim.read_text() == "keep"  # the link itself is replaced, its target is not written
+    assert not os.path.islink(str(directory / "lab.json")) and (directory / "lab.json").read_text() == "new\n"
+    assert os.listdir(str(directory)) == ["lab.json"]
