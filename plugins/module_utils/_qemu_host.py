@@ -8,6 +8,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -206,12 +208,29 @@ def probe_kvm(binary, kernel, timeout=10.0):
 _ACCEL_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def _cache_lock(cache_path):
+    """An flock on the cache's directory: labs started together (other processes) probe once and never lose each
+    other's entries in the read-modify-write of the cache. The kernel drops it when a killed holder dies."""
+    directory = os.path.dirname(cache_path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def resolve_accelerator(requested, binary, kernel, cache_path=ACCEL_CACHE, probe=True):
     """(accelerator, reason). `auto` uses the per-host cache keyed by kernel release and QEMU version."""
     if requested in ("kvm", "tcg"):
         return requested, "%s requested" % requested
     with _ACCEL_LOCK:  # VMs started together probe once
-        return _resolve_auto(binary, kernel, cache_path, probe)
+        if not probe:  # check mode writes nothing, so it needs no lock (and may lack the directory)
+            return _resolve_auto(binary, kernel, cache_path, probe)
+        with _cache_lock(cache_path):
+            return _resolve_auto(binary, kernel, cache_path, probe)
 
 
 def _resolve_auto(binary, kernel, cache_path, probe):

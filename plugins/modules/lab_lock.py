@@ -11,22 +11,37 @@ module: lab_lock
 short_description: Hold a lab's run lock for the rest of the playbook run
 version_added: 0.1.0
 description:
-  - Takes an exclusive C(flock) on O(path) and keeps it until the C(ansible-playbook) process that ran the task
+  - Takes an exclusive C(flock) on the lock file (of O(lab), or O(path)) and keeps it until the C(ansible-playbook) process that ran the task
     ends, however it ends. The kernel drops the lock when its holder dies, so a killed run never leaves the lab locked.
   - A second run of the same lab waits up to O(timeout) seconds for the first one to finish, then fails naming the
     process that holds the lock. Runs of one lab are therefore serialised, never interleaved.
   - Runs on the controller (an action plugin), which is the lab host while the only supported hypervisor is local.
   - The lock file is removed when the run that holds it ends normally.
+  - One of O(lab) and O(path) is required; they are mutually exclusive.
 author:
   - qemulab developers (@qemulab)
 options:
-  path:
-    description: The lock file, conventionally C(/run/qemulab/<lab>.lock), beside the lab's run directory.
+  lab:
+    description:
+      - The lab whose lock to take - C(<run_root>/<lab>.lock). A name that breaks the lab name rule (lower-case
+        letters, digits and C(-), starting with a letter or digit, at most 15 characters) locks nothing and is no
+        failure here; RV(locked) is then false and RV(msg) says why (the lab plan lists the inventory's problems
+        before anything changes).
+      - The lab playbook takes this lock first, before it reads the lab's claim, so two runs of one lab name never
+        both read a claim that neither has written yet.
+    type: str
+  run_root:
+    description: Directory the lock file of O(lab) lies in, beside the labs' run directories.
     type: path
-    required: true
+    default: /run/qemulab
+  path:
+    description: The lock file itself, instead of O(lab) and O(run_root).
+    type: path
   timeout:
-    description: Seconds to wait for another run to release the lock.
-    type: int
+    description:
+      - Seconds to wait for another run to release the lock, 0 to 86400, read as the lab plan reads
+        C(lab_lock_timeout). Any other value locks nothing (RV(locked) false; the plan reports the field).
+    type: raw
     default: 600
 attributes:
   check_mode:
@@ -40,13 +55,26 @@ attributes:
 EXAMPLES = r"""
 - name: Serialise runs of the seed lab
   qemulab.network.lab_lock:
-    path: /run/qemulab/seed.lock
+    lab: seed
     timeout: 600
+  register: seed_lock
+
+- name: Stop unless the lock is held
+  ansible.builtin.assert:
+    that: seed_lock.locked
 """
 
 RETURN = r"""
+locked:
+  description: Whether this run now holds the lock.
+  returned: always
+  type: bool
+lab:
+  description: O(lab) as given.
+  returned: always
+  type: str
 path:
-  description: The lock file.
+  description: The lock file (null when O(lab) breaks the name rule).
   returned: always
   type: str
 holder_of:

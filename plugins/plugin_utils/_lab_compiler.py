@@ -142,6 +142,7 @@ class _Compiler(object):
         self.check_files = check_files
         self.host_resources = host_resources if _is_mapping(host_resources) else {}
         self.problems = _Problems()
+        self.claim_errors = []
         # address -> (owner, field) of its first user, for duplicates across VMs and host ports
         self.addresses = {}
         self.macs = {}
@@ -237,7 +238,7 @@ class _Compiler(object):
         inventory_dir = self.overrides.get("inventory_dir")
         if inventory_dir is None:
             inventory_dir = _get(hv_vars, "inventory_dir", problems, hv_owner)
-        self.check_claim(lab_name, inventory_dir, hv_owner)
+        self.check_claim(lab_name, inventory_dir, hv_owner, lab["lab_cleanup_force"])
 
         vms = self.plan_vms(lab_name, hypervisors or [hypervisor])
         host_ports = self.plan_host_ports(lab["lab_host_ports"], hv_owner)
@@ -276,8 +277,11 @@ class _Compiler(object):
             "errors": list(problems.messages),
             "cleanup_errors": list(problems.cleanup),
         }
-        # render: nothing is rendered for an invalid lab, so no role can act on half a plan
-        plan["hosts"] = {} if plan["errors"] else _lab_render.render(plan)
+        # render: nothing is rendered for an invalid lab, so no role can act on half a plan. Another inventory's
+        # claim is the lab host's state, not a defect of this plan: it is rendered (a bring-up still stops on the
+        # error), so a forced cleanup's plays find their arguments.
+        defects = [message for message in plan["errors"] if message not in self.claim_errors]
+        plan["hosts"] = {} if defects else _lab_render.render(plan)
         # a guest's own arguments, found by its name wherever it runs (the plays on the guests look them up so)
         plan["guests"] = dict((name, guest) for host in plan["hosts"].values() for name, guest in host["guests"].items())
         return plan
@@ -291,15 +295,20 @@ class _Compiler(object):
                 return entry
         return {}
 
-    def check_claim(self, lab_name, inventory_dir, owner):
+    def check_claim(self, lab_name, inventory_dir, owner, cleanup_force=False):
+        """Another inventory's claim refuses a bring-up, and a cleanup unless lab_cleanup_force is true."""
         if not lab_name or lab_name not in self.claims:
             return
         claimed = self.claims[lab_name]
         here = inventory_dir if _is_str(inventory_dir) else ""
         if _norm_path(claimed) != _norm_path(here):
             self.problems.add(owner, "lab_name", "%s is already claimed by the running lab of inventory %s (this is "
-                              "%s); tear that lab down first or choose another lab_name"
+                              "%s); tear that lab down first (from that inventory, or from this one with "
+                              "lab_cleanup_force: true) or choose another lab_name"
                               % (lab_name, claimed, here or "an inventory without a directory"))
+            self.claim_errors.append(self.problems.messages[-1])
+            if cleanup_force:
+                self.problems.cleanup.remove(self.problems.messages[-1])
 
     # -- VMs --------------------------------------------------------------------------------------------------
     def vm_names(self, hypervisors):

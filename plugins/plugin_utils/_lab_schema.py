@@ -313,6 +313,11 @@ SCHEMA = (
     Field("lab", "lab_lock_timeout", _integer(0, 86400, "a number of seconds"), 600,
           "How long a run of `lab.yml` waits for another run of the same lab (which holds "
           "`/run/qemulab/<lab_name>.lock`) to end before it fails naming that run.", "`1800`"),
+    Field("lab", "lab_cleanup_force", _boolean, False,
+          "Let a cleanup (`--tags cleanup`) remove a lab whose claim (`lab.json`) names another inventory "
+          "directory; without it such a cleanup is refused before anything is removed. Meant for one run, as "
+          "`-e '{\"lab_cleanup_force\": true}'`; a bring-up of a lab another inventory claims is refused whatever "
+          "it says.", "`true`"),
 
     # -- per VM: the VM's host variables ---------------------------------------------------------------------------
     Field("vm", "inventory_hostname", _name("vm"), MISSING,

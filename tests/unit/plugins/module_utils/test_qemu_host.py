@@ -104,3 +104,41 @@ def test_unknown_run_as_user_is_named_with_the_fix():
         resolve_user(config)
     assert resolve_user(normalise_config(dict(name="rt1")))["uid"] == 0
     assert resolve_user(normalise_config(dict(name="rt1", run_as="nobody")))["name"] == "nobody"
+
+
+def test_labs_started_together_probe_once_and_keep_every_cache_entry(tmp_path, monkeypatch):
+    """Issue 14: accel.json is shared by every lab on the host. Four processes (two labs' VMs on each of two QEMU
+    binaries) resolve `auto` at once with an empty cache: each binary is probed once, and neither entry is lost in
+    the read-modify-write of the cache. Without the cache's flock all four probe."""
+    import os
+    import time
+
+    cache, probes = tmp_path / "cache" / "accel.json", tmp_path / "probes.log"
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+
+    def slow_probe(binary, kernel_path):
+        with open(str(probes), "a") as log:
+            log.write(binary + "\n")
+        time.sleep(0.5)  # a real probe boots a guest for seconds
+        return False, "probed by %d" % os.getpid()
+
+    monkeypatch.setattr(_qemu_host, "probe_kvm", slow_probe)
+    monkeypatch.setattr(_qemu_host, "qemu_version", lambda binary: "7.2.22")
+    start_r, start_w = os.pipe()
+    children = []
+    for binary in ("qemu-a", "qemu-b", "qemu-a", "qemu-b"):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            status = 1
+            try:
+                os.read(start_r, 1)
+                status = 0 if resolve_accelerator("auto", binary, str(kernel), str(cache))[0] == "tcg" else 1
+            finally:
+                os._exit(status)
+        children.append(pid)
+    os.write(start_w, b"go!!")
+    assert [os.waitpid(pid, 0)[1] for pid in children] == [0, 0, 0, 0]
+    assert sorted(probes.read_text().split()) == ["qemu-a", "qemu-b"]
+    stored = json.loads(cache.read_text())
+    assert sorted(key.split("|")[1] for key in stored) == ["qemu-a", "qemu-b"]

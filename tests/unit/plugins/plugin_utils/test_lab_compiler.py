@@ -91,3 +91,33 @@ def test_a_cleanup_stops_for_a_bad_lab_name_only(name):
     hostvars["localhost"]["lab_name"] = "lab1"
     plan = compile_lab(hostvars, groups)
     assert plan["cleanup_errors"] == [] and plan["errors"]
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_cleanup_honours_another_inventorys_claim_unless_forced(force):
+    """Issue 14: an inventory may clean up only a lab it claims; lab_cleanup_force lets it, a bring-up never."""
+    hostvars, groups = lab(localhost={"inventory_dir": "/srv/mine", "lab_cleanup_force": force})
+    plan = compile_lab(hostvars, groups, claims={"lab1": "/srv/theirs"})
+    claimed = "localhost: lab_name lab1 is already claimed by the running lab of inventory /srv/theirs"
+    assert [error for error in plan["errors"] if error.startswith(claimed)] != []
+    assert "lab_cleanup_force: true" in plan["errors"][0]
+    assert plan["cleanup_errors"] == ([] if force else [plan["errors"][0]])
+    # its own claim, or none, stops nothing
+    for claims in ({"lab1": "/srv/mine/"}, {}, {"other": "/srv/theirs"}):
+        plan = compile_lab(hostvars, groups, claims=claims)
+        assert plan["errors"] == [] and plan["cleanup_errors"] == []
+
+
+def test_lab_cleanup_force_must_be_a_boolean_and_then_forces_nothing():
+    hostvars, groups = lab(localhost={"inventory_dir": "/srv/mine", "lab_cleanup_force": "yes"})
+    plan = compile_lab(hostvars, groups, claims={"lab1": "/srv/theirs"})
+    assert any(error.startswith("localhost: lab_cleanup_force ") for error in plan["errors"])
+    assert len(plan["cleanup_errors"]) == 1 and "already claimed" in plan["cleanup_errors"][0]
+
+
+def test_a_plan_refused_only_for_a_claim_is_still_rendered_for_a_forced_cleanup():
+    hostvars, groups = lab(localhost={"inventory_dir": "/srv/mine", "lab_cleanup_force": True})
+    plan = compile_lab(hostvars, groups, claims={"lab1": "/srv/theirs"})
+    assert len(plan["errors"]) == 1 and list(plan["hosts"]) == ["localhost"]
+    hostvars["a1"]["vm_memory"] = "8M"  # a defect of the inventory: nothing is rendered
+    assert compile_lab(hostvars, groups, claims={"lab1": "/srv/theirs"})["hosts"] == {}
