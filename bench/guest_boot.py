@@ -66,7 +66,7 @@ def module_seconds(image, workdir):
     files = os.path.join(REPO_ROOT, "roles", "guest_image", "files")
     # kernel_version left empty: the host's apt candidate lookup is part of what a cache hit pays.
     args = {"packages": inputs["packages"], "suite": inputs["suite"], "mirror": inputs["mirror"],
-            "authorized_key": inputs["authorized_key"], "disk_size_mb": inputs["disk_size_mb"],
+            "disk_size_mb": inputs["disk_size_mb"],
             "initramfs_modules": inputs["initramfs_modules"], "files_dir": os.path.join(files, "rootfs"),
             "initramfs_init": os.path.join(files, "initramfs-init")}
     args_file = os.path.join(workdir, "args.json")
