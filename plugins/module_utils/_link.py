@@ -21,6 +21,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     delete_link,
     get_addresses,
     get_link,
+    link_info,
     netlink,
     netns_exists,
     set_link,
@@ -28,7 +29,8 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
 from ansible_collections.qemulab.network.plugins.module_utils._ownership import (
     alias_for,
     foreign_object_error,
-    owner_from_alias,
+    link_owner,
+    mark_is_pending,
     where_text,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._validate import (
@@ -116,13 +118,16 @@ def plan_link(tracker, kind, name, netns, have, want, lab, force, state, expecte
     if have is not None and have["kind"] not in expected_kinds:
         return ("%s %s%s: an interface of that name exists but is of kind %s, not %s; pick another name or remove "
                 "it" % (kind, name, where, have["kind"] or "(plain device)", "/".join(expected_kinds)))
-    owner = owner_from_alias(have["alias"]) if have is not None else None
+    owner = link_owner(have, lab) if have is not None else None
     if have is not None and owner != lab and not force:
         return foreign_object_error(kind, name, where, owner, lab, state)
     if state == "absent":
         if have is not None:
             tracker.add(prefix + "state", "present", "absent")
         return None
+    if have is not None and mark_is_pending(have, lab):
+        # made by this lab and killed before its alias: the alias (compared below) and group 0 complete the mark
+        tracker.add(prefix + "group", have["group"], 0)
     if have is None:
         tracker.add(prefix + "state", "absent", "present")
     base = have if have is not None else FRESH_LINK
@@ -135,17 +140,21 @@ def plan_link(tracker, kind, name, netns, have, want, lab, force, state, expecte
 
 
 def apply_link(ipr, name, tracker, create, prefix=""):
-    """Do what plan_link recorded: create (via `create()`) or delete, then fields; up comes last."""
+    """Do what plan_link recorded: create (via `create()`) or delete, then fields; up comes last. A link just made
+    gets its alias and group 0 in one request (a bridge or veth is made with the lab's pending mark as its group)."""
+    created = False
     if tracker.has(prefix + "state"):
         if tracker.get(prefix + "state")[1] == "absent":
             delete_link(ipr, name)
             return
         create()
+        created = True
 
     def after(field):
         return tracker.get(prefix + field)[1] if tracker.has(prefix + field) else None
 
-    set_link(ipr, name, alias=after("alias"), mtu=after("mtu"), master=after("master"))
+    set_link(ipr, name, alias=after("alias"), group=0 if created else after("group"), mtu=after("mtu"),
+             master=after("master"))
     if tracker.has(prefix + "addresses"):
         before, wanted = tracker.get(prefix + "addresses")
         for address in sorted(set(before or []) - set(wanted)):
@@ -154,6 +163,16 @@ def apply_link(ipr, name, tracker, create, prefix=""):
             add_address(ipr, name, address)
     if after("up") is not None:
         set_link(ipr, name, up=after("up"))
+
+
+def finish_pending_marks(ipr, lab, check_mode=False):
+    """Write the alias (and group 0) of every link in ipr's namespace that carries lab's pending mark: made by the
+    lab, killed before it was marked. Returns their names."""
+    pending = [link for link in (link_info(ipr, msg) for msg in ipr.get_links()) if mark_is_pending(link, lab)]
+    if not check_mode:
+        for link in pending:
+            set_link(ipr, link["name"], alias=alias_for(lab), group=0)
+    return sorted(link["name"] for link in pending)
 
 
 def predicted_view(have, tracker, prefix="", extra_fields=()):

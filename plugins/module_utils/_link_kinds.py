@@ -21,7 +21,11 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     set_bridge_stp,
     write_netns_sysctls,
 )
-from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC
+from ansible_collections.qemulab.network.plugins.module_utils._ownership import (
+    OWNERSHIP_ARGUMENT_SPEC,
+    alias_for,
+    pending_group,
+)
 
 TAP_CREATION_FIELDS = ("owner", "group", "multi_queue")
 
@@ -80,7 +84,9 @@ def bridge_hooks(params):
         if tracker.has("arp_ignore"):
             write_netns_sysctls(params["netns"], {key: arp_ignore})
 
-    return dict(kind="bridge", expected_kinds=("bridge",), create=lambda ipr: add_bridge(ipr, params["name"]),
+    # made with the lab's pending mark as its group: a kill before the alias leaves it recognisably the lab's
+    return dict(kind="bridge", expected_kinds=("bridge",),
+                create=lambda ipr: add_bridge(ipr, params["name"], group=pending_group(params["lab"])),
                 plan_extra=plan_extra, apply_extra=apply_extra, extra_fields=("stp", "arp_ignore"))
 
 
@@ -129,8 +135,9 @@ def tap_hooks(params):
         raise ValueError("tap %s: %s" % (name, exc))
 
     def create(ipr):
+        # marked before it is made persistent: a kill before the alias leaves no tap
         add_tap(ipr, name, owner=want["owner"], group=want["group"], multi_queue=bool(want["multi_queue"]),
-                vnet_hdr=params["vnet_hdr"])
+                vnet_hdr=params["vnet_hdr"], alias=alias_for(params["lab"]), netns=params["netns"])
 
     def plan_extra(tracker, have):
         if have is not None and (have.get("tun") or {}).get("type") != "tap":

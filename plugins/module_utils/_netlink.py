@@ -11,10 +11,14 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
+import stat
+import struct
 import traceback
 
 PYROUTE2_IMPORT_ERROR = None
@@ -32,6 +36,10 @@ except ImportError:
 
 NETNS_RUN_DIR = "/var/run/netns"
 IFNAMSIZ = 16  # kernel buffer size; usable names are at most 15 bytes
+CLONE_NEWNET = 0x40000000
+# linux/if_tun.h
+TUNSETIFF, TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP = 0x400454ca, 0x400454cb, 0x400454cc, 0x400454ce
+IFF_TAP, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_VNET_HDR, IFF_TUN_EXCL = 0x0002, 0x0100, 0x1000, 0x4000, 0x8000
 
 
 class NetlinkError(Exception):
@@ -39,7 +47,9 @@ class NetlinkError(Exception):
 
 
 def netns_exists(name):
-    return bool(name) and os.path.exists(os.path.join(NETNS_RUN_DIR, name))
+    """Whether namespace `name` exists: its /run/netns entry is a mount (an empty file there that is not one is what
+    a create killed before its bind mount leaves behind)."""
+    return bool(name) and os.path.ismount(os.path.join(NETNS_RUN_DIR, name))
 
 
 @contextlib.contextmanager
@@ -79,6 +89,7 @@ def link_info(ipr, msg):
         "index": msg["index"],
         "kind": kind,
         "alias": _attr(msg, "IFLA_IFALIAS"),
+        "group": _attr(msg, "IFLA_GROUP"),
         "master": master,
         "mtu": _attr(msg, "IFLA_MTU"),
         "mac": (_attr(msg, "IFLA_ADDRESS") or "").lower() or None,
@@ -125,11 +136,95 @@ def list_netns():
     return sorted(pr_netns.listnetns())
 
 
-def create_netns(name):
+def create_netns(name, lo_alias=None):
+    """Make namespace `name`, its `lo` already carrying `lo_alias` when it appears under /run/netns.
+
+    A child process unshares a new namespace, writes the alias there and only then bind-mounts it (pyroute2's
+    attach): killed before the mount, the namespace dies with the child; after it, it is marked."""
+    path = os.path.join(NETNS_RUN_DIR, name)
     try:
-        pr_netns.create(name)
+        _remove_stale_mountpoint(path)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.close(read_end)
+            status = 0
+            try:
+                _unshare_and_publish(name, lo_alias)
+            except BaseException as exc:  # everything goes back to the parent as text
+                os.write(write_end, _reason(exc).encode("utf-8", "replace")[:2000])
+                status = 1
+            os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            problem = pipe.read().decode("utf-8", "replace")
+        status = os.waitpid(pid, 0)[1]
     except (OSError, _PyrouteNetlinkError) as exc:
         raise NetlinkError("namespace %s: cannot create it: %s" % (name, _reason(exc)))
+    if status != 0:
+        raise NetlinkError("namespace %s: cannot create it: %s" % (name, problem or "exit status %s" % status))
+
+
+def stale_netns_mountpoint(name):
+    """Whether /run/netns/<name> is an empty regular file, not a mount: the mount point of a create killed before its
+    bind mount (no namespace; `ip netns add` of that name would fail)."""
+    path = os.path.join(NETNS_RUN_DIR, name)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0 and not os.path.ismount(path)
+
+
+def _remove_stale_mountpoint(path):
+    if stale_netns_mountpoint(os.path.basename(path)):
+        os.unlink(path)
+
+
+def remove_stale_netns_mountpoint(name):
+    try:
+        _remove_stale_mountpoint(os.path.join(NETNS_RUN_DIR, name))
+    except OSError as exc:
+        raise NetlinkError("namespace %s: cannot remove its stale mount point: %s" % (name, _reason(exc)))
+
+
+def _unshare_and_publish(name, lo_alias):  # pragma: no cover - runs in create_netns's child
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    if lo_alias:
+        _set_alias_raw(1, lo_alias)  # lo is ifindex 1 in every namespace
+    pr_netns.attach(name, os.getpid())
+
+
+def _set_alias_raw(index, alias):
+    """RTM_SETLINK with IFLA_IFALIAS over a bare netlink socket (the forked child keeps away from pyroute2's state)."""
+    value = alias.encode("utf-8") + b"\0"
+    attr = struct.pack("HH", 4 + len(value), 20) + value  # IFLA_IFALIAS
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + attr
+    header = struct.pack("IHHII", 16 + len(body), 19, 0x1 | 0x4, 1, 0)  # RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as sock:  # NETLINK_ROUTE
+        sock.bind((0, 0))
+        sock.send(header + body)
+        reply = sock.recv(65536)
+    kind = struct.unpack("H", reply[4:6])[0]
+    code = -struct.unpack("i", reply[16:20])[0] if kind == 2 else 0  # NLMSG_ERROR carries -errno (0: the ack)
+    if code:
+        raise OSError(code, "set alias of lo: %s" % os.strerror(code))
+
+
+def read_loopback_alias(netns):
+    """The alias of `lo` in namespace `netns`, or None (also when there is no such namespace)."""
+    if not HAS_PYROUTE2 or not netns_exists(netns):
+        return None
+    try:
+        with netlink(netns) as ipr:
+            link = get_link(ipr, "lo")
+    except NetlinkError:
+        return None
+    return link["alias"] if link else None
 
 
 def delete_netns(name):
@@ -231,8 +326,11 @@ def _index(ipr, name):
 
 # --- links --------------------------------------------------------------------------------------------------------
 
-def add_bridge(ipr, name, stp=None, mtu=None):
+def add_bridge(ipr, name, stp=None, mtu=None, group=None):
+    """`group`: the device group set in the create request itself (the lab's pending mark, see _ownership)."""
     kwargs = {"ifname": name, "kind": "bridge"}
+    if group is not None:
+        kwargs["group"] = group
     if stp is not None:
         kwargs["br_stp_state"] = 1 if stp else 0
     if mtu is not None:
@@ -245,38 +343,59 @@ def set_bridge_stp(ipr, name, stp):
           br_stp_state=1 if stp else 0)
 
 
-def add_tap(ipr, name, owner=None, group=None, multi_queue=False, vnet_hdr=False):
-    """A persistent tap (TUNSETIFF + TUNSETOWNER/GROUP + TUNSETPERSIST, done by pyroute2 in the namespace)."""
-    kwargs = {"ifname": name, "kind": "tuntap", "mode": "tap",
-              # IFF_NO_PI as `ip tuntap add` does; QEMU sets its own flags when it attaches anyway.
-              "ifr": {"no_pi": True, "multi_queue": bool(multi_queue), "vnet_hdr": bool(vnet_hdr)}}
-    if owner is not None:
-        kwargs["uid"] = owner
-    if group is not None:
-        kwargs["gid"] = group
-    _call("tap %s: create" % name, ipr.link, "add", **kwargs)
+def add_tap(ipr, name, owner=None, group=None, multi_queue=False, vnet_hdr=False, alias=None, netns=None):
+    """A persistent tap in `netns` (ipr's namespace), `alias` written before it is made persistent: until
+    TUNSETPERSIST it lives only as long as our tun descriptor, so a kill before its alias leaves no tap at all."""
+    # IFF_NO_PI as `ip tuntap add` does (QEMU sets its own flags when it attaches); EXCL: never attach to a tap that
+    # someone made since we looked.
+    flags = IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL | (IFF_MULTI_QUEUE if multi_queue else 0) | \
+        (IFF_VNET_HDR if vnet_hdr else 0)
+
+    def create():
+        with _inside(netns):  # a tap is made in the namespace its tun descriptor was opened in
+            tun = os.open("/dev/net/tun", os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH22x", name.encode("utf-8"), flags))
+            if owner is not None:
+                fcntl.ioctl(tun, TUNSETOWNER, owner)
+            if group is not None:
+                fcntl.ioctl(tun, TUNSETGROUP, group)
+            if alias:
+                ipr.link("set", index=_index(ipr, name), ifalias=alias)
+            fcntl.ioctl(tun, TUNSETPERSIST, 1)
+        finally:
+            os.close(tun)
+    _call("tap %s: create" % name, create)
 
 
-def add_veth(ipr, name, peer, peer_netns=None, same_netns=True):
-    """A veth pair: `name` in ipr's namespace, `peer` in `peer_netns` (None: the caller's own namespace)."""
+def add_veth(ipr, name, peer, peer_netns=None, same_netns=True, group=None):
+    """A veth pair: `name` in ipr's namespace, `peer` in `peer_netns` (None: the caller's own namespace); `group`:
+    both ends' device group, set in the create request itself (the lab's pending mark, see _ownership)."""
     peer_spec = {"ifname": peer}
+    marked = {} if group is None else {"group": group}
+    peer_spec.update(marked)
     if not same_netns:
         if peer_netns:
             peer_spec["net_ns_fd"] = peer_netns
         else:
             peer_spec["net_ns_pid"] = os.getpid()
-    _call("veth %s: create with peer %s" % (name, peer), ipr.link, "add", ifname=name, kind="veth", peer=peer_spec)
+    _call("veth %s: create with peer %s" % (name, peer), ipr.link, "add", ifname=name, kind="veth", peer=peer_spec,
+          **marked)
 
 
 def delete_link(ipr, name):
     _call("%s: delete" % name, ipr.link, "del", index=_index(ipr, name))
 
 
-def set_link(ipr, name, up=None, mtu=None, master=None, alias=None):
-    """Change what is given; master '' detaches from a bridge. Order: alias, mtu, master, then up."""
+def set_link(ipr, name, up=None, mtu=None, master=None, alias=None, group=None):
+    """Change what is given; master '' detaches from a bridge. Order: alias and group (one request, so a pending
+    mark is never dropped before the alias is there), mtu, master, then up."""
     index = _index(ipr, name)
-    if alias is not None:
-        _call("%s: set alias %r" % (name, alias), ipr.link, "set", index=index, ifalias=alias)
+    mark = dict((key, value) for key, value in (("ifalias", alias), ("group", group)) if value is not None)
+    if mark:
+        what = " and ".join(text for text in ("alias %r" % alias if alias is not None else "",
+                                              "group %s" % group if group is not None else "") if text)
+        _call("%s: set %s" % (name, what), ipr.link, "set", index=index, **mark)
     if mtu is not None:
         _call("%s: set mtu %s" % (name, mtu), ipr.link, "set", index=index, mtu=mtu)
     if master is not None:

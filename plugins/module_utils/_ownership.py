@@ -11,6 +11,20 @@ Namespaces cannot carry an alias, so the lab writes a marker file ``/run/qemulab
 another of the same name) does not count, and /run is a tmpfs, so markers never survive a reboot that took the
 namespaces with it.
 
+A kill must never leave an object of the lab without its mark (it would block every later bring-up, and teardown
+would keep it). The kernel ignores IFLA_IFALIAS in a create request, so each kind is made marked in one step:
+
+- a tap is created attached to our tun file descriptor, not persistent; it gets its alias and only then
+  TUNSETPERSIST. A kill before that closes the descriptor, and the kernel deletes the tap with it.
+- a bridge or veth is created with the lab's pending mark in the create request itself: the device group
+  (IFLA_GROUP, which the kernel does honour there) ``pending_group(lab)``, a 32-bit value derived from the lab name.
+  The alias and group 0 then follow in one request. A link found with that group and no alias is one the lab made
+  and was killed before marking; every module completes the mark (``link_owner``), and the links module completes
+  it for all of a namespace's links (teardown runs it first).
+- a namespace is made in a child process that unshares a new one, writes ``qemulab:<lab>`` as the alias of its
+  ``lo`` and only then bind-mounts it under /run/netns: before the mount a kill takes the namespace with the child,
+  after it the namespace carries the mark inside (``read_netns_mark``), and the next run writes the marker file.
+
 Rules, for every module: ``state: present`` on an existing object that is not ours (no mark, or another lab's)
 fails naming it, unless ``force: true``, which adopts it (marks it as ours). ``state: absent`` on an existing object
 that is not ours fails the same way unless ``force: true``.
@@ -20,8 +34,11 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import hashlib
 import json
 import os
+
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import read_loopback_alias
 
 ALIAS_PREFIX = "qemulab:"
 # Beside the per-lab run directories /run/qemulab/<lab>/; no valid lab name starts with "_", so none collides.
@@ -42,6 +59,25 @@ def owner_from_alias(alias):
     if alias and alias.startswith(ALIAS_PREFIX) and len(alias) > len(ALIAS_PREFIX):
         return alias[len(ALIAS_PREFIX):]
     return None
+
+
+def pending_group(lab):
+    """The device group a bridge or veth of `lab` is created with, until its alias is written (never 0)."""
+    digest = hashlib.sha256(alias_for(lab).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") or 1
+
+
+def link_owner(link, lab):
+    """The lab owning `link` (a _netlink.link_info dict): its alias's, or `lab` when it carries no alias but lab's
+    pending mark (created by lab, killed before the alias was written)."""
+    owner = owner_from_alias(link.get("alias"))
+    if owner is None and not link.get("alias") and lab and link.get("group") == pending_group(lab):
+        return lab
+    return owner
+
+
+def mark_is_pending(link, lab):
+    return owner_from_alias(link.get("alias")) is None and link_owner(link, lab) == lab
 
 
 def describe_owner(owner):
@@ -73,7 +109,18 @@ def marker_path(netns, marker_dir=NETNS_MARKER_DIR):
 
 
 def read_netns_owner(netns, identity, marker_dir=NETNS_MARKER_DIR):
-    """The lab whose marker matches the namespace with this (dev, ino) identity, or None."""
+    """The lab owning the namespace: the one whose marker file matches its (dev, ino) identity, else the one named
+    by the mark inside it (see read_netns_mark), or None."""
+    return read_netns_marker(netns, identity, marker_dir) or read_netns_mark(netns)
+
+
+def read_netns_mark(netns):
+    """The lab named by the alias of the namespace's `lo` (written before the namespace was published), or None."""
+    return owner_from_alias(read_loopback_alias(netns))
+
+
+def read_netns_marker(netns, identity, marker_dir=NETNS_MARKER_DIR):
+    """The lab whose marker file matches the namespace with this (dev, ino) identity, or None."""
     try:
         with open(marker_path(netns, marker_dir)) as handle:
             data = json.load(handle)

@@ -15,6 +15,9 @@ description:
     lab namespace, through netlink. Only the options given are compared.
   - A bridge the lab creates gets the alias C(qemulab:<lab>). A bridge of the same name that is not this lab's
     (unmarked or another lab's) is neither adopted nor deleted unless O(force=true).
+  - A new bridge carries the lab's pending mark as its device group from the create request on (the kernel ignores an
+    alias there); its alias and group 0 follow in one request. A run killed in between leaves a bridge the next run of
+    the lab recognises as its own and marks, never an unmarked one.
 author:
   - qemulab developers (@qemulab)
 requirements:

@@ -18,6 +18,10 @@ description:
     starts on the lab host. The host_prep role uses this module.
   - One item's failure does not stop the others (except that a tap whose bridge failed fails too); the task fails
     afterwards naming every item that failed.
+  - With O(mark_pending=true) it first marks every link of O(lab) in O(netns) that a killed run made but could not
+    mark (a bridge or veth end that still carries the lab's pending mark as its device group and no alias; see
+    M(qemulab.network.bridge)), and lists them in RV(marked). The teardown role runs it so, with no items, before it
+    reads what the lab owns, so such a link is removed with the lab. (An item is marked so by its own task anyway.)
 author:
   - qemulab developers (@qemulab)
 requirements:
@@ -43,6 +47,10 @@ options:
     description: Lab of the items that name none (lower-case letters, digits and C(-), at most 15 characters).
     type: str
     default: default
+  mark_pending:
+    description: First mark the links of O(lab) in O(netns) that carry only its pending mark (see RV(marked)).
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Reports what each item's module would change, changing nothing.
@@ -77,6 +85,13 @@ taps:
   returned: always
   type: list
   elements: dict
+marked:
+  description: Links of O(lab) in O(netns) a killed run had left with only the pending mark, now marked (in check
+    mode, those that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: [br1]
 """
 
 import contextlib
@@ -84,7 +99,12 @@ import contextlib
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.qemulab.network.plugins.module_utils._diff import finish_items
-from ansible_collections.qemulab.network.plugins.module_utils._link import LinkTaskError, link_task, param_errors
+from ansible_collections.qemulab.network.plugins.module_utils._link import (
+    LinkTaskError,
+    finish_pending_marks,
+    link_task,
+    param_errors,
+)
 from ansible_collections.qemulab.network.plugins.module_utils._link_kinds import (
     bridge_argument_spec,
     bridge_hooks,
@@ -140,6 +160,7 @@ def main():
         taps=dict(type="list", elements="dict", default=[]),
         netns=dict(type="str", default=""),
         lab=dict(type="str", default="default"),
+        mark_pending=dict(type="bool", default=False),
     ), supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
@@ -159,6 +180,8 @@ def main():
             return opened[netns]
 
         try:
+            own = sockets(module.params["netns"]) if module.params["mark_pending"] else None
+            marked = finish_pending_marks(own, module.params["lab"], module.check_mode) if own is not None else []
             bridges = run_items("bridge", module.params["bridges"], bridge_argument_spec(), bridge_hooks, defaults,
                                 module.check_mode, sockets, set())
             failed_bridges = set(r["name"] for r in bridges if r.get("failed"))
@@ -166,7 +189,8 @@ def main():
                              module.check_mode, sockets, failed_bridges)
         except NetlinkError as exc:
             module.fail_json(msg=str(exc))
-    finish_items(module, bridges + taps, bridges=bridges, taps=taps)
+    finish_items(module, bridges + taps + [dict(name=name, changed=True) for name in marked], bridges=bridges,
+                 taps=taps, marked=marked)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ description:
     the device/inode of the namespace, so a namespace someone else later creates under the same name is not taken
     for ours. An existing namespace that is not this lab's (no marker, or another lab's) is neither adopted nor
     deleted unless O(force=true).
+  - A new namespace is marked before it appears - a child process unshares it, writes C(qemulab:<lab>) as the alias
+    of its C(lo), and only then bind-mounts it under C(/run/netns) - so a run killed at any point leaves either no
+    namespace or one that names its lab. The next run of that lab writes the marker file of such a namespace (it is
+    reported as a change of C(marker)). An empty file under C(/run/netns) that is not a mount (a create killed before
+    its bind mount) is no namespace and is replaced.
   - Deleting a namespace deletes every interface in it (bridges, taps, veth ends).
   - O(sysctls) sets kernel parameters of the namespace itself (never of the host's namespace), for example to keep
     the host's bridge netfilter out of the lab's bridges.
@@ -79,13 +84,15 @@ name:
   type: str
   sample: qemulab-seed
 changes:
-  description: What differs (C(state), C(owner)).
+  description:
+    - What differs (C(state), C(owner), C(marker) - the marker file of a namespace marked only inside,
+      C(mountpoint) - with O(state=absent), the empty mount point a killed create left, removed).
   returned: always
   type: list
   elements: str
   sample: [state, owner]
 before:
-  description: The namespace as found (C(state), C(owner)).
+  description: The namespace as found (C(state), C(owner), and C(marker) - whether the marker file is there).
   returned: always
   type: dict
   sample: {state: absent, owner: null}
@@ -113,12 +120,16 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     netns_exists,
     netns_identity,
     read_netns_sysctls,
+    remove_stale_netns_mountpoint,
+    stale_netns_mountpoint,
     write_netns_sysctls,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._ownership import (
     OWNERSHIP_ARGUMENT_SPEC,
+    alias_for,
     foreign_object_error,
-    read_netns_owner,
+    read_netns_mark,
+    read_netns_marker,
     remove_netns_owner,
     write_netns_owner,
 )
@@ -136,10 +147,15 @@ def argument_spec():
 
 
 def read_netns(name, sysctl_keys=()):
-    """{'state', 'owner', 'sysctls'} of the namespace as it is now."""
+    """{'state', 'owner', 'marker', 'sysctls'} of the namespace as it is now; the owner from the marker file, else
+    from the mark inside (a namespace made by a run killed before it wrote the file)."""
     if not netns_exists(name):
-        return {"state": "absent", "owner": None, "sysctls": dict((key, None) for key in sysctl_keys)}
-    return {"state": "present", "owner": read_netns_owner(name, netns_identity(name)),
+        have = {"state": "absent", "owner": None, "marker": False, "sysctls": dict((key, None) for key in sysctl_keys)}
+        if stale_netns_mountpoint(name):
+            have["mountpoint"] = "stale"
+        return have
+    marker = read_netns_marker(name, netns_identity(name))
+    return {"state": "present", "owner": marker or read_netns_mark(name), "marker": marker is not None,
             "sysctls": read_netns_sysctls(name, sysctl_keys)}
 
 
@@ -152,9 +168,13 @@ def plan_netns(name, have, lab, force, state, sysctls=None):
         if have["state"] == "present":
             tracker.add("state", "present", "absent")
             tracker.add("owner", have["owner"], None)
+        elif have.get("mountpoint") == "stale":
+            tracker.add("mountpoint", "stale", None)  # no namespace, only the file a killed create left
         return tracker, None
     tracker.compare("state", have["state"], "present")
     tracker.compare("owner", have["owner"], lab)
+    if have["state"] == "present" and have["owner"] == lab and have.get("marker") is False:
+        tracker.add("marker", False, True)
     for key, value in sorted((sysctls or {}).items()):
         if have["state"] == "present" and have["sysctls"].get(key) is None:
             continue  # the kernel offers no such key here: nothing to set
@@ -169,10 +189,13 @@ def apply_netns(name, tracker, lab):
         delete_netns(name)
         remove_netns_owner(name)
         return []
+    if tracker.has("mountpoint"):
+        remove_stale_netns_mountpoint(name)
+        return []
     if tracker.has("state"):
         remove_netns_owner(name)  # a stale marker of an earlier namespace of this name
-        create_netns(name)
-    if tracker.has("owner"):
+        create_netns(name, lo_alias=alias_for(lab))
+    if tracker.has("owner") or tracker.has("marker"):
         write_netns_owner(name, netns_identity(name), lab)
     values = dict((field[len("sysctls."):], tracker.get(field)[1]) for field in tracker.fields
                   if field.startswith("sysctls."))
@@ -209,6 +232,7 @@ def main():
             after["sysctls"][field[len("sysctls."):]] = tracker.get(field)[1]
         else:
             after[field] = tracker.get(field)[1]
+    after["marker"] = after["state"] == "present" and bool(have.get("marker") or tracker.has("owner"))
     result = dict(changed=tracker.changed, name=name, changes=tracker.fields, before=have, after=after,
                   missing_sysctls=missing)
     if module._diff:

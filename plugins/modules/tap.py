@@ -16,6 +16,9 @@ description:
     C(/dev/net/tun) ioctls (C(TUNSETIFF), C(TUNSETOWNER), C(TUNSETGROUP), C(TUNSETPERSIST)).
   - A tap the lab creates gets the alias C(qemulab:<lab>). A tap of the same name that is not this lab's
     (unmarked or another lab's) is neither adopted nor deleted unless O(force=true).
+  - The tap gets its alias before C(TUNSETPERSIST); until then it lives only as long as the module's tun descriptor,
+    so a run killed before the alias leaves no tap at all. C(TUNSETIFF) is exclusive (C(IFF_TUN_EXCL)), so the
+    module never attaches to a tap someone made after it looked.
   - O(owner), O(group) and O(multi_queue) are fixed when the tap is created. When an existing tap differs in one of
     them the task fails instead of recreating it under a running guest; delete it (O(state=absent)) first.
 author:

@@ -18,6 +18,9 @@ description:
     there, which are then set again).
   - Both ends get the alias C(qemulab:<lab>). A pair that is not this lab's (unmarked or another lab's) is neither
     adopted nor deleted unless O(force=true). Deleting either end deletes the pair.
+  - A new pair carries the lab's pending mark as both ends' device group from the create request on (the kernel
+    ignores an alias there); each end's alias and group 0 follow in one request. A run killed in between leaves ends
+    the next run of the lab recognises as its own and marks, never unmarked ones.
 author:
   - qemulab developers (@qemulab)
 requirements:
@@ -149,7 +152,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     netlink,
     netns_exists,
 )
-from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC
+from ansible_collections.qemulab.network.plugins.module_utils._ownership import OWNERSHIP_ARGUMENT_SPEC, pending_group
 
 # After a move the kernel has flushed the moved end's addresses, bridge and up state.
 MOVED_RESET = {"master": "", "addresses": [], "up": False}
@@ -282,7 +285,8 @@ def main():
                     if tracker.has("netns"):
                         move_link(ipr_peer, name, end_ns)
                     apply_link(ipr_end, name, tracker,
-                               lambda: add_veth(ipr_end, name, peer, peer_ns, same_netns=peer_ns == end_ns))
+                               lambda: add_veth(ipr_end, name, peer, peer_ns, same_netns=peer_ns == end_ns,
+                                                group=pending_group(lab)))
                     apply_link(ipr_peer, peer, tracker, lambda: None, prefix="peer_")
     except NetlinkError as exc:
         module.fail_json(msg="veth %s: %s" % (name, exc))

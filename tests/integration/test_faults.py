@@ -550,4 +550,158 @@ def test_every_bad_inventory_fails_in_validation_through_lab_yml():
     assert problems == []
     assert host_picture() == before
     assert lab_leftovers("bad") == {"processes": [], "files": []}
-    assert not os.path.exists("/run/qemulab/bad.lock")
+    # the lab lock is taken before the plan (issue 14); its holder removes the file within 0.2 s of its run's end
+    assert _wait_for(lambda: not os.path.exists("/run/qemulab/bad.lock"), 5)
+
+
+# -- kills inside netns and links (issue 14) -----------------------------------------------------------------------
+
+RTM_NEWLINK, IFLA_IFNAME, RTMGRP_LINK = 16, 3, 1
+
+
+class _Tree:
+    """The playbook's process tree, rescanned every 20 ms, so a kill needs no scan of /proc at the moment it counts."""
+
+    def __init__(self, proc):
+        import threading
+
+        self.proc, self.pids, self.done = proc, set(), False
+        self.thread = threading.Thread(target=self._scan, daemon=True)
+        self.thread.start()
+
+    def _scan(self):
+        from faultlab import _children
+
+        while not self.done and self.proc.poll() is None:
+            tree, todo, found = _children(), [self.proc.pid], set()
+            while todo:
+                pid = todo.pop()
+                found.add(pid)
+                todo += tree.get(pid, [])
+            self.pids = found
+            time.sleep(0.02)
+
+    def kill_now(self):
+        """SIGKILL every process of the run at once (the module's among them), then the rest as faultlab does."""
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.done = True
+        kill_run(self.proc)
+
+
+def _link_events(netns):
+    """A netlink socket inside `netns` subscribed to its link events."""
+    import socket
+
+    pr_netns.pushns(netns)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    finally:
+        pr_netns.popns()
+    sock.bind((0, RTMGRP_LINK))
+    sock.settimeout(0.2)
+    return sock
+
+
+def _new_links(data):
+    """Names of the links an RTM_NEWLINK in `data` announces."""
+    import struct
+
+    names, offset = [], 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack_from("IH", data, offset)
+        if length < 16:
+            break
+        if kind == RTM_NEWLINK:
+            attr = offset + 32  # nlmsghdr + ifinfomsg
+            while attr + 4 <= offset + length:
+                attr_len, attr_type = struct.unpack_from("HH", data, attr)
+                if attr_len < 4:
+                    break
+                if attr_type == IFLA_IFNAME:
+                    names.append(data[attr + 4:attr + attr_len].split(b"\0")[0].decode())
+                attr += (attr_len + 3) & ~3
+        offset += (length + 3) & ~3
+    return names
+
+
+def _kill_when_it_appears(lab_obj, what):
+    """Start a prep run of the lab; SIGKILL it the moment `what` appears: the lab's namespace (its /run/netns entry,
+    made before the namespace is mounted there) or an interface of that name inside it (its RTM_NEWLINK). Returns
+    the seconds the run had been going."""
+    proc = lab_obj.start(tags="prep")
+    tree = _Tree(proc)
+    started = time.monotonic()
+    entry = "/run/netns/" + lab_obj.netns
+    try:
+        if what == "netns":
+            while not os.path.lexists(entry):
+                assert proc.poll() is None and time.monotonic() - started < 120, "no namespace: %r" % wait_run(proc)
+                time.sleep(0.0002)
+            tree.kill_now()
+        else:
+            while not os.path.ismount(entry):
+                assert proc.poll() is None and time.monotonic() - started < 120, "no namespace: %r" % wait_run(proc)
+                time.sleep(0.001)
+            with _link_events(lab_obj.netns) as events:
+                while True:
+                    assert proc.poll() is None and time.monotonic() - started < 120, \
+                        "no %s: %r" % (what, wait_run(proc))
+                    try:
+                        data = events.recv(65536)
+                    except OSError:
+                        continue
+                    if what in _new_links(data):
+                        tree.kill_now()
+                        break
+    finally:
+        if proc.poll() is None:
+            tree.kill_now()
+    FAULTS["injected"] += 1
+    return time.monotonic() - started
+
+
+def _marks(lab_obj):
+    """{name: (alias, group)} of every link in the lab's namespace, and the alias of its lo."""
+    with NetNS(lab_obj.netns) as ns:
+        return {m.get_attr("IFLA_IFNAME"): (m.get_attr("IFLA_IFALIAS"), m.get_attr("IFLA_GROUP"))
+                for m in ns.get_links()}
+
+
+@pytest.mark.parametrize("point", ["netns", "bra", "ta1", "hp0"])
+def test_a_kill_inside_netns_or_links_leaves_nothing_unmarked(point):
+    """Issue 14: SIGKILL the whole run the moment the lab's namespace, a bridge (bra), a tap (ta1) or a host port (hp0)
+    appears, i.e. between its creation and the writing of its qemulab mark. The next bring-up succeeds (no "belongs to
+    no qemulab lab") with every object marked, and cleanup then leaves the host as it was. For a bridge the cleanup
+    also runs straight after the kill (teardown must find what the killed run made). Unmarked objects from such a
+    kill blocked every later bring-up and survived teardown."""
+    before = host_picture()
+    lab_obj = Lab(prefix="qk", net=36)
+    try:
+        if point == "bra":
+            seconds = _kill_when_it_appears(lab_obj, point)
+            res = lab_obj.cleanup()
+            assert res.rc == 0, failure_text(res) or res
+            assert_clean(lab_obj, before)
+        seconds = _kill_when_it_appears(lab_obj, point)
+        res = lab_obj.run(tags="prep")
+        assert res.rc == 0, (point, failure_text(res) or res)
+        marks = _marks(lab_obj)
+        mine = "qemulab:" + lab_obj.name
+        assert marks["lo"][0] == mine, marks
+        for name in ("bra", "brb", "ta1", "tb1", "ta2", "hp0", "hp1"):
+            assert marks[name] == (mine, 0), (name, marks)
+        res = lab_obj.cleanup()
+        assert res.rc == 0, failure_text(res) or res
+        assert_clean(lab_obj, before)
+        print("\nkilled at %s after %.1f s; converged" % (point, seconds))
+    finally:
+        if lab_obj.netns in pr_netns.listnetns():
+            subprocess.run(["ip", "netns", "del", lab_obj.netns], capture_output=True)
+        marker = os.path.join("/run/qemulab/_netns", lab_obj.netns + ".owner")
+        if os.path.exists(marker):
+            os.unlink(marker)
+        lab_obj.force_remove()

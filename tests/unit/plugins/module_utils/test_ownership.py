@@ -55,3 +55,29 @@ def test_marker_directory_stays_while_another_lab_has_a_marker(tmp_path):
 def test_damaged_markers_mean_not_ours(tmp_path, content):
     (tmp_path / "ns1.owner").write_text(content)
     assert ownership.read_netns_owner("ns1", (1, 2), marker_dir=str(tmp_path)) is None
+
+
+def test_pending_group_is_the_labs_own_and_never_the_default():
+    assert ownership.pending_group("seed") == ownership.pending_group("seed") != ownership.pending_group("seeds")
+    assert all(0 < ownership.pending_group(lab) < 2 ** 32 for lab in ("seed", "a", "lab-1", "x" * 15))
+
+
+@pytest.mark.parametrize("alias,group,owner", [
+    ("qemulab:seed", 0, "seed"),
+    ("qemulab:other", None, "other"),
+    (None, "pending:seed", "seed"),       # created by seed, killed before its alias
+    (None, "pending:other", None),        # another lab's pending mark is not seed's to complete
+    (None, 0, None),
+    ("someone's", "pending:seed", None),  # an alias someone wrote wins over the group
+])
+def test_link_owner_reads_the_alias_or_the_labs_pending_mark(alias, group, owner):
+    if isinstance(group, str):
+        group = ownership.pending_group(group.split(":")[1])
+    link = {"alias": alias, "group": group}
+    assert ownership.link_owner(link, "seed") == owner
+    assert ownership.mark_is_pending(link, "seed") == (alias is None and owner == "seed")
+
+
+def test_a_namespace_that_is_not_there_has_no_mark_inside():
+    assert ownership.read_netns_mark("qemulab-no-such-namespace") is None
+    assert ownership.read_netns_owner("qemulab-no-such-namespace", (1, 2), marker_dir="/nonexistent") is None

@@ -62,3 +62,23 @@ def test_new_namespace_plans_its_sysctls_too():
     have = dict(ABSENT, sysctls={BRIDGE_NF: None})
     tracker, _error = netns.plan_netns("ns1", have, "seed", False, "present", {BRIDGE_NF: 0})
     assert tracker.fields == ["state", "owner", "sysctls." + BRIDGE_NF]
+
+
+def test_a_namespace_marked_only_inside_is_adopted_and_its_marker_written():
+    """Issue 14: a run killed after the namespace appeared (its lo already carrying the lab's alias) but before the
+    marker file: the next run recognises it, writes the marker, and may delete it."""
+    have = {"state": "present", "owner": "seed", "marker": False}
+    tracker, error = netns.plan_netns("ns1", have, "seed", False, "present")
+    assert error is None and tracker.fields == ["marker"]
+    tracker, error = netns.plan_netns("ns1", have, "seed", False, "absent")
+    assert error is None and tracker.fields == ["state", "owner"]
+    tracker, error = netns.plan_netns("ns1", dict(have, owner="other"), "seed", False, "present")
+    assert tracker is None and "belongs to lab other" in error
+
+
+def test_the_mount_point_a_killed_create_left_is_removed_on_absent():
+    have = dict(ABSENT, mountpoint="stale")
+    tracker, error = netns.plan_netns("ns1", have, "seed", False, "absent")
+    assert error is None and tracker.fields == ["mountpoint"]
+    tracker, error = netns.plan_netns("ns1", have, "seed", False, "present")
+    assert tracker.fields == ["state", "owner"]  # created over it
