@@ -7,7 +7,9 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import os
 import socket
+import stat
 import struct
 import time
 
@@ -47,6 +49,12 @@ class QMPClient(object):
         self.close()
 
     def connect(self):
+        try:
+            is_socket = stat.S_ISSOCK(os.lstat(self.path).st_mode)
+        except OSError as exc:
+            raise QMPError("cannot connect to QMP socket %s: %s" % (self.path, exc))
+        if not is_socket:  # a link (its target is never connected to) or anything else
+            raise QMPError("QMP socket %s is not a socket" % self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:

@@ -210,19 +210,21 @@ def _serve(path, received):
 
 
 def test_qmp_talks_only_to_a_socket_served_by_the_expected_process(vm):
-    """qmp.sock swapped for a link to another process's socket: the peer check (SO_PEERCRED) refuses it before a
-    byte is sent."""
+    """qmp.sock swapped for a link to another process's socket is never connected to; a socket served by another
+    process (the link swapped in after the check) is refused by the peer check (SO_PEERCRED) before a byte is sent."""
     received = []
-    server = _serve(str(vm["outside"] / "other.sock"), received)
+    other = str(vm["outside"] / "other.sock")
+    server = _serve(other, received)
     try:
-        os.symlink(str(vm["outside"] / "other.sock"), str(vm["dir"] / "qmp.sock"))
+        os.symlink(other, str(vm["dir"] / "qmp.sock"))
+        with pytest.raises(QMPError, match="is not a socket"):
+            QMPClient(str(vm["dir"] / "qmp.sock"), timeout=2).connect()
         with pytest.raises(QMPError, match="not by this VM's QEMU"):
-            with QMPClient(str(vm["dir"] / "qmp.sock"), timeout=2, peer_check=lambda pid, uid, gid: pid == 1):
+            with QMPClient(other, timeout=2, peer_check=lambda pid, uid, gid: pid == 1):
                 pass
-        assert query_status(str(vm["dir"] / "qmp.sock"), peer_check=lambda pid, uid, gid: False) is None
+        assert query_status(other, peer_check=lambda pid, uid, gid: False) is None
         assert received == []
-        with QMPClient(str(vm["dir"] / "qmp.sock"), timeout=2,
-                       peer_check=lambda pid, uid, gid: pid == os.getpid()) as qmp:
+        with QMPClient(other, timeout=2, peer_check=lambda pid, uid, gid: pid == os.getpid()) as qmp:
             assert qmp.peer[0] == os.getpid()
         assert received
     finally:
