@@ -67,11 +67,12 @@ MODULE_PLAYBOOK = """---
 # Names the repo's other integration tests and the benchmark give their namespaces and links while this one runs.
 CONCURRENT_PREFIXES = ("qlt", "qlb")
 TEARDOWN_DIRS_TASK = "Remove the lab's disks and run directory, each only if its lab.json claims this lab"
-# A lab that is there: its run directory claimed, its disk directory without a claim (as host_prep left them before
-# it claimed both).
+# A lab that is there: its run directory claimed (by the seed inventory the cleanup runs with: a cleanup honours
+# claims), its disk directory without a claim (as host_prep left them before it claimed both).
 OWN_LAB = "qltgone"
 OWN_FILES = {
-    "/run/qemulab/%s/lab.json" % OWN_LAB: json.dumps({"lab": OWN_LAB, "inventory": "/inv", "netns": NETNS}),
+    "/run/qemulab/%s/lab.json" % OWN_LAB: json.dumps({"lab": OWN_LAB, "inventory": os.path.join(REPO, "inventories", "seed"),
+                                                        "netns": NETNS}),
     "/run/qemulab/%s/rt1/qemu.log" % OWN_LAB: "a stopped VM's log",
     "/var/lib/qemulab/labs/%s/rt1.qcow2" % OWN_LAB: "a disk nothing claims",
 }
