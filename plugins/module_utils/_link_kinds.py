@@ -137,7 +137,7 @@ def tap_hooks(params):
     def create(ipr):
         # marked before it is made persistent: a kill before the alias leaves no tap
         add_tap(ipr, name, owner=want["owner"], group=want["group"], multi_queue=bool(want["multi_queue"]),
-                vnet_hdr=params["vnet_hdr"], alias=alias_for(params["lab"]), netns=params["netns"])
+                vnet_hdr=params["vnet_hdr"], alias=alias_for(params["lab"]))
 
     def plan_extra(tracker, have):
         if have is not None and (have.get("tun") or {}).get("type") != "tap":

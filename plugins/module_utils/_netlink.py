@@ -37,6 +37,7 @@ except ImportError:
 NETNS_RUN_DIR = "/var/run/netns"
 IFNAMSIZ = 16  # kernel buffer size; usable names are at most 15 bytes
 CLONE_NEWNET = 0x40000000
+SIOCGSKNS = 0x894C  # a socket's network namespace, as an fd
 # linux/if_tun.h
 TUNSETIFF, TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP = 0x400454ca, 0x400454cb, 0x400454cc, 0x400454ce
 IFF_TAP, IFF_MULTI_QUEUE, IFF_NO_PI, IFF_VNET_HDR, IFF_TUN_EXCL = 0x0002, 0x0100, 0x1000, 0x4000, 0x8000
@@ -343,17 +344,38 @@ def set_bridge_stp(ipr, name, stp):
           br_stp_state=1 if stp else 0)
 
 
-def add_tap(ipr, name, owner=None, group=None, multi_queue=False, vnet_hdr=False, alias=None, netns=None):
-    """A persistent tap in `netns` (ipr's namespace), `alias` written before it is made persistent: until
-    TUNSETPERSIST it lives only as long as our tun descriptor, so a kill before its alias leaves no tap at all."""
+def _open_tun_beside(ipr):
+    """/dev/net/tun opened in the namespace of ipr's socket (SIOCGSKNS), where a tap made through it appears."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setns(fd):
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, "setns: %s" % os.strerror(code))
+
+    target = fcntl.ioctl(ipr.fileno(), SIOCGSKNS)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        setns(target)
+        try:
+            return os.open("/dev/net/tun", os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        finally:
+            setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def add_tap(ipr, name, owner=None, group=None, multi_queue=False, vnet_hdr=False, alias=None):
+    """A persistent tap in ipr's namespace, `alias` written before it is made persistent: until TUNSETPERSIST it
+    lives only as long as our tun descriptor, so a kill before its alias leaves no tap at all."""
     # IFF_NO_PI as `ip tuntap add` does (QEMU sets its own flags when it attaches); EXCL: never attach to a tap that
     # someone made since we looked.
     flags = IFF_TAP | IFF_NO_PI | IFF_TUN_EXCL | (IFF_MULTI_QUEUE if multi_queue else 0) | \
         (IFF_VNET_HDR if vnet_hdr else 0)
 
     def create():
-        with _inside(netns):  # a tap is made in the namespace its tun descriptor was opened in
-            tun = os.open("/dev/net/tun", os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        tun = _open_tun_beside(ipr)  # a tap is made in the namespace its tun descriptor was opened in
         try:
             fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH22x", name.encode("utf-8"), flags))
             if owner is not None:
