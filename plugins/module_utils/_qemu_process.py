@@ -180,13 +180,8 @@ def is_our_qemu(pid, run_dir):
     """True only when `pid` is a QEMU whose -pidfile lies in `run_dir`, run by root or by the user who owns
     `run_dir` (an unprivileged QEMU's own directory): a reused PID, or a pidfile that user rewrote to point at
     someone else's process, is never trusted."""
-    if not pid:
-        return False
-    try:
-        allowed = set([0, os.stat(run_dir).st_uid])
-    except OSError:
-        return False
-    if process_uid(pid) not in allowed:
+    allowed = _allowed_uids(run_dir)
+    if not pid or not allowed or process_uid(pid) not in allowed:
         return False
     argv = proc_cmdline(pid)
     if not argv or "qemu" not in os.path.basename(argv[0]):
