@@ -25,7 +25,7 @@ options:
     description:
       - The lab whose lock to take - C(<run_root>/<lab>.lock). A name that breaks the lab name rule (lower-case
         letters, digits and C(-), starting with a letter or digit, at most 15 characters) locks nothing and is no
-        failure here; RV(locked) is then false and RV(msg) says why (the lab plan lists the inventory's problems
+        failure here; RV(locked) is then false and the result's C(msg) says why (the lab plan lists the inventory's problems
         before anything changes).
       - The lab playbook takes this lock first, before it reads the lab's claim, so two runs of one lab name never
         both read a claim that neither has written yet.
