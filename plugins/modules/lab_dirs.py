@@ -166,8 +166,7 @@ import shutil
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import vm_paths
-from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import is_our_qemu, read_pid
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import find_qemus
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
 
 CLAIM = "lab.json"
@@ -336,8 +335,8 @@ def running_vms(found):
     running = []
     for name in found["entries"]:
         run_dir = os.path.join(found["path"], name)
-        pid = read_pid(vm_paths(run_dir)["pidfile"])
-        if is_our_qemu(pid, run_dir):
+        # the pidfile is the QEMU user's to forge: the processes are looked up, not believed
+        for pid in find_qemus(run_dir):
             running.append("%s (pid %d)" % (name, pid))
     return running
 

@@ -66,10 +66,9 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
-    is_our_qemu,
+    find_qemus,
     lab_run_dirs,
     process_status,
-    read_pid,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
 
@@ -110,8 +109,7 @@ def main():
     if check_lab_name(lab) is None:
         claim = _read_claim(os.path.join(run_root, lab, "lab.json"))
         for _name, run_dir in lab_run_dirs(run_root, lab):
-            pid = read_pid(os.path.join(run_dir, "qemu.pid"))
-            if is_our_qemu(pid, run_dir):
+            for pid in find_qemus(run_dir):
                 lab_kib += process_status(pid, "VmRSS") or 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,

@@ -185,8 +185,7 @@ def test_relative_root_is_refused(monkeypatch, roots):
 def test_running_vm_keeps_everything(monkeypatch, roots):
     run_dir, disk_dir = both(roots, "seed", "seed")
     os.mkdir(os.path.join(run_dir, "rt1"))
-    monkeypatch.setattr(lab_dirs, "read_pid", lambda pidfile: 4242)
-    monkeypatch.setattr(lab_dirs, "is_our_qemu", lambda pid, run_dir: run_dir.endswith("/rt1"))
+    monkeypatch.setattr(lab_dirs, "find_qemus", lambda run_dir: [4242] if run_dir.endswith("/rt1") else [])
     result = run(monkeypatch, lab="seed", **roots)
     assert result["failed"] and "rt1 (pid 4242)" in result["msg"] and "qemu_vms" in result["msg"]
     assert os.path.isdir(run_dir) and os.path.isdir(disk_dir)
