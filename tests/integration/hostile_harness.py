@@ -32,6 +32,17 @@ CLEANUP_STOP_TASK = "Stop a cleanup whose lab name or namespace is invalid befor
 MARKER = "qlpwn"
 # Private to the case: the lab's run and state roots, plus scratch space for Ansible under a read-only root.
 TMPFS = {"/run": "0755", "/var/lib/qemulab": "0755", "/tmp": "1777", "/dev/shm": "1777"}
+
+
+def _under(path, root):
+    return (os.path.realpath(path) + "/").startswith(root + "/")
+
+
+def tmpfs_targets():
+    """TMPFS less /tmp or /dev/shm when the checkout itself lies there (a CI clone may): the case must still see the
+    repository. /run and /var/lib/qemulab are always covered."""
+    return dict((target, mode) for target, mode in TMPFS.items()
+                if not (target in ("/tmp", "/dev/shm") and _under(REPO_ROOT, target)))
 WATCHED = ("/run", "/var/lib/qemulab")
 CANARIES = {
     "/run/canary": "the host's /run as the case sees it\n",
@@ -121,7 +132,7 @@ def _end_processes_of_this_namespace(grace=3):
 
 
 def child(directory, args, env):
-    for target, mode in TMPFS.items():
+    for target, mode in tmpfs_targets().items():
         os.makedirs(target, exist_ok=True)
         _run(["mount", "-t", "tmpfs", "-o", "mode=%s,size=256m" % mode, "qemulab-hostile", target])
     for path, text in CANARIES.items():
@@ -162,7 +173,7 @@ def child(directory, args, env):
                     canaries[path] = "changed"
         except OSError:
             canaries[path] = "missing"
-    markers = sorted(p for root in list(TMPFS) for p in _paths(root) if MARKER in os.path.basename(p))
+    markers = sorted(p for root in list(tmpfs_targets()) for p in _paths(root) if MARKER in os.path.basename(p))
     report = {
         "command": command,
         "rc": proc.returncode,
@@ -290,7 +301,7 @@ def run_case(case, timeout=PLAYBOOK_TIMEOUT + 60):
 
     directory, spec = load_case(case)
     for path in (REPO_ROOT, directory):
-        hidden = [target for target in TMPFS if (os.path.realpath(path) + "/").startswith(target + "/")]
+        hidden = [target for target in tmpfs_targets() if _under(path, target)]
         if hidden:
             raise RuntimeError("%s lies under %s, which the case's namespace covers with a tmpfs; run the corpus "
                                "from a checkout elsewhere" % (path, hidden[0]))
