@@ -73,11 +73,20 @@ def _run(argv):
     subprocess.run(argv, check=True, capture_output=True, text=True)
 
 
+# Ansible's own home and temp directories inside the case (on the /run tmpfs: / is read-only there, and /tmp is the
+# host's own when the checkout lies under it); they are the run's scratch space, not something the lab made.
+ANSIBLE_SCRATCH = "/run/qemulab-hostile"
+
+
 def _paths(root):
     found = set()
     for base, dirs, files in os.walk(root):
+        if base == ANSIBLE_SCRATCH or base.startswith(ANSIBLE_SCRATCH + "/"):
+            continue
         for name in dirs + files:
-            found.add(os.path.join(base, name))
+            path = os.path.join(base, name)
+            if path != ANSIBLE_SCRATCH:
+                found.add(path)
     return found
 
 
@@ -139,15 +148,17 @@ def child(directory, args, env):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as handle:
             handle.write(text)
+    os.makedirs(ANSIBLE_SCRATCH + "/tmp", mode=0o700)
     # bind: this mount's flag in this namespace only, never the host's filesystem
     _run(["mount", "-o", "remount,bind,ro", "/"])
 
     before = set().union(*(_paths(root) for root in WATCHED))
     run_env = dict(env)
     run_env.update({
-        "ANSIBLE_HOME": "/tmp/ansible-home",
-        "ANSIBLE_LOCAL_TEMP": "/tmp/ansible-local",
-        "ANSIBLE_REMOTE_TEMP": "/tmp/ansible-remote",
+        "TMPDIR": ANSIBLE_SCRATCH + "/tmp",
+        "ANSIBLE_HOME": ANSIBLE_SCRATCH + "/ansible-home",
+        "ANSIBLE_LOCAL_TEMP": ANSIBLE_SCRATCH + "/ansible-local",
+        "ANSIBLE_REMOTE_TEMP": ANSIBLE_SCRATCH + "/ansible-remote",
         "PYTHONDONTWRITEBYTECODE": "1",
     })
     command = [ANSIBLE_PLAYBOOK, LAB_PLAYBOOK, "-i", os.path.join(directory, "hosts.yml")] + list(args)
