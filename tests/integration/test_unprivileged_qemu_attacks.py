@@ -367,8 +367,9 @@ def test_the_qemu_user_swapping_names_for_links_reaches_nothing_outside_its_dire
     assert report["decoy_received"] == [], summary
     assert report["secret_in_output"] == [], summary
     assert report["blocked"] == [], summary
-    # the loop ran (a launch whose QMP socket the helper swapped away waits its full 60 s, so calls vary)
-    assert report["calls"] >= 10 and int(report["swap_rounds"]) >= 100, summary
+    # the loop ran: root acted while the helper swapped thousands of times (a launch whose QMP socket the helper
+    # swapped away waits its full 60 s, so on a loaded machine a 20 s loop may hold only a few calls)
+    assert report["calls"] >= 3 and int(report["swap_rounds"]) >= 100, summary
 
 
 def test_a_forged_pidfile_does_not_save_qemu_from_state_absent(guest):
