@@ -60,7 +60,6 @@ claim:
   type: dict
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -69,6 +68,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_process impo
     find_qemus,
     lab_run_dirs,
     process_status,
+    read_json,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
 
@@ -83,23 +83,6 @@ def _meminfo_kib(field):
     return 0
 
 
-def _read_claim(path):
-    """The claim as a dict, or None: never through a symlink, never more than CLAIM_MAX_BYTES."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        data = os.read(fd, CLAIM_MAX_BYTES)
-    finally:
-        os.close(fd)
-    try:
-        claim = json.loads(data.decode("utf-8"))
-    except ValueError:
-        return None
-    return claim if isinstance(claim, dict) else None
-
-
 def main():
     module = AnsibleModule(argument_spec=dict(lab=dict(type="str", required=True),
                                               run_root=dict(type="path", default="/run/qemulab")),
@@ -107,7 +90,8 @@ def main():
     lab, run_root = module.params["lab"], module.params["run_root"]
     claim, lab_kib = None, 0
     if check_lab_name(lab) is None:
-        claim = _read_claim(os.path.join(run_root, lab, "lab.json"))
+        # bounded, never through a link, never blocking on a FIFO: the run directory's rules for any file root reads
+        claim = read_json(os.path.join(run_root, lab, "lab.json"), limit=CLAIM_MAX_BYTES) or None
         for _name, run_dir in lab_run_dirs(run_root, lab):
             for pid in find_qemus(run_dir):
                 lab_kib += process_status(pid, "VmRSS") or 0
