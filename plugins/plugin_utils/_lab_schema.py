@@ -26,6 +26,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._validate import (
     MTU_MIN,
     NAME_MAX_BYTES,
     check_name,
+    normalize_mac,
     parse_memory,
 )
 
@@ -34,7 +35,6 @@ MISSING = object()
 NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 # Debian's useradd accepts these names (NAME_REGEX); a uid is accepted too.
 QEMU_USER_RE = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})\Z")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 DEFAULT_USER_NET = "10.0.3.0/24"
 # A path handed to QEMU or read on the lab host: absolute, one line, no NUL.
 PATH_RE = re.compile(r"^/[^\0\n\r]*\Z")
@@ -128,11 +128,13 @@ def _choice(options, booleans=None):
 
 
 def _mac(value):
-    if not isinstance(value, str) or not MAC_RE.match(value.strip().lower()):
+    # qemu_vm's own rule (_validate.normalize_mac); the plan words it for an inventory and adds the all-zero MAC
+    try:
+        mac = normalize_mac(value)
+    except ValueError as exc:
+        if isinstance(value, str) and "multicast" in str(exc):
+            return None, "%s is a multicast MAC; a NIC needs a unicast one (even first octet)" % value
         return None, "%s is not a MAC address; write six hex pairs like 12:34:56:ab:cd:71" % describe(value)
-    mac = value.strip().lower()
-    if int(mac[:2], 16) & 1:
-        return None, "%s is a multicast MAC; a NIC needs a unicast one (even first octet)" % value
     if mac == "00:00:00:00:00:00":
         return None, "00:00:00:00:00:00 is not usable; give the NIC a real MAC"
     return mac, None
