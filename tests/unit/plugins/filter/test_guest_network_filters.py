@@ -42,8 +42,27 @@ from ansible_collections.qemulab.network.plugins.filter.guest_network import (  
     guest_interfaces_file, guest_network_drift, guest_network_probe, guest_sysctl_file)
 
 H1_NICS = [{"dev": "eth0", "address": "10.20.10.10/24"}]
+# What the plan wants on h1 (rendered as the role renders it) ...
 H1_INTERFACES = guest_interfaces_file(H1_NICS, [], "10.20.10.1")
 H1_SYSCTL = guest_sysctl_file(False)
+# ... and what h1, booted from the default image, holds: vm_launch hands it these files through fw_cfg and the
+# guest's init copies them into place. Written out here as a guest holds them, in the seed's interfaces format.
+BOOTED_INTERFACES = """\
+# /etc/network/interfaces -- configuration file for ifup(8), ifdown(8)
+# Written by qemulab from the lab inventory; the next lab run puts back what it says.
+
+auto lo eth0
+
+iface lo inet loopback
+
+iface eth0 inet static
+    address 10.20.10.10
+    netmask 255.255.255.0
+    broadcast 10.20.10.255
+    network 10.20.10.0
+    up route add default gw 10.20.10.1 dev eth0
+"""
+BOOTED_SYSCTL = "net.ipv4.ip_forward = 0\n"
 ADDRESSES = ('[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"family":"inet",'
              '"local":"127.0.0.1","prefixlen":8}]},{"ifindex":2,"ifname":"eth0","flags":["BROADCAST","MULTICAST",'
              '"UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"10.20.10.10","prefixlen":24},{"family":'
@@ -54,7 +73,8 @@ ROUTES = ('[{"dst":"default","gateway":"10.20.10.1","dev":"eth0","flags":[]},{"d
           '"protocol":"kernel","scope":"link","prefsrc":"10.20.10.10","flags":[]}]')
 
 
-def _probe(addresses=ADDRESSES, routes=ROUTES, forwarding="0", interfaces=H1_INTERFACES, sysctl=H1_SYSCTL, tty=False):
+def _probe(addresses=ADDRESSES, routes=ROUTES, forwarding="0", interfaces=BOOTED_INTERFACES, sysctl=BOOTED_SYSCTL,
+           tty=False):
     """What the probe command prints, built the way the shell runs it: echo; marker; command output; ..."""
     out = ""
     for name, body in (("addresses", addresses + "\n"), ("routes", routes + "\n"), ("forwarding", forwarding + "\n"),
@@ -68,10 +88,38 @@ def _drift(stdout, **kw):
     return guest_network_drift(stdout, H1_NICS, [], "10.20.10.1", False, H1_INTERFACES, H1_SYSCTL, **kw)
 
 
+NO_DRIFT = {"known": True, "live": [], "forwarding": False, "interfaces_file": False, "sysctl_file": False}
+
+
 @pytest.mark.parametrize("tty", [False, True])
 def test_a_guest_configured_at_boot_shows_no_drift(tty):
-    assert _drift(_probe(tty=tty)) == {"known": True, "live": [], "forwarding": False, "interfaces_file": False,
-                                       "sysctl_file": False}
+    assert _drift(_probe(tty=tty)) == NO_DRIFT
+
+
+@pytest.mark.parametrize("guest_file,wanted", [
+    ("interfaces_file", BOOTED_INTERFACES.replace("address 10.20.10.10", "address 10.20.10.11")),
+    ("interfaces_file", BOOTED_INTERFACES.replace("    up route add default gw 10.20.10.1 dev eth0\n", "")),
+    ("interfaces_file", BOOTED_INTERFACES.replace("auto lo eth0", "auto lo")),
+    ("interfaces_file", BOOTED_INTERFACES + "\niface eth1 inet static\n    address 10.20.20.10\n"),
+    ("sysctl_file", "net.ipv4.ip_forward = 1\n"),
+    ("sysctl_file", ""),
+], ids=["other-address", "no-gateway-line", "eth0-not-auto", "extra-stanza", "forwarding-on", "no-sysctl-file"])
+def test_a_guest_file_that_differs_from_the_plan_is_drift(guest_file, wanted):
+    """The guest holds an edited file (its addresses and routes still as planned): only that file is drift."""
+    stdout = _probe(**{{"interfaces_file": "interfaces", "sysctl_file": "sysctl"}[guest_file]: wanted})
+    assert _drift(stdout) == dict(NO_DRIFT, **{guest_file: True})
+
+
+def test_a_plan_that_differs_from_the_booted_guest_is_drift():
+    """The other way round: the guest as booted, the plan changed since (another address, another gateway, forwarding
+    on): the files, the live state and forwarding all differ."""
+    nics = [{"dev": "eth0", "address": "10.20.10.11/24"}]
+    wanted_file = guest_interfaces_file(nics, [], "10.20.10.254")
+    drift = guest_network_drift(_probe(), nics, [], "10.20.10.254", True, wanted_file, guest_sysctl_file(True))
+    assert drift["known"] is True
+    assert sorted(drift["live"]) == ["addr_add 10.20.10.11/24 eth0", "addr_del 10.20.10.10/24 eth0",
+                                     "route_add 0.0.0.0/0 10.20.10.254", "route_del 0.0.0.0/0 10.20.10.1 eth0"]
+    assert drift["forwarding"] and drift["interfaces_file"] and drift["sysctl_file"]
 
 
 def test_drift_names_the_missing_route_the_wrong_address_and_the_files():

@@ -197,9 +197,9 @@ def test_a_mutated_lab_gives_a_complete_plan_or_errors_never_an_exception(lab, d
 @given(valid_labs(), st.sampled_from(["mac", "tap", "address", "port"]))
 def test_a_duplicated_identity_is_always_refused(lab, what):
     hostvars, groups = copy.deepcopy(lab)
-    names = groups["lab"]
-    first = hostvars[names[0]]
-    # a second VM copying the first VM's first NIC identity (or its port) must be caught
+    first_name = groups["lab"][0]
+    first = hostvars[first_name]
+    # a second VM copying the first VM's first NIC identity (or its port) must be caught, and only that
     copier = {"ansible_port": 3999, "vm_nics": [dict(first["vm_nics"][0], tap="tcopy", mac="12:34:56:ff:ff:fe")]}
     copier["vm_nics"][0]["address"] = first["vm_nics"][0]["address"].rsplit(".", 1)[0] + ".249/24"
     if what == "mac":
@@ -213,7 +213,19 @@ def test_a_duplicated_identity_is_always_refused(lab, what):
     hostvars["copier"] = copier
     for group in ("all", "lab", "hosts"):
         groups[group].append("copier")
-    assert lab_plan(hostvars, groups)["errors"]
+    # the copier comes last, so the error is its own: field, the duplicated value, and who holds it already
+    nic = "vm_nics[0].%s" % what
+    expected = {
+        "mac": "copier: %s 12:34:56:ff:ff:fe is already used by %s %s; give every NIC its own MAC"
+               % (nic, first_name, nic),
+        "tap": "copier: %s %s is already used by %s %s; give every tap its own name"
+               % (nic, first["vm_nics"][0]["tap"], first_name, nic),
+        "address": "copier: %s %s is already used by %s %s; give every interface its own address"
+                   % (nic, first["vm_nics"][0]["address"].split("/")[0], first_name, nic),
+        "port": "copier: ansible_port %d is already used by %s; give every VM its own port"
+                % (first["ansible_port"], first_name),
+    }[what]
+    assert lab_plan(hostvars, groups)["errors"] == [expected]
 
 
 @SETTINGS

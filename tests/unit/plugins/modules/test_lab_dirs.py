@@ -6,6 +6,7 @@ import grp
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 import yaml
@@ -251,12 +252,18 @@ def attrs(path):
     return st.st_uid, st.st_gid, "%04o" % stat.S_IMODE(st.st_mode)
 
 
+@pytest.fixture
 def other_group():
-    """A gid that is not root's, and its name."""
-    for entry in grp.getgrall():
-        if entry.gr_gid != 0:
-            return entry.gr_gid, entry.gr_name
-    pytest.skip("no group other than root on this host")
+    """A group of the test's own (gid, name), removed afterwards: lab_dirs resolves it by number and by name."""
+    if os.geteuid() != 0:
+        pytest.fail("lab_dirs's tests run as root (the module gives its directories to root); run them as root",
+                    pytrace=False)
+    name = "qlt-dirs-%d" % os.getpid()
+    subprocess.run(["groupadd", "--system", name], check=True, capture_output=True, text=True)
+    try:
+        yield grp.getgrnam(name).gr_gid, name
+    finally:
+        subprocess.run(["groupdel", name], check=True, capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -317,8 +324,8 @@ def test_present_in_check_mode_reports_the_same_and_creates_nothing(monkeypatch,
     assert not run(monkeypatch, check=True, **PRESENT, **fresh_roots)["changed"]
 
 
-def test_present_with_a_group_gives_the_run_directory_0710_and_that_gid(monkeypatch, fresh_roots):
-    gid, name = other_group()
+def test_present_with_a_group_gives_the_run_directory_0710_and_that_gid(monkeypatch, fresh_roots, other_group):
+    gid, name = other_group
     run_dir, disk_dir = paths_of(fresh_roots)
     result = run(monkeypatch, group=str(gid), **PRESENT, **fresh_roots)
     assert result["changed"] and attrs(run_dir) == (0, gid, "0710") and attrs(disk_dir) == (0, 0, "0700")
