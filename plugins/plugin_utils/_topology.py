@@ -34,6 +34,8 @@ LAB_HOST = "lab_host"
 HYPERVISOR = "localhost"
 KEY_FILE = "/var/lib/qemulab/ssh/id_ed25519"
 LABS_DIR = "/var/lib/qemulab/labs"
+# the seed's own value; the inventory plugin passes its interpreter's path instead, so --list shows a concrete one
+CONTROLLER_PYTHON = "{{ ansible_playbook_python }}"
 
 TOP_KEYS = ("plugin", "lab", "netns", "pool", "ssh_port_base", "defaults", "vars", "nodes", "segments")
 NODE_KEYS = ("role", "memory", "vcpus", "image", "ssh_port", "forwarding", "routes", "gateway", "nat", "user_nics",
@@ -72,8 +74,9 @@ def default_port_base(lab):
 
 
 class _Topology(object):
-    def __init__(self, data, source):
+    def __init__(self, data, source, python):
         self.data = data
+        self.python = python
         self.problems = Problems(source)
         self.bad = False
 
@@ -454,8 +457,7 @@ class _Topology(object):
             "ansible_python_interpreter": "/usr/bin/python3",
         }
         lab_vars.update(self.defaults)
-        host_vars = {HYPERVISOR: {"ansible_connection": "local",
-                                  "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}
+        host_vars = {HYPERVISOR: {"ansible_connection": "local", "ansible_python_interpreter": self.python}}
         for name, node in self.nodes.items():
             values = {"ansible_port": node["ssh_port"], "vm_nics": self.nics(name) + node["user_nics"]}
             routes = [{"to": r["to"], "via": r["via"]} for r in node["routes"]]
@@ -534,11 +536,13 @@ def flatten(inventory):
     return hostvars, groups
 
 
-def compile_topology(data, source="topology file", check_files=False):
+def compile_topology(data, source="topology file", check_files=False, python=CONTROLLER_PYTHON):
     """The classic inventory of a topology file: {groups, children, group_vars, host_vars, errors}.
 
+    `python`: the lab host's interpreter for the modules (the inventory plugin gives its own, a concrete path).
+
     `errors` lists every problem (file, where, value, fix); with errors nothing else is returned filled in."""
-    topology = _Topology(data, source)
+    topology = _Topology(data, source, python)
     empty = {"groups": {}, "children": {}, "group_vars": {}, "host_vars": {}}
     if not topology.read() and (topology.bad or not topology.segments or not topology.nodes):
         return dict(empty, errors=topology.problems.messages)
