@@ -85,7 +85,8 @@ def test_a_bad_file_fails_with_the_compilers_messages(tmp_path):
     path.write_text(TOPOLOGY.replace("  - [rb, hb]\n", "  - [hb]\n"))
     result = inventory(path, "--list", enable="qemulab.network.topology")
     assert "%s: nodes.hb has no router on its segments, so it cannot reach" % path in result.stderr
-    assert json.loads(result.stdout)["_meta"]["hostvars"] == {}
+    # the repository's ansible.cfg sets unparsed_is_failed: the run stops there, no inventory is listed
+    assert result.returncode != 0 and result.stdout.strip() == ""
 
 
 def test_only_qemulab_files_are_taken():
