@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 # Debian packages the collection, its roles and its tests use on the lab host.
 APT_PACKAGES := qemu-system-x86 qemu-utils iproute2 debootstrap busybox-static e2fsprogs \
 	openssh-client graphviz python3-venv python3-dev gcc cpio zstd kmod socat iperf3 tcpdump \
-	iputils-ping procps psmisc rsync git iptables
+	iputils-ping procps psmisc rsync git iptables shellcheck
 
 .PHONY: setup apt venv collection lab cleanup status graph docs test test-unit test-integration \
 	sanity lint molecule bench clean
@@ -67,8 +67,10 @@ test-integration: setup
 sanity: setup
 	tests/sanity/run
 
+# HOME, ANSIBLE_HOME and XDG_CACHE_HOME under .build: ansible-lint's cache (otherwise .ansible in the checkout), its
+# version check (~/.cache/ansible-lint) and the Ansible it runs (~/.ansible) stay out of the user's home.
 lint: setup
-	$(BIN)/ansible-lint
+	HOME=$(BUILD)/lint ANSIBLE_HOME=$(BUILD)/lint/.ansible XDG_CACHE_HOME=$(BUILD)/lint/.cache $(BIN)/ansible-lint
 
 # ANSIBLE_HOME: molecule installs the collection into $$ANSIBLE_HOME/collections (~/.ansible by default, where it
 # would shadow the checkout for playbooks run elsewhere); .build/collections already links this checkout there, so

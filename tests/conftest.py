@@ -1,9 +1,43 @@
-"""Shared pytest set-up: make the in-repo collection importable as ansible_collections.qemulab.network."""
+"""Shared pytest set-up: make the in-repo collection importable as ansible_collections.qemulab.network, and hold every
+test module to its directory's marker."""
 import os
 import sys
 
+import pytest
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 COLLECTIONS = os.path.join(REPO_ROOT, ".build", "collections")
 
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
+
+# A module under tests/unit is marked unit (kernel and QEMU mocked or faked), one under tests/integration is marked
+# integration (real bridges, taps, namespaces or guests), never both: `-m unit` and `-m integration` select what
+# their names say.
+MARKER_OF_DIRECTORY = {"unit": "unit", "integration": "integration"}
+
+
+def marker_problems(items, tests_dir=TESTS_DIR):
+    """{module path relative to tests_dir: what is wrong with its markers} for the collected test items."""
+    problems = {}
+    for item in items:
+        relative = os.path.relpath(str(item.path), tests_dir)
+        wanted = MARKER_OF_DIRECTORY.get(relative.split(os.sep, 1)[0])
+        if wanted is None:
+            continue
+        marks = set(mark.name for mark in item.iter_markers())
+        wrong = sorted((set(MARKER_OF_DIRECTORY.values()) - {wanted}) & marks)
+        if wrong or wanted not in marks:
+            problems[relative] = "%s; set `pytestmark = pytest.mark.%s` at its top" % (
+                "is marked %s, not %s" % (" and ".join(wrong), wanted) if wrong else "lacks the %s marker" % wanted,
+                wanted)
+    return problems
+
+
+def pytest_collection_modifyitems(session, config, items):
+    problems = marker_problems(items)
+    if problems:
+        raise pytest.UsageError("test modules marked against their directory (tests/unit is unit, "
+                                "tests/integration is integration):\n" + "\n".join(
+                                    "  tests/%s %s" % (path, why) for path, why in sorted(problems.items())))

@@ -2,7 +2,7 @@
 hands the guest at boot and guest_network writes) reads as the seed writes it.
 
 Renders it through a real ansible-playbook run on the seed inventory's plan, writing into a temp directory instead
-of a guest, then compares the stanzas with the seed's own text (../shared/seed-lab.md).
+of a guest, then compares the stanzas with the seed's own (the course session's network notes, transcribed below).
 """
 import os
 import subprocess
