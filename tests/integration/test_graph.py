@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED_INVENTORY = os.path.join(REPO_ROOT, "inventories", "seed")
