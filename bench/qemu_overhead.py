@@ -127,8 +127,10 @@ def vm_argv(run_dir, memory_mib, tb_size, paths, manifest, append):
         "memory": memory_mib, "tb_size": tb_size,
         "nics": [{"backend": "user", "model": "virtio-net-pci", "mac": MGMT_MAC, "restrict": True}],
     })
-    return (_collection_function("build_argv")(config, "tcg", daemon=True),
-            _collection_function("vm_paths")(run_dir))
+    vpaths = _collection_function("vm_paths")(run_dir)
+    # QEMU opens its console log in there (a lab mounts a bounded tmpfs on it; a benchmark run's log stays small)
+    os.makedirs(vpaths["console_dir"], exist_ok=True)
+    return _collection_function("build_argv")(config, "tcg", daemon=True), vpaths
 
 
 def classify(smaps_path, guest_kib, image_dir):

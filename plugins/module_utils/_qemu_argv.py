@@ -18,13 +18,18 @@ from ansible_collections.qemulab.network.plugins.module_utils._validate import q
 SANDBOX = ("on", ("obsolete", "deny"), ("elevateprivileges", "deny"), ("spawn", "deny"), ("resourcecontrol", "deny"))
 
 
+# The directory of the run directory that the console log's own tmpfs is mounted on (_qemu_console).
+CONSOLE_DIR = "console"
+
+
 def vm_paths(run_dir):
     return {
         "run_dir": run_dir,
         "pidfile": os.path.join(run_dir, "qemu.pid"),
         "qmp_socket": os.path.join(run_dir, "qmp.sock"),
         "console_socket": os.path.join(run_dir, "console.sock"),
-        "console_log": os.path.join(run_dir, "console.log"),
+        "console_dir": os.path.join(run_dir, CONSOLE_DIR),
+        "console_log": os.path.join(run_dir, CONSOLE_DIR, "console.log"),
         "log": os.path.join(run_dir, "qemu.log"),
         "fingerprint": os.path.join(run_dir, "fingerprint.json"),
     }

@@ -23,8 +23,11 @@ RUN_ROOT = "/run/qemulab"
 NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 
 # Fields that change what QEMU runs; state, timeouts and on_change do not.
+# console_log_limit is one too: its tmpfs is mounted before QEMU starts (a VM started before the limit existed has an
+# unbounded log, and is restarted to bound it).
 CONFIG_FIELDS = ("name", "lab", "run_dir", "kernel", "initrd", "append", "disks", "memory", "vcpus", "accelerator",
-                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg", "run_as", "rng")
+                 "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg", "run_as", "rng",
+                 "console_log_limit")
 # Fields added after labs were already running: left out of the fingerprint while unset, so an upgrade does not
 # restart every VM.
 OPTIONAL_FIELDS = ("run_as",)
@@ -78,6 +81,7 @@ QEMU_VM_ARGUMENT_SPEC = dict(
     )),
     run_as=dict(type="str"),
     rng=dict(type="bool", default=True),
+    console_log_limit=dict(type="raw", default=_validate.CONSOLE_LOG_LIMIT_DEFAULT),
 )
 
 
@@ -91,6 +95,14 @@ def parse_memory(value, vm="", field="memory"):
         return _validate.parse_memory(value)
     except ValueError as exc:
         raise QemuConfigError("%s: %s" % ("VM %s: %s" % (vm, field) if vm else field, exc))
+
+
+def parse_console_log_limit(value, vm):
+    """The console log's limit in bytes (_validate.parse_console_log_limit's rule)."""
+    try:
+        return _validate.parse_console_log_limit(value)
+    except ValueError as exc:
+        raise QemuConfigError("VM %s: console_log_limit: %s" % (vm, exc))
 
 
 def normalise_mac(mac, vm, index):
@@ -215,6 +227,9 @@ def normalise_config(params):
         "fw_cfg": fw_cfg,
         "run_as": str(params["run_as"]) if params.get("run_as") not in (None, "") else None,
         "rng": True if params.get("rng") is None else bool(params["rng"]),
+        "console_log_limit": parse_console_log_limit(
+            params["console_log_limit"] if params.get("console_log_limit") is not None
+            else _validate.CONSOLE_LOG_LIMIT_DEFAULT, name),
     }
 
 

@@ -34,7 +34,10 @@ MAX_JSON = 4 * 1024 * 1024
 MAX_FW_CFG = 4 * 1024 * 1024
 STDERR_TAIL = 4096
 # QEMU writes these into its run directory; root removes them before a start (they may be links its owner left).
-QEMU_WRITES = ("pidfile", "qmp_socket", "console_socket", "console_log", "log")
+# The console log is not among them: it lies on its own tmpfs, mounted fresh for every start (_qemu_console).
+QEMU_WRITES = ("pidfile", "qmp_socket", "console_socket", "log")
+# The console log's place before it got its own tmpfs: a VM started by an older qemu_vm may have left a large one.
+OLD_CONSOLE_LOG = "console.log"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -330,15 +333,15 @@ def stop_vm(run_dir, stop_timeout):
     return how or "still running"
 
 
-def _remove_qemu_files(run_dir, keys):
+def _remove_qemu_files(run_dir, keys, names=()):
     """Unlink QEMU's files in its run directory (through a directory fd: a link is removed, never followed)."""
     try:
         dir_fd = open_dir(run_dir)
     except OSError:
         return
     try:
-        for key in keys:
-            _unlink_at(dir_fd, os.path.basename(vm_paths(run_dir)[key]))
+        for name in [os.path.basename(vm_paths(run_dir)[key]) for key in keys] + list(names):
+            _unlink_at(dir_fd, name)
     finally:
         os.close(dir_fd)
 
@@ -363,29 +366,41 @@ def fw_cfg_drift(config, contents):
     return drift
 
 
-def _private_subdir(dir_fd, name, owner):
-    """An fd of directory `name` in `dir_fd`, 0700 and owned by `owner`; a link or file its owner left under that
-    name is removed (never followed) and the directory made anew."""
+def open_subdir(dir_fd, name, flags=_DIR_FLAGS, accept=None, remove=None):
+    """An fd (opened with `flags`, which hold O_NOFOLLOW and O_DIRECTORY) of directory `name` in `dir_fd`, made 0700
+    if missing. A link or file under that name, or a directory `accept(fd)` refuses, is removed (remove(dir_fd,
+    name); never followed) and the directory made anew."""
+    remove = remove or _unlink_at
     for _attempt in range(10):
         try:
             os.mkdir(name, 0o700, dir_fd=dir_fd)
         except FileExistsError:
             pass
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            fd = os.open(name, flags, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
                 raise
-            _unlink_at(dir_fd, name)
+            remove(dir_fd, name)
             continue
-        try:
-            os.fchown(fd, owner[0], owner[1])
-            os.fchmod(fd, 0o700)
-        except Exception:
-            os.close(fd)
-            raise
-        return fd
+        if accept is None or accept(fd):
+            return fd
+        os.close(fd)
+        remove(dir_fd, name)
     raise OSError(errno.EAGAIN, "kept changing under us", name)
+
+
+def _private_subdir(dir_fd, name, owner):
+    """An fd of directory `name` in `dir_fd`, 0700 and owned by `owner`; a link or file its owner left under that
+    name is removed (never followed) and the directory made anew."""
+    fd = open_subdir(dir_fd, name)
+    try:
+        os.fchown(fd, owner[0], owner[1])
+        os.fchmod(fd, 0o700)
+    except Exception:
+        os.close(fd)
+        raise
+    return fd
 
 
 def write_fw_cfg(config, contents, names, user=None):
@@ -427,7 +442,7 @@ def prepare_run_dir(run_dir, user=None):
     earlier QEMU (or that directory's owner) left where QEMU writes."""
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     _chown_dir(run_dir, (user["uid"], user["gid"]) if user else (0, 0))
-    _remove_qemu_files(run_dir, QEMU_WRITES)
+    _remove_qemu_files(run_dir, QEMU_WRITES, (OLD_CONSOLE_LOG,))
 
 
 def _create_stderr(run_dir, owner):

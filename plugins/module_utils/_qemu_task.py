@@ -6,6 +6,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import os
 import shutil
 
@@ -16,6 +17,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_config impor
     config_diff,
     normalise_config,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import mount_console, release
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import (
     decide_vhost,
     held_forwards,
@@ -81,6 +83,25 @@ class VmTaskError(Exception):
         Exception.__init__(self, msg)
         self.msg = msg
         self.result = result or {}
+
+
+def bound_console(config, user):
+    """The console log's own tmpfs, mounted before QEMU opens the log (QemuConfigError when it cannot be)."""
+    try:
+        mount_console(config["run_dir"], config["console_log_limit"], (user["uid"], user["gid"]))
+    except OSError as exc:
+        fix = ("qemu_vm bounds the log with a tmpfs of its own, which needs root (CAP_SYS_ADMIN) in the host's mount "
+               "namespace" if exc.errno == errno.EPERM else "then run this again")
+        raise QemuConfigError("VM %s: console log: %s: %s; %s" % (config["name"], exc.filename, exc.strerror, fix))
+
+
+def release_consoles(run_dir, name):
+    """Unmount the console tmpfs under a run directory about to be removed (a killed run's too)."""
+    try:
+        release(run_dir)
+    except OSError as exc:
+        raise VmTaskError("VM %s: %s: %s; unmount it (umount -l %s) and run this again" % (
+            name, exc.filename, exc.strerror, exc.filename))
 
 
 def run_qemu_vm(module, get_tap=get_tap_netlink):
@@ -193,6 +214,7 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
         try:
             prepare_run_dir(config["run_dir"], user)
             write_fw_cfg(config, fw_cfg_contents, fw_cfg_contents, user)
+            bound_console(config, user)
             for index, nic in enumerate(config["nics"]):
                 if nic["backend"] == "tap" and (nic["netns"] or unprivileged):
                     try:
@@ -222,6 +244,7 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
         write_json_atomic(paths["fingerprint"], stored, mode=0o600)
         result.update(pid=pid, argv=argv)
     if remove_dir:
+        release_consoles(config["run_dir"], config["name"])
         shutil.rmtree(config["run_dir"])
     if os.path.isdir(config["run_dir"]):
         final = read_state(config["run_dir"])

@@ -36,6 +36,14 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # a bare number is MiB; "B" only after a unit ("1024B" would read as bytes, so it is refused)
 _MEMORY_RE = re.compile(r"^\s*([0-9]+)\s*(?:([kmgt])(i?b)?)?\s*$", re.IGNORECASE)
 _MEMORY_UNITS_MIB = {"": 1, "m": 1, "g": 1024, "t": 1024 * 1024}
+# A VM's console log lies on a tmpfs of this size of its own (_qemu_console): below the floor a guest's boot messages
+# do not fit, above the ceiling the bound no longer protects the host's memory.
+CONSOLE_LOG_LIMIT_DEFAULT = "4M"
+CONSOLE_LOG_MIN_BYTES = 64 * 1024
+CONSOLE_LOG_MAX_BYTES = 1024 * 1024 * 1024
+# a bare number is bytes; K, M, G with an optional i and B, any case
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*(?:([kmg])(i?b)?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024, "g": 1024 * 1024 * 1024}
 
 
 def check_name(name, kind):
@@ -88,6 +96,24 @@ def parse_memory(value):
     if mib > MEMORY_MAX_MIB:
         raise ValueError("%r is over %d MiB; give a size like 512M or 2G" % (value, MEMORY_MAX_MIB))
     return mib
+
+
+def parse_console_log_limit(value):
+    """A console log limit in bytes from an int (bytes) or a string like 256K, 4M, 4MiB; ValueError with the fix."""
+    text = value if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    match = _SIZE_RE.match(text) if text is not None else None
+    if not match:
+        raise ValueError("%r is not a size; give digits with K, M or G, like 256K or 4M" % (value,))
+    size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").lower()]
+    if size < CONSOLE_LOG_MIN_BYTES:
+        raise ValueError("%r is below 64 KiB, too small for a guest's boot messages (a bare number is bytes); give "
+                         "at least 64K, like 4M" % (value,))
+    if size > CONSOLE_LOG_MAX_BYTES:
+        raise ValueError("%r is over 1 GiB, which a console log held in the host's memory never needs; give at most "
+                         "1G, like 4M" % (value,))
+    return size
 
 
 def qemu_opt(value):

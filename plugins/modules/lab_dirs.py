@@ -36,6 +36,9 @@ description:
   - With O(state=absent), refuses to remove a run directory from which one of the lab's VMs still runs (stop them
     first with qemulab.network.qemu_vms O(state=absent)); in check mode that is not checked, as the role's earlier
     task would have stopped them.
+  - With O(state=absent), the VMs' console log tmpfs mounts below the run directory (source C(qemulab-console),
+    see qemulab.network.qemu_vm's O(qemulab.network.qemu_vm#module:console_log_limit)) are unmounted before it is
+    removed, also those a killed run left; no other mount is touched.
 author:
   - qemulab developers (@qemulab)
 options:
@@ -166,6 +169,7 @@ import shutil
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import release
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import find_qemus
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
 
@@ -342,12 +346,14 @@ def running_vms(found):
 
 
 def remove_lab_dir(found, lab):
-    """Remove root/lab if it is still the very directory that was checked (same device and inode, not a link)."""
+    """Remove root/lab if it is still the very directory that was checked (same device and inode, not a link), after
+    unmounting its VMs' console log tmpfs (a killed run may have left them; a mount point cannot be removed)."""
     root_fd = _open_dir(found["root"])
     try:
         st = os.lstat(lab, dir_fd=root_fd)
         if stat.S_ISLNK(st.st_mode) or (st.st_dev, st.st_ino) != found["identity"]:
             raise DirectoryChanged(found["path"])
+        release(found["path"])
         try:
             shutil.rmtree(lab, dir_fd=root_fd)
         except TypeError:  # Python before 3.11: rmtree refuses a link itself and walks by fds where it can

@@ -12,7 +12,8 @@ short_description: Run one QEMU guest of a lab and manage its whole life (start,
 version_added: 0.1.0
 description:
   - Builds the QEMU command line from the options, starts QEMU detached with a pidfile, a QMP socket and a serial
-    console socket with a log in a private run directory, and keeps a fingerprint of the configuration there.
+    console socket with a log in a private run directory, and keeps a fingerprint of the configuration there. The
+    console log lies on a small tmpfs of its own (O(console_log_limit)), so a guest cannot fill the host with it.
   - Idempotent. A running VM whose configuration is unchanged is left alone; a changed configuration restarts it
     (or is only reported with O(on_change=report)). Liveness comes from QMP C(query-status); a PID is never
     signalled unless C(/proc/PID/cmdline) is a QEMU whose pidfile lies in O(run_dir).
@@ -226,6 +227,20 @@ options:
         C(virtio_rng) driver; the default image's init loads every virtio driver it finds a device for.
     type: bool
     default: true
+  console_log_limit:
+    description:
+      - Largest size of the serial console log, as digits with C(K), C(M) or C(G) (also C(KiB), C(MB), ..., any
+        case; a bare number is bytes), from C(64K) to C(1G).
+      - The log is O(run_dir)C(/console/console.log), on a tmpfs of this size of its own that the module mounts
+        before QEMU starts (source C(qemulab-console); C(nosuid), C(nodev), C(noexec); owned by the user QEMU runs
+        as). A guest flooding its console (C(cat /dev/zero > /dev/ttyS0)) fills that tmpfs and no more of the
+        host's memory or C(/run). Once it is full QEMU stops logging (the writes fail with C(ENOSPC)); the guest
+        runs on, and the console socket still carries everything.
+      - Every start gets a new, empty log. A stopped VM keeps its log (and the tmpfs) until its next start or
+        O(state=absent), which unmounts it; so do qemulab.network.qemu_vms and qemulab.network.lab_dirs with
+        C(state=absent), also for a tmpfs a killed run left. Changing it restarts the VM.
+    type: raw
+    default: 4M
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -309,9 +324,11 @@ console_socket:
   returned: always
   type: str
 console_log:
-  description: Serial console log path.
+  description:
+    - Serial console log path, O(run_dir)C(/console/console.log), on a tmpfs of O(console_log_limit) of its own.
   returned: always
   type: str
+  sample: /run/qemulab/seed/rt1/console/console.log
 log:
   description: QEMU's own log (C(-D)).
   returned: always

@@ -87,7 +87,9 @@ vms:
       description: Serial console socket path.
       type: str
     console_log:
-      description: Serial console log path.
+      description:
+        - Serial console log path, C(<run_dir>/console/console.log), on a tmpfs of its own whose size is the VM's
+          O(qemulab.network.qemu_vm#module:console_log_limit).
       type: str
     log:
       description: QEMU log path.
@@ -137,7 +139,7 @@ def vm_info(run_dir):
     have = read_state(run_dir)
     stored = have["stored"] or {}
     info = dict(vm_paths(run_dir))
-    del info["pidfile"], info["fingerprint"]
+    del info["pidfile"], info["fingerprint"], info["console_dir"]
     info.update(name=os.path.basename(run_dir), state=have["status"], pid=have["pid"],
                 uptime=process_uptime(have["pid"]) if have["pid"] else None,
                 nics=stored.get("nics") or (stored.get("config") or {}).get("nics") or [],

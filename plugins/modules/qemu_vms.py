@@ -19,7 +19,8 @@ description:
     O(run_root)/O(lab), whatever the inventory says now) and stops them all in parallel, each exactly as
     M(qemulab.network.qemu_vm) with O(qemulab.network.qemu_vm#module:state=absent) does it (ACPI powerdown for
     O(stop_timeout) seconds, QMP quit, SIGTERM, SIGKILL; a PID is signalled only when it is that run directory's
-    QEMU), then removes their run directories. The teardown role uses it.
+    QEMU), then removes their run directories, each after unmounting its console log's tmpfs (also one a killed
+    run left). The teardown role uses it.
 author:
   - qemulab developers (@qemulab)
 options:
@@ -116,6 +117,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_config impor
     check_names,
     normalise_config,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import release
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import find_qemus, lab_run_dirs, stop_vm
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_tap import tap_reader
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_task import VmTaskError, qemu_vm_task
@@ -211,18 +213,29 @@ def main():
 
     def remove(vm):
         how = stop_vm(vm["run_dir"], module.params["stop_timeout"])
-        if how != "still running":
-            shutil.rmtree(vm["run_dir"], ignore_errors=True)
-        return how
+        if how == "still running":
+            return how, None
+        try:
+            # the console log's tmpfs first: a directory holding a mount point cannot be removed (a killed run's too)
+            release(vm["run_dir"])
+        except OSError as exc:
+            return how, "%s: %s: %s; unmount it (umount -l %s) and run this again" % (
+                vm["name"], exc.filename, exc.strerror, exc.filename)
+        shutil.rmtree(vm["run_dir"], ignore_errors=True)
+        return how, None
 
     with ThreadPoolExecutor(max_workers=min(16, len(vms))) as pool:
         ended = list(pool.map(remove, vms))
-    for vm, how in zip(result["vms"], ended):
+    for vm, (how, _problem) in zip(result["vms"], ended):
         vm["stopped_by"] = how
     survivors = [vm["name"] for vm in result["vms"] if vm["stopped_by"] == "still running"]
     if survivors:
         module.fail_json(msg="VM(s) %s: QEMU survived powerdown, QMP quit, SIGTERM and SIGKILL; see qemu.log in their "
                              "run directories under %s" % (", ".join(survivors), lab_dir), **result)
+    problems = [problem for _how, problem in ended if problem]
+    if problems:
+        module.fail_json(msg="VM(s) stopped, but their run directories could not be removed: %s" % "; ".join(problems),
+                         **result)
     module.exit_json(**result)
 
 

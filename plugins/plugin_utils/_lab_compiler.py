@@ -266,6 +266,7 @@ class _Compiler(object):
             "lab_name": lab_name,
             "netns": lab["lab_netns"] or "",
             "qemu_user": lab["lab_qemu_user"] or "",
+            "console_log_limit": lab["lab_console_log_limit"],
             "lock_timeout": lab["lab_lock_timeout"] if lab["lab_lock_timeout"] is not None else 600,
             "run_dir": "%s/%s" % (RUN_ROOT, lab_name),
             "hypervisor": hypervisor,

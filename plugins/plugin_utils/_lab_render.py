@@ -107,6 +107,7 @@ def qemu_vm(vm, plan):
                    {"name": "opt/qemulab/sysctl", "content": guest_sysctl_file(vm["forwarding"])}]
         if built_image else [],
         "run_as": plan["qemu_user"] or None,
+        "console_log_limit": plan["console_log_limit"],
         "ssh_port": vm["ssh_port"],
     }
 

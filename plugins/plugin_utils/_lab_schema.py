@@ -22,11 +22,13 @@ import re
 from ansible.module_utils.six.moves.collections_abc import Mapping
 
 from ansible_collections.qemulab.network.plugins.module_utils._validate import (
+    CONSOLE_LOG_LIMIT_DEFAULT,
     MTU_MAX,
     MTU_MIN,
     NAME_MAX_BYTES,
     check_name,
     normalize_mac,
+    parse_console_log_limit,
     parse_memory,
 )
 
@@ -104,6 +106,18 @@ def _memory(value):
 
 
 _memory.type_text = "int (MiB) or str"
+
+
+def _log_limit(value):
+    # qemu_vm's own rule; the value passes as written (qemu_vm reads the size again, as it reads any task's)
+    try:
+        parse_console_log_limit(value)
+    except ValueError as exc:
+        return None, str(exc)
+    return value, None
+
+
+_log_limit.type_text = "str (size) or int (bytes)"
 
 
 def _boolean(value):
@@ -308,6 +322,12 @@ SCHEMA = (
           "`useradd --system --no-create-home --shell /usr/sbin/nologin qemulab`). The lab's taps are created owned "
           "by that user, and QEMU gets its taps, disks and `/dev/vhost-net` as file descriptors. Changing it on a "
           "running lab needs a cleanup first.", "`qemulab`", "a user name or uid; `root`/`0` mean root"),
+    Field("lab", "lab_console_log_limit", _log_limit, CONSOLE_LOG_LIMIT_DEFAULT,
+          "Largest size of each VM's serial console log, `/run/qemulab/<lab_name>/<vm>/console/console.log`: the "
+          "log lies on a tmpfs of this size of its own, so a guest flooding its console fills that and no more of "
+          "the lab host's memory or `/run`. Once it is full QEMU stops logging; the guest runs on and the console "
+          "socket still carries everything. Digits with `K`, `M` or `G` (also `KiB`, `MB`, …, any case); a bare "
+          "number is bytes. Changing it restarts the VMs.", "`16M`", "64 KiB to 1 GiB"),
     Field("lab", "lab_overcommit", _boolean, False,
           "Start the lab even when the VMs' memory (plus QEMU's own overhead per VM) exceeds the lab host's "
           "available memory, or a VM has more vCPUs than the host has CPUs. Off, the plan refuses such a lab with "

@@ -2,11 +2,13 @@
 
 A real QEMU runs as nobody; its run directory is nobody's. A helper process running as nobody plants links in that
 directory and then swaps each name root uses (fw_cfg, the fw_cfg file, qemu.pid, fingerprint.json, qemu.stderr,
-qmp.sock) for a link in a loop: to a directory of root's (standing for /etc/network), to a root-only secret, to
-/dev/zero, to a FIFO and to another process's socket. Meanwhile root runs qemu_vm's own task (start, fw_cfg updates,
-restarts) and qemu_vm_info over and over. Nothing outside the VM's directory may be created, changed or read (file
-atimes on a strictatime tmpfs), the other socket gets no byte, no output carries the secret, and no call blocks or
-runs out of memory. Then the helper forges the pidfile, and qemu_vm state=absent must still stop that QEMU.
+qmp.sock, console - the console log's mount point) for a link in a loop: to a directory of root's (standing for
+/etc/network), to a root-only secret, to /dev/zero, to a FIFO and to another process's socket. Meanwhile root runs
+qemu_vm's own task (start, fw_cfg updates, restarts) and qemu_vm_info over and over. Nothing outside the VM's
+directory may be created, changed, read or mounted on (file atimes on a strictatime tmpfs; /proc/self/mountinfo),
+the other socket gets no byte, no output carries the secret, and no call blocks or runs out of memory. A second
+case swaps only `console` while root restarts the VM again and again, so every call mounts the console log's tmpfs
+during the swapping. Then the helper forges the pidfile, and qemu_vm state=absent must still stop that QEMU.
 
 Each case runs this file as a child under `unshare -m --propagation private`, with tmpfs over /run and
 /var/lib/qemulab and a read-only view of /, so whatever escapes hits a canary or a read-only root; the child ends by
@@ -38,13 +40,17 @@ SECRET = "/var/lib/qemulab/secret/token"
 ETC_DIR = "/var/lib/qemulab/etc-network"
 FIFO = "/var/lib/qemulab/fifo"
 DECOY = "/var/lib/qemulab/other-vm/qmp.sock"
+# A directory outside the VM's, standing for any the QEMU user would like root to mount something on.
+OUTSIDE_DIR = "/var/lib/qemulab/outside"
 # The names root uses in the run directory, and what the QEMU user swaps in for each.
+CONSOLE_SWAP = ("console", [OUTSIDE_DIR, "/run"])
 SWAPS = [("fw_cfg", [ETC_DIR]),
          ("fw_cfg/qemulab_interfaces", [SECRET, ETC_DIR + "/interfaces"]),
          ("qemu.pid", ["/dev/zero", SECRET, FIFO]),
          ("fingerprint.json", [SECRET, "/dev/zero", FIFO]),
          ("qemu.stderr", [SECRET, "/dev/zero"]),
-         ("qmp.sock", [DECOY])]
+         ("qmp.sock", [DECOY]),
+         CONSOLE_SWAP]
 # A read of /dev/zero by the old code stops here (MemoryError) instead of eating the host; QEMU fits well within.
 ADDRESS_SPACE = 3 << 30
 # Longer than qemu_vm's own bounded waits (60 s for QMP at start, ~10 s to stop): only a read that would never
@@ -79,7 +85,7 @@ elif mode == "swap":
             except OSError:
                 pass
             try:  # a file or socket keeps its name all along (a hard link aside, then renamed back over the link)
-                os.link(name, name + ".real", follow_symlinks=False) if name != "fw_cfg" else \
+                os.link(name, name + ".real", follow_symlinks=False) if name not in ("fw_cfg", "console") else \
                     os.rename(name, name + ".real")
                 moved = True
             except OSError:
@@ -180,6 +186,13 @@ def _canaries(token):
     with open("/run/canary", "w") as f:
         f.write("the host's /run as this case sees it\n")
     os.mkfifo(FIFO, 0o600)
+    os.makedirs(OUTSIDE_DIR)
+
+
+def _mounts():
+    """{(mount point, source)} of this namespace's mounts."""
+    with open("/proc/self/mountinfo") as f:
+        return set((fields[4], fields[fields.index("-", 6) + 2]) for fields in (line.split() for line in f))
 
 
 def _params(guest, state, content):
@@ -233,6 +246,12 @@ class Root(object):
         return self.call("qemu_vm_info", vm_info, RUN_DIR)
 
 
+def _console_mount_points():
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import console_mounts
+
+    return [mount["mount_point"] for mount in console_mounts(RUN_DIR)]
+
+
 def _qemu_pids():
     """QEMUs started from the VM's directory (their cwd), whatever their pidfile says: the ones this case made."""
     pids = []
@@ -277,6 +296,7 @@ def child(case, kernel, initrd):
     report = {"case": case}
     helper = None
     try:
+        mounts_before = _mounts()
         before = _snapshot(("/run", "/var/lib/qemulab"), RUN_DIR)
         hashes = _hashes(before)
         for path, entry in before.items():  # any later read of these files moves their atime (strictatime)
@@ -296,6 +316,25 @@ def child(case, kernel, initrd):
                 root.info()
             report["swap_rounds"] = helper.stdout.read().strip()
             helper = None
+        elif case == "console":
+            _as_nobody(["plant", RUN_DIR, json.dumps([CONSOLE_SWAP])])
+            first = root.task("running")
+            report["first_start"] = bool(first and first.get("pid"))
+            report["console_mounted"] = _console_mount_points()
+            helper = _as_nobody(["swap", RUN_DIR, json.dumps([CONSOLE_SWAP]), "20"], wait=False)
+            mounts_seen = set()
+            while helper.poll() is None:
+                restarted = root.task("restarted") or {}
+                if restarted.get("pid"):
+                    report["restarts"] = report.get("restarts", 0) + 1
+                mounts_seen |= _mounts()
+            report["swap_rounds"] = helper.stdout.read().strip()
+            helper = None
+            report["mounts_outside_seen"] = sorted("%s (%s)" % m for m in mounts_seen - mounts_before
+                                                   if not m[0].startswith(RUN_DIR + "/"))
+            absent = root.task("absent") or {}
+            report["absent_state"] = absent.get("state")
+            report["console_mounts_after_absent"] = _console_mount_points()
         elif case == "forge":
             first = root.task("running")
             report["first_start"] = bool(first and first.get("pid"))
@@ -316,7 +355,8 @@ def child(case, kernel, initrd):
             os.kill(pid, signal.SIGKILL)
         report["killed_qemus"] = leftovers
     after = _snapshot(("/run", "/var/lib/qemulab"), RUN_DIR)
-    outside = []
+    outside = ["mounted on %s (%s)" % mount for mount in sorted(_mounts() - mounts_before)
+               if not mount[0].startswith(RUN_DIR + "/")]
     for path in sorted(set(before) | set(after)):
         if path not in after:
             outside.append("vanished %s" % path)
@@ -370,6 +410,20 @@ def test_the_qemu_user_swapping_names_for_links_reaches_nothing_outside_its_dire
     # the loop ran: root acted while the helper swapped thousands of times (a launch whose QMP socket the helper
     # swapped away waits its full 60 s, so on a loaded machine a 20 s loop may hold only a few calls)
     assert report["calls"] >= 3 and int(report["swap_rounds"]) >= 100, summary
+
+
+def test_the_qemu_user_swapping_the_console_mount_point_gets_no_mount_outside_its_directory(guest):
+    """Root mounts the console log's tmpfs at every restart while the QEMU user swaps `console` for links to
+    directories outside (one of them /run itself): every mount lands in the VM's directory or nowhere."""
+    report = run_case("console", guest)
+    print(json.dumps(report))
+    summary = json.dumps(report, indent=1)[:6000]
+    assert report["first_start"] and report["console_mounted"] == [RUN_DIR + "/console"], summary
+    assert report["mounts_outside_seen"] == [] and report["outside"] == [], summary
+    assert report["blocked"] == [] and report["secret_in_output"] == [], summary
+    # the loop ran: restarts mounted while the helper swapped (a few may lose the race and fail; none may escape)
+    assert report.get("restarts", 0) >= 3 and int(report["swap_rounds"]) >= 100, summary
+    assert report["absent_state"] == "not running" and report["console_mounts_after_absent"] == [], summary
 
 
 def test_a_forged_pidfile_does_not_save_qemu_from_state_absent(guest):

@@ -14,7 +14,7 @@ SETTINGS = {"lab": "seed", "run_root": "/run/qemulab", "state_dir": "/var/lib/qe
             "default_kernel": "/img/vmlinux", "default_initrd": "/img/initrd.img", "default_disk": "/img/disk.ext4",
             "default_append": "root=/dev/vda rw init=/sbin/qemulab-init", "custom_append": "root=/dev/vda rw",
             "accelerator": "auto", "tb_size": 64, "extra_args": [], "boot_config": True}
-PLAN = {"lab_name": "seed", "netns": "qemulab-seed", "qemu_user": ""}
+PLAN = {"lab_name": "seed", "netns": "qemulab-seed", "qemu_user": "", "console_log_limit": "4M"}
 
 
 def nic(dev, tap, mac, address, model="virtio-net-pci"):

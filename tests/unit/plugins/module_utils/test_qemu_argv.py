@@ -168,7 +168,8 @@ def test_process_model_options():
     run = "/run/qemulab/seed/h1"
     assert "-pidfile %s/qemu.pid" % run in joined
     assert "-qmp unix:%s/qmp.sock,server=on,wait=off" % run in joined
-    assert ("-chardev socket,id=console,path=%s/console.sock,server=on,wait=off,logfile=%s/console.log "
+    # the log lies on the console directory's own tmpfs (_qemu_console)
+    assert ("-chardev socket,id=console,path=%s/console.sock,server=on,wait=off,logfile=%s/console/console.log "
             "-serial chardev:console" % (run, run)) in joined
     assert "-D %s/qemu.log" % run in joined
     assert "-display none -nodefaults -no-user-config" in joined
@@ -256,7 +257,7 @@ def test_a_comma_in_a_path_is_doubled_inside_option_strings_and_kept_where_qemu_
     assert after("-drive") == ["file=/tmp/a,,b/disk.img,if=virtio,format=raw"]
     assert after("-qmp") == ["unix:/tmp/a,,b/vm/qmp.sock,server=on,wait=off"]
     assert after("-chardev") == ["socket,id=console,path=/tmp/a,,b/vm/console.sock,server=on,wait=off,"
-                                 "logfile=/tmp/a,,b/vm/console.log"]
+                                 "logfile=/tmp/a,,b/vm/console/console.log"]
     assert after("-fw_cfg") == ["name=opt/qemulab/interfaces,file=/tmp/a,,b/vm/fw_cfg/qemulab_interfaces"]
 
 
