@@ -23,6 +23,29 @@ def unique_name(prefix="qlt"):
     return f"{prefix}{secrets.token_hex(3)}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_console_tmpfs_left():
+    """qemu_vm mounts a tmpfs for each VM's console log; a test that SIGKILLs its QEMUs and removes their run
+    directories by hand cannot remove it. At the session's end, those that appeared during it and whose VM no longer
+    runs are unmounted, and the then empty directories removed."""
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import console_mounts, release
+    from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import find_qemus
+
+    def mounts():
+        return set((m["id"], m["mount_point"]) for m in console_mounts("/run/qemulab"))
+    before = mounts()
+    yield
+    for _id, mount_point in sorted(mounts() - before):
+        run_dir = os.path.dirname(mount_point)
+        if not find_qemus(run_dir):
+            release(run_dir)
+            for path in (mount_point, run_dir, os.path.dirname(run_dir)):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    break
+
+
 @pytest.fixture
 def netns():
     """A fresh network namespace, deleted after the test whatever happened."""

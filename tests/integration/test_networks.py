@@ -274,7 +274,7 @@ def test_vhost_is_reported_per_nic_with_its_reason(lab):
 
 def test_documented_console_command_attaches_and_the_log_keeps_growing(lab):
     run_dir = os.path.join("/run/qemulab", lab["name"], "rt1")
-    log = os.path.join(run_dir, "console.log")
+    log = os.path.join(run_dir, "console", "console.log")
     before = os.path.getsize(log)
     # qemulab-init keeps a root shell on ttyS0 (reachable only through the 0600 socket): no SSH needed.
     pid, fd = pty.fork()

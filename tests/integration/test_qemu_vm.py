@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import console_mounts, release
 from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient
 from minimal_guest import PING_FAIL, PING_OK, build
 
@@ -60,6 +61,7 @@ def lab(netns):
     finally:
         for pid in _qemu_pids_under(lab_dir):
             os.kill(pid, signal.SIGKILL)
+        release(lab_dir)  # the VMs' console log tmpfs: a directory holding a mount point cannot be removed
         shutil.rmtree(lab_dir, ignore_errors=True)
 
 
@@ -134,6 +136,9 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
         assert os.readlink("/proc/%d/ns/net" % res_a["pid"]) == os.readlink("/proc/self/ns/net")
     run_a = res_a["run_dir"]
     assert oct(os.stat(run_a).st_mode & 0o777) == "0o700"
+    # the console log lies on a tmpfs of its own (console_log_limit's default, 4 MiB)
+    assert res_a["console_log"] == os.path.join(run_a, "console", "console.log")
+    assert [m["mount_point"] for m in console_mounts(run_a)] == [os.path.join(run_a, "console")]
     assert oct(os.stat(res_a["qmp_socket"]).st_mode & 0o777) == "0o600"
 
     console_a = _wait_console(res_a["console_log"])
@@ -209,6 +214,7 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
         sleeper.wait()
     assert _qemu_pids_under(lab["dir"]) == []
     assert not os.path.exists(run_a) and not os.path.exists(res_b["run_dir"])
+    assert console_mounts(lab["dir"]) == []
     assert playbook(_play(absent_a, absent_b)).changed() == 0
 
 
@@ -355,7 +361,7 @@ def test_unprivileged_qemu_on_taps_it_owns(guest, lab, playbook, tmp_path):
             block = [b for b in qmp.command("query-block") if b.get("inserted")][0]["inserted"]
         assert block["ro"] is (vm == "vmb"), block
     for vm in ("vma", "vmb"):
-        console = _wait_console(os.path.join(lab["dir"], vm, "console.log"))
+        console = _wait_console(os.path.join(lab["dir"], vm, "console", "console.log"))
         assert PING_OK in console, console[-2000:]
     info = _info(playbook, lab, "vma")
     assert info[0]["user"] == "nobody" and info[0]["state"] == "running"
@@ -427,7 +433,7 @@ def test_qemu_vms_starts_guests_together_like_qemu_vm(guest, lab, playbook):
     changed = {vm["name"]: vm["changed"] for vm in second.result("together")["vms"]}
     assert changed == {"vma": False, "vmb": True}
     for vm in ("vma", "vmb"):
-        console = _wait_console(os.path.join(lab["dir"], vm, "console.log"))
+        console = _wait_console(os.path.join(lab["dir"], vm, "console", "console.log"))
         assert PING_OK in console, console[-2000:]
 
     third = playbook(_play(_vms_task(lab, guest, [good, fixed])))

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PLAN_KEYS = {"lab_name", "netns", "qemu_user", "lock_timeout", "run_dir", "hypervisor", "hypervisors", "bridges",
-             "taps", "host_ports", "vms", "errors", "cleanup_errors", "hosts", "guests"}
+             "taps", "host_ports", "vms", "errors", "cleanup_errors", "hosts", "guests", "console_log_limit"}
 VM_KEYS = {"name", "kind", "hypervisor", "ssh_port", "memory_mb", "vcpus", "kernel", "initrd", "disk", "forwarding",
            "gateway", "routes", "nics", "mgmt_mac", "nat"}
 NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "mtu", "net", "hostfwd"}
@@ -298,6 +298,7 @@ STRATEGIES = {
     "int": INTS,
     "int (port)": INTS,
     "int (MiB) or str": INTS | st.from_regex(r"\A\s?[0-9]{1,7}\s?([kKmMgGtTbB]([iI]?[bB])?)?\s?\Z"),
+    "str (size) or int (bytes)": INTS | st.from_regex(r"\A\s?[0-9]{1,10}\s?([kKmMgGtTbB]([iI]?[bB])?)?\s?\Z"),
     "bool": st.booleans() | st.sampled_from(["yes", "true", 1, 0]),
     "str": st.sampled_from(WORDS) | st.text(max_size=20),
     "str (MAC)": st.from_regex(r"\A[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z") | st.text(max_size=20),
@@ -437,6 +438,8 @@ def faithful(plan, hostvars, decl, vm_name, target, value):
         assert host["lab"] == read and all(vm["lab"] == read for vm in host["vms"])
     elif decl.name == "lab_netns":
         assert host["netns"] == read and all(vm["netns"] == read for vm in host["vms"])
+    elif decl.name == "lab_console_log_limit":
+        assert plan["console_log_limit"] == read and all(vm["console_log_limit"] == read for vm in host["vms"])
     elif decl.name == "lab_qemu_user":
         assert plan["qemu_user"] == read and all(vm["run_as"] == (read or None) for vm in host["vms"])
         assert all(tap["owner"] == (read or None) for tap in host["links"]["taps"])
