@@ -3,6 +3,8 @@
 """The compiler's last stage: a valid plan rendered, per lab host, as the exact arguments of each module and role.
 
     links        qemulab.network.links   bridges and taps (host_prep runs it for those not already as planned)
+    nic_links    qemulab.network.nic_links  each lab NIC's link state and impairment on the running VMs (the
+                 `links` stage; never part of what restarts a VM)
     host_ports   qemulab.network.veth    one item per host port; `host_port_routes`: ip_config per port
     vms          qemulab.network.qemu_vm per VM, all but what the lab host decides at run time (the built image's
                  files, accelerator, run and state directories: vm_launch's settings, merged by qemu_vm_specs)
@@ -114,6 +116,13 @@ def qemu_vm(vm, plan):
 
 # ------------------------------------------------------------------ per lab host
 
+def nic_links(vm, netns):
+    """The links stage's arguments for one VM's lab NICs: QEMU's netdev id (qemu_vm names them net<index>), the tap,
+    the wanted link state and impairment (normalised by the schema: microseconds, percent, bit/s)."""
+    return [{"vm": vm["name"], "dev": nic["dev"], "netdev": "net%d" % nic["index"], "tap": nic["tap"],
+             "netns": netns, "link": nic["link"] or "up", "netem": nic["netem"] or {}} for nic in vm["nics"]]
+
+
 def _addresses(nics):
     return [nic["address"].split("/")[0] for nic in nics if nic["bridge"] and nic["address"]]
 
@@ -148,6 +157,7 @@ def render(plan):
             "host_port_pings": [[p["peer"], address] for p in ports
                                 for name in sorted(host_addresses) for address in host_addresses[name]],
             "vms": [qemu_vm(vm, plan) for vm in vms],
+            "nic_links": [link for vm in vms for link in nic_links(vm, netns)],
             "guests": dict((vm["name"], {
                 "nics": vm["nics"], "routes": vm["routes"], "gateway": vm["gateway"],
                 "forwarding": vm["forwarding"], "nat": vm["nat"],

@@ -21,6 +21,7 @@ import re
 
 from ansible.module_utils.six.moves.collections_abc import Mapping
 
+from ansible_collections.qemulab.network.plugins.module_utils import _netem
 from ansible_collections.qemulab.network.plugins.module_utils._validate import (
     CONSOLE_LOG_LIMIT_DEFAULT,
     MTU_MAX,
@@ -261,6 +262,19 @@ def _items(scope):
     return read
 
 
+def _netem_value(value):
+    # the rules live with the code that applies them (module_utils/_netem.py); here every problem is listed
+    want, problems = _netem.normalize(dict(value) if isinstance(value, Mapping) else value)
+    if problems:
+        return None, "; ".join(problems)
+    return want, None
+
+
+_netem_value.type_text = "dict"
+_netem_value.rule_text = ("keys %s; times with us/ms/s (at most 10s), percentages 0%%-100%%, rates 8kbit-100gbit; "
+                          "jitter and reorder need delay" % ", ".join(_netem.KEYS))
+
+
 def _text(value):
     if not isinstance(value, str):
         return None, "%s is not a string; write it as text" % describe(value)
@@ -421,6 +435,19 @@ SCHEMA = (
     Field("nic", "hostfwd", _items("hostfwd"), [],
           "backend `user` only: forwards from `127.0.0.1:<host_port>` on the lab host (never another address) to "
           "the guest's `guest_port`.", "`[{host_port: 8080, guest_port: 80}]`"),
+
+    Field("nic", "netem", _netem_value, None,
+          "Impairment of the traffic this NIC sends (one direction: a symmetric link delay is set on both ends): "
+          "`delay`, `jitter`, `loss`, `duplicate`, `reorder`, `corrupt` and `rate`, omitted keys and zero values "
+          "off. Applied with a netem qdisc on the NIC's tap where the lab host's kernel has `sch_netem` (then it "
+          "shapes what reaches the guest, i.e. the guest's receive side), otherwise inside the guest on its `ethN` "
+          "(what the guest sends); the status table says which. A change applies to the running lab without "
+          "restarting the VM (`--tags links`). See `docs/links.md`.",
+          "`{delay: 40ms, jitter: 5ms, loss: 2%, rate: 10mbit}`"),
+    Field("nic", "link", _choice(("up", "down"), {True: "up", False: "down"}), "up",
+          "`down` pulls the cable: QEMU reports carrier loss to the guest (QMP `set_link`) and the tap goes down on "
+          "the lab host, so the guest's routes through it go away; `up` restores it. Applies to the running lab "
+          "without restarting the VM (`--tags links`).", "`down`"),
 
     Field("hostfwd", "host_port", _port, MISSING,
           "Port on the lab host's 127.0.0.1; unique in the lab and not a VM's `ansible_port`.", "`8080`",

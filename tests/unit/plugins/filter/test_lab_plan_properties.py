@@ -20,7 +20,8 @@ PLAN_KEYS = {"lab_name", "netns", "qemu_user", "lock_timeout", "run_dir", "hyper
              "taps", "host_ports", "vms", "errors", "cleanup_errors", "hosts", "guests", "console_log_limit"}
 VM_KEYS = {"name", "kind", "hypervisor", "ssh_port", "memory_mb", "vcpus", "kernel", "initrd", "disk", "forwarding",
            "gateway", "routes", "nics", "mgmt_mac", "nat"}
-NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "mtu", "net", "hostfwd"}
+NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "mtu", "net", "hostfwd",
+            "netem", "link"}
 # the one name rule (_validate.NAME_RE) with the lab's length limit
 LAB_NAMES = st.from_regex(r"\A[a-z0-9][a-z0-9-]{0,14}\Z")
 
@@ -306,6 +307,11 @@ STRATEGIES = {
     | st.text(max_size=20),
     "str (IPv4)": IPV4 | st.sampled_from(["fe80::1", "10.1.1.1/24"]) | st.text(max_size=20),
     "str (absolute path)": st.from_regex(r"\A/[ -~]{0,30}\Z") | st.text(max_size=20),
+    # a NIC's netem mapping: its keys (and one that is not) with times, percentages, rates and junk
+    "dict": st.dictionaries(st.sampled_from(["delay", "jitter", "loss", "duplicate", "reorder", "corrupt", "rate",
+                                             "lag"]),
+                            st.sampled_from(["40ms", "500us", "2%", "0%", "101%", "10mbit", "10mbps", "x"])
+                            | st.text(max_size=8), max_size=4),
 }
 # every scope of the schema: the lab-wide variables, a VM's, and the items of their lists
 MUTABLE_SCOPES = ("lab", "vm", "nic", "hostfwd", "route", "nat", "host_port")
