@@ -339,9 +339,19 @@ class BuildLock:
         self.fd = None
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # Pruning unlinks a lock no one holds; one opened just before that is a lock of nothing: open it again.
+            try:
+                now = os.stat(self.path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            st = os.fstat(fd)
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                self.fd = fd
+                return self
+            os.close(fd)
 
     def __exit__(self, *exc):
         fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -25,6 +25,13 @@ description:
     C(opt/qemulab/authorized_keys) and the guest's host key from C(opt/qemulab/ssh_host_ed25519_key) (the
     qemulab.network.vm_launch role hands over both, a host key of its own per VM); a guest booted without a host key
     makes one. So one image serves any key, and no two guests share a host key.
+  - With O(prune=true), old images are removed from O(cache_dir) after the image is ensured. Kept are the image of
+    these inputs, every image in use (an overlay under O(state_dir)C(/labs/) has it in its qcow2 backing chain, a
+    running QEMU's command line names it or an overlay over it, a process has one of its files open, or its build
+    lock is held) and the O(prune_keep) newest of the others. Also removed are C(.lock-<key>) files no process holds
+    (tried with a non-blocking flock) and C(.build-<key>-<pid>) directories whose build process is gone. Only the
+    cache's own names are touched (C(<key>/) holding a C(manifest.json) that names C(<key>), and within it only the
+    image's own files); anything else there stays.
 author:
   - qemulab developers (@qemulab)
 requirements:
@@ -85,12 +92,32 @@ options:
     description: Kernel arguments appended after C(root=/dev/vda rw init=/sbin/qemulab-init) in RV(append).
     type: str
     default: console=ttyS0 quiet
+  build:
+    description:
+      - With O(state=present), build the image when it is missing. C(false) only computes its key and paths (and
+        keeps it from pruning), as C(--tags prune) of the lab playbook does.
+    type: bool
+    default: true
+  prune:
+    description: Remove old images, stale locks and abandoned builds from O(cache_dir) (see the description).
+    type: bool
+    default: false
+  prune_keep:
+    description: How many of the newest images that are neither these inputs' image nor in use pruning keeps.
+    type: int
+    default: 1
+  state_dir:
+    description:
+      - The lab state directory whose C(labs/) subtree (two levels) is searched for qcow2 overlays; an image in any
+        overlay's backing chain is in use. Use the same directory as the vm_launch role's C(vm_launch_state_dir).
+    type: path
+    default: /var/lib/qemulab
 attributes:
   check_mode:
     description: Reports what would change without changing anything.
     support: full
   diff_mode:
-    description: Returns the state before and after.
+    description: Returns the state before and after; with O(prune), also the cache's own entries when pruning changes them.
     support: full
 """
 
@@ -101,6 +128,15 @@ EXAMPLES = r"""
     files_dir: "{{ role_path }}/files/rootfs"
     initramfs_init: "{{ role_path }}/files/initramfs-init"
   register: image
+
+- name: Keep only what labs use plus the two newest other images
+  qemulab.network.guest_image:
+    packages: [linux-image-amd64, busybox-static, kmod, ifupdown, iproute2, openssh-server, python3]
+    files_dir: "{{ role_path }}/files/rootfs"
+    initramfs_init: "{{ role_path }}/files/initramfs-init"
+    build: false
+    prune: true
+    prune_keep: 2
 """
 
 RETURN = r"""
@@ -142,9 +178,36 @@ manifest:
   description: The image's manifest (inputs, kernel release, file sizes, build timings); empty when there is none.
   returned: always
   type: dict
+prune:
+  description: What pruning kept and removed (in check mode, would remove), each entry with its reason.
+  returned: when O(prune=true)
+  type: dict
+  contains:
+    kept:
+      description: Entries of the cache that stay, each C({name, path, reason}).
+      type: list
+      elements: dict
+    removed:
+      description: Entries removed, each C({name, path, reason, bytes}) (C(bytes) freed on disk).
+      type: list
+      elements: dict
+    freed_bytes:
+      description: Sum of RV(prune.removed[].bytes).
+      type: int
+  sample:
+    kept:
+      - {name: 6df36600a114538e, path: /var/cache/qemulab/images/6df36600a114538e,
+         reason: "the image of this run's inputs"}
+    removed:
+      - {name: af33079de5b207fa, path: /var/cache/qemulab/images/af33079de5b207fa, bytes: 755159040,
+         reason: "older than the 1 newest other images (built 2026-11-27T09:50:26Z)"}
+      - {name: .lock-af33079de5b207fa, path: /var/cache/qemulab/images/.lock-af33079de5b207fa, bytes: 0,
+         reason: no process holds it}
+    freed_bytes: 755159040
 """
 
 import os
+import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -152,8 +215,34 @@ from ansible_collections.qemulab.network.plugins.module_utils._guest_image impor
     BuildLock, GuestImageError, build_image, cached_apt_candidate, host_debian_mirror, image_inputs, image_key,
     boot_kernel, image_paths, read_image, tree_digest,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._image_prune import (
+    images_in_use, lock_held, own_entries, plan_prune, prune, read_cache,
+)
 
 ROOT_ARGS = "root=/dev/vda rw init=/sbin/qemulab-init"
+
+
+def prune_cache(module, key, state):
+    """Plan and (outside check mode) act on the cache: (result, entries before, entries after, changed)."""
+    p = module.params
+    cache = read_cache(p["cache_dir"])
+    held = {k for k in cache["locks"] if lock_held(p["cache_dir"], k)}
+    # /proc and the overlays are read only when there is an image pruning could remove
+    in_use = images_in_use(p["cache_dir"], p["state_dir"]) if set(cache["images"]) - {key} else {}
+    kept, removed = plan_prune(cache, key, p["prune_keep"], in_use, held)
+    freed, stayed, notes = prune(p["cache_dir"], removed, module.check_mode)
+    kept.update(stayed)
+    removed.update((n, "%s; %s" % (removed[n], note)) for n, note in notes.items())
+    before = own_entries(cache)
+    after = [n for n in before if n not in freed and not (state == "absent" and n == key)]
+    at = p["cache_dir"]
+    result = {
+        "kept": [{"name": n, "path": os.path.join(at, n), "reason": kept[n]} for n in sorted(kept)],
+        "removed": [{"name": n, "path": os.path.join(at, n), "reason": removed[n], "bytes": freed[n]}
+                    for n in sorted(freed)],
+        "freed_bytes": sum(freed.values()),
+    }
+    return result, before, after, bool(freed)
 
 
 def main():
@@ -171,6 +260,10 @@ def main():
             initramfs_modules=dict(type="list", elements="str", default=["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]),
             disk_size_mb=dict(type="int", default=2048),
             kernel_args=dict(type="str", default="console=ttyS0 quiet"),
+            build=dict(type="bool", default=True),
+            prune=dict(type="bool", default=False),
+            prune_keep=dict(type="int", default=1),
+            state_dir=dict(type="path", default="/var/lib/qemulab"),
         ),
         supports_check_mode=True,
     )
@@ -178,6 +271,9 @@ def main():
     for opt in ("files_dir", "initramfs_init"):
         if not os.path.exists(p[opt]):
             module.fail_json(msg=f"guest_image: {opt} {p[opt]} does not exist; point it at the guest_image role's files")
+    if p["prune_keep"] < 0:
+        module.fail_json(msg=f"guest_image: prune_keep {p['prune_keep']} is negative; give how many old images to "
+                             "keep, 0 or more (guest_image_prune_keep)")
     try:
         mirror = p["mirror"].rstrip("/") or host_debian_mirror(p["suite"])
         kernel_version = p["kernel_version"] or cached_apt_candidate("linux-image-amd64", p["cache_dir"])
@@ -196,26 +292,32 @@ def main():
         before = {"key": key, "built": manifest is not None}
         if p["state"] == "absent":
             changed = os.path.exists(paths["dir"])
+            after = {"key": key, "built": False}
             if changed and not module.check_mode:
-                import shutil
                 shutil.rmtree(paths["dir"])
-            module.exit_json(changed=changed, diff={"before": before, "after": {"key": key, "built": False}},
-                             **result)
-        changed = manifest is None
-        if changed and not module.check_mode:
-            with BuildLock(p["cache_dir"], key):
-                # Another run may have built it while this one waited for the lock.
-                manifest = read_image(p["cache_dir"], key)
-                if manifest is None:
-                    manifest = build_image(
-                        p["cache_dir"], key, inputs, mirror, p["packages"], p["suite"], p["files_dir"],
-                        p["initramfs_init"], p["disk_size_mb"], p["initramfs_modules"], p["deb_cache_dir"],
-                        module.log)
-            result["manifest"] = manifest
-            result["kernel"] = boot_kernel(paths, manifest)
-    except GuestImageError as e:
-        module.fail_json(msg=str(e))
-    module.exit_json(changed=changed, diff={"before": before, "after": {"key": key, "built": True}}, **result)
+        else:
+            changed = manifest is None and p["build"]
+            after = {"key": key, "built": manifest is not None or p["build"]}
+            if changed and not module.check_mode:
+                with BuildLock(p["cache_dir"], key):
+                    # Another run may have built it while this one waited for the lock.
+                    manifest = read_image(p["cache_dir"], key)
+                    if manifest is None:
+                        manifest = build_image(
+                            p["cache_dir"], key, inputs, mirror, p["packages"], p["suite"], p["files_dir"],
+                            p["initramfs_init"], p["disk_size_mb"], p["initramfs_modules"], p["deb_cache_dir"],
+                            module.log)
+                result["manifest"] = manifest
+                result["kernel"] = boot_kernel(paths, manifest)
+        if p["prune"]:
+            result["prune"], cache_before, cache_after, pruned = prune_cache(module, key, p["state"])
+            # the cache's own entries appear in the diff when pruning changes them
+            if cache_before != cache_after:
+                before["cache"], after["cache"] = cache_before, cache_after
+            changed = changed or pruned
+    except (GuestImageError, OSError) as e:
+        module.fail_json(msg=f"guest_image: {e}" if isinstance(e, OSError) else str(e))
+    module.exit_json(changed=changed, diff={"before": before, "after": after}, **result)
 
 
 if __name__ == "__main__":
