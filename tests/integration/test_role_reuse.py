@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 
@@ -28,6 +27,7 @@ import yaml
 from pyroute2 import netns as pr_netns
 
 from conftest import run_playbook
+from faultlab import free_port
 from hostsnapshot import lab_leftovers, lab_qemu_processes, snapshot
 
 pytestmark = pytest.mark.integration
@@ -45,12 +45,11 @@ GUESTS = ("myrouter", "edge")
 
 
 def _free_ports(count):
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    # below the ephemeral range (free_port), so no outgoing connection takes one before QEMU binds it
+    ports = []
+    while len(ports) < count:
+        port = free_port()
+        ports += [] if port in ports else [port]
     return ports
 
 
@@ -112,6 +111,13 @@ def _running_vms(lab):
     marker = "/qemulab/%s/" % lab
     return sorted({arg.split(marker, 1)[1].split("/")[0]
                    for argv in lab_qemu_processes(lab).values() for arg in argv if marker in arg})
+
+
+def _gone(path, seconds):
+    deadline = time.time() + seconds
+    while os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.1)
+    return not os.path.exists(path)
 
 
 def _images():
@@ -214,7 +220,8 @@ def test_teardown_example_removes_the_lab_by_name_and_leaves_the_host_as_it_was(
     assert lab_leftovers(lab) == {"processes": [], "files": []}
     assert netns not in pr_netns.listnetns()
     assert sorted(pr_netns.listnetns()) == reuse_lab["namespaces_before"]
-    assert not os.path.exists("/run/qemulab/%s.lock" % lab)
+    # the lock's holder process unlinks its file once it sees the run is over (it looks every 0.2 s)
+    assert _gone("/run/qemulab/%s.lock" % lab, seconds=5)
     assert not os.path.exists("/run/qemulab/_netns/%s.owner" % netns)
     assert snapshot() == reuse_lab["host_before"], "the host's links, addresses, routes or sysctls changed"
     # the cached guest image is shared by every lab and stays
