@@ -1,7 +1,8 @@
 """docs/roles.md says what the roles declare, and every reuse it shows is an example file a test runs.
 
-- every role under roles/ has a section, and its variable table lists exactly the options of the role's
-  meta/argument_specs.yml, each with the type and default rendered from the spec (the meaning column is prose);
+- every role under roles/ has a section naming each of its entry points, and its variable table lists exactly the
+  options of the role's meta/argument_specs.yml (all entry points), each with the type and default rendered from the
+  spec (the meaning column is prose);
 - every `<role>_<name>` the page mentions is an option of that role, a fact the role sets or a filter plugin;
 - every YAML snippet names its example file (playbooks/examples/...) just before it and is a verbatim excerpt of it;
 - every role is included by some snippet, every example playbook is listed on the page and run by an
@@ -30,9 +31,18 @@ def _page():
         return f.read()
 
 
-def _options(role):
+def _entry_points(role):
     with open(os.path.join(REPO, "roles", role, "meta", "argument_specs.yml")) as f:
-        return yaml.safe_load(f)["argument_specs"]["main"]["options"]
+        return yaml.safe_load(f)["argument_specs"]
+
+
+def _options(role):
+    """The options of every entry point of the role (main first; entry points may share them)."""
+    options = {}
+    for _name, spec in sorted(_entry_points(role).items(), key=lambda item: item[0] != "main"):
+        for option, option_spec in (spec.get("options") or {}).items():
+            options.setdefault(option, option_spec)
+    return options
 
 
 def _facts(role):
@@ -95,8 +105,10 @@ def table_problems(page, role):
     if not section:
         return ["docs/roles.md has no section '## %s — ...'" % role]
     rows, options = _table(section), _options(role)
-    problems = ["%s: the table lacks %s, declared in roles/%s/meta/argument_specs.yml" % (role, name, role)
-                for name in sorted(set(options) - set(rows))]
+    problems = ["%s: the section does not name the entry point `%s` (tasks_from: %s)" % (role, name, name)
+                for name in sorted(_entry_points(role)) if name != "main" and "`%s`" % name not in section]
+    problems += ["%s: the table lacks %s, declared in roles/%s/meta/argument_specs.yml" % (role, name, role)
+                 for name in sorted(set(options) - set(rows))]
     problems += ["%s: the table lists %s, which roles/%s/meta/argument_specs.yml does not declare" % (role, name, role)
                  for name in sorted(set(rows) - set(options))]
     problems += ["%s: the row should start | `%s` | %s | %s | (the page has: %s | %s)"
