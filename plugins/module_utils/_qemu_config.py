@@ -78,11 +78,20 @@ QEMU_VM_ARGUMENT_SPEC = dict(
     fw_cfg=dict(type="list", elements="dict", default=[], options=dict(
         name=dict(type="str", required=True),
         content=dict(type="str", required=True),
+        secret=dict(type="bool", default=False),
     )),
     run_as=dict(type="str"),
     rng=dict(type="bool", default=True),
     console_log_limit=dict(type="raw", default=_validate.CONSOLE_LOG_LIMIT_DEFAULT),
 )
+
+
+def secret_contents(params):
+    """The contents of the fw_cfg items marked secret (a guest's private host key): the modules add them to
+    AnsibleModule.no_log_values, so no result, diff or error message shows them."""
+    return [item["content"] for item in params.get("fw_cfg") or []
+            if isinstance(item, dict) and item.get("secret") and isinstance(item.get("content"), str)
+            and item["content"]]
 
 
 class QemuConfigError(Exception):

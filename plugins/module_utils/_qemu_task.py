@@ -7,6 +7,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import hashlib
 import os
 import shutil
 
@@ -16,6 +17,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_config impor
     QemuConfigError,
     config_diff,
     normalise_config,
+    secret_contents,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import mount_console, release
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import (
@@ -106,10 +108,19 @@ def release_consoles(run_dir, name):
 
 def run_qemu_vm(module, get_tap=get_tap_netlink):
     """The qemu_vm module: one VM's task, failing the module on errors."""
+    module.no_log_values.update(secret_contents(module.params))
     try:
         return qemu_vm_task(module.params, module.check_mode, get_tap)
     except VmTaskError as exc:
         module.fail_json(msg=exc.msg, **exc.result)
+
+
+def shown(content, secret):
+    """A fw_cfg content as a diff shows it: a secret one (also the old one on disk, which no_log_values does not
+    know) only by its digest."""
+    if not secret or content is None:
+        return content
+    return "(secret, sha256 %s)" % hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
 
 
 def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
@@ -161,8 +172,9 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
     elif need_start and not running:
         after.update(dict((k, config[k]) for k in CONFIG_FIELDS))
     if fw_cfg_changes:
-        before["fw_cfg_contents"] = dict((n, old) for n, (old, new) in fw_cfg_changes.items())
-        after["fw_cfg_contents"] = dict((n, new) for n, (old, new) in fw_cfg_changes.items())
+        secret = set(item["name"] for item in params.get("fw_cfg") or [] if item.get("secret"))
+        before["fw_cfg_contents"] = dict((n, shown(old, n in secret)) for n, (old, new) in fw_cfg_changes.items())
+        after["fw_cfg_contents"] = dict((n, shown(new, n in secret)) for n, (old, new) in fw_cfg_changes.items())
         result["fw_cfg_updated"] = sorted(fw_cfg_changes)
     result["diff"] = dict(before=before, after=after)
 

@@ -206,6 +206,12 @@ options:
         description: The item's contents.
         type: str
         required: true
+      secret:
+        description:
+          - The content is a secret (a guest's private host key) that no result, diff or message of the module
+            shows; a diff names a changed secret item by a digest only.
+        type: bool
+        default: false
   run_as:
     description:
       - Run QEMU as this unprivileged user (name or uid) instead of root. QEMU is started with the user's ids

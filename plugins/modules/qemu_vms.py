@@ -116,6 +116,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_config impor
     QemuConfigError,
     check_names,
     normalise_config,
+    secret_contents,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import release
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import find_qemus, lab_run_dirs, stop_vm
@@ -197,6 +198,9 @@ def main():
         run_root=dict(type="path", default="/run/qemulab"),
         stop_timeout=dict(type="int", default=10),
     ), supports_check_mode=True)
+    # before anything can fail: no result or message of this run may show a guest's private key
+    for vm in module.params["vms"]:
+        module.no_log_values.update(secret_contents(vm))
     problem = check_name(module.params["lab"], "lab")
     if problem:
         module.fail_json(msg="qemu_vms: lab: %s" % problem)

@@ -171,8 +171,12 @@ def test_a_project_outside_the_checkout_brings_up_verifies_and_cleans_up_a_lab(p
     installed = os.path.join(project["dir"], "collections", "ansible_collections", "qemulab", "network")
     assert os.path.isfile(os.path.join(installed, "MANIFEST.json")) and not os.path.islink(installed)
 
-    up = project["playbook"]()
+    # -vvv shows every task's result with its invocation (module arguments) and diff
+    up = project["playbook"]("-vvv", "--diff")
     assert up.returncode == 0, up.stdout[-6000:] + up.stderr[-3000:]
+    # The guests' private host keys reached them (strict checking passes below) but no line of the run shows one.
+    assert "PRIVATE KEY" not in up.stdout + up.stderr
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in up.stdout
     recap = _recap(up.stdout)
     assert sorted(recap) == ["h1", "localhost", "r1"], recap
     assert not [h for h, c in recap.items() if c["unreachable"] or c["failed"]], recap

@@ -103,6 +103,7 @@ def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatc
 
         def __init__(self, p):
             self.params = p
+            self.no_log_values = set()
 
         def fail_json(self, msg, **kw):
             raise AssertionError(msg)

@@ -1,5 +1,7 @@
 """qemu_vm's plan with the kernel and QEMU replaced: check mode, errors naming VM/NIC/tap/fix, spec vs docs."""
+import json
 import os
+import sys
 import subprocess
 
 import pytest
@@ -26,6 +28,7 @@ class FakeModule(object):
         self.params = dict((k, v.get("default")) for k, v in QEMU_VM_ARGUMENT_SPEC.items())
         self.params.update(params)
         self.check_mode = check_mode
+        self.no_log_values = set()
 
     def fail_json(self, msg, **kwargs):
         raise Failed(msg)
@@ -185,3 +188,51 @@ def test_a_running_unchanged_vm_reports_the_vhost_decision_of_its_start(tmp_path
     result = run_qemu_vm(FakeModule(check_mode=True, **params), get_tap=lambda ifname, netns: {"name": ifname})
     assert result["changed"] is False
     assert result["nics"] == started
+
+
+KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-new\n-----END OPENSSH PRIVATE KEY-----\n"
+OLD_KEY = KEY.replace("-new", "-old")
+
+
+def test_a_secret_fw_cfg_item_is_masked_and_its_diff_shows_digests_only(tmp_path, monkeypatch):
+    """A guest's private host key (fw_cfg secret: true) joins AnsibleModule's no_log_values, and the diff of a
+    changed key names neither the new key nor the old one on disk (which no_log_values cannot know)."""
+    items = [FW_CFG[0], {"name": "opt/qemulab/ssh_host_ed25519_key", "content": OLD_KEY, "secret": True}]
+    params = _params(tmp_path, fw_cfg=items)
+    config = normalise_config(params)
+    os.makedirs(config["run_dir"])
+    write_fw_cfg(config, dict((i["name"], i["content"]) for i in items), [i["name"] for i in items])
+    monkeypatch.setattr(_qemu_task, "read_state",
+                        lambda run_dir: {"pid": 4242, "status": "running", "stored": {"config": config}})
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("restarted a VM for a new key"))
+    params["fw_cfg"] = [items[0], dict(items[1], content=KEY)]
+    module = FakeModule(check_mode=True, **params)
+    result = run_qemu_vm(module)
+    assert result["fw_cfg_updated"] == ["opt/qemulab/ssh_host_ed25519_key"]
+    assert module.no_log_values == {KEY}
+    shown = result["diff"]["before"]["fw_cfg_contents"]["opt/qemulab/ssh_host_ed25519_key"], \
+        result["diff"]["after"]["fw_cfg_contents"]["opt/qemulab/ssh_host_ed25519_key"]
+    assert shown[0].startswith("(secret, sha256 ") and shown[1].startswith("(secret, sha256 ") and shown[0] != shown[1]
+    assert "PRIVATE KEY" not in json.dumps(result)
+
+
+def test_qemu_vms_run_as_ansible_runs_it_never_prints_a_secret(tmp_path):
+    """The real module process (AnsibleModule's own masking), in check mode and with a VM whose spec fails: the
+    key appears neither in the result nor in the invocation's module_args nor in the failure message."""
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    secret = {"name": "opt/qemulab/ssh_host_ed25519_key", "content": KEY, "secret": True}
+    vms = [{"name": "rt1", "kernel": str(kernel), "accelerator": "tcg", "fw_cfg": [secret]},
+           {"name": "rt2", "kernel": str(kernel), "accelerator": "tcg", "memory": "lots", "fw_cfg": [secret]}]
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        "lab": "t", "state": "running", "run_root": str(tmp_path / "run"), "vms": vms,
+        "_ansible_check_mode": True, "_ansible_diff": True}}))
+    collections = os.path.join(os.path.dirname(__file__), *[os.pardir] * 4, ".build", "collections")
+    proc = subprocess.run([sys.executable, "-m", "ansible_collections.qemulab.network.plugins.modules.qemu_vms",
+                           str(args_file)], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=os.path.abspath(collections)))
+    out = json.loads(proc.stdout)
+    assert out.get("failed") and "rt2" in out["msg"], proc.stdout + proc.stderr
+    assert "PRIVATE KEY" not in proc.stdout + proc.stderr
+    assert out["invocation"]["module_args"]["vms"][0]["fw_cfg"][0]["content"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
