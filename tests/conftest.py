@@ -1,7 +1,9 @@
-"""Shared pytest set-up: make the in-repo collection importable as ansible_collections.qemulab.network, and hold every
-test module to its directory's marker."""
+"""Shared pytest set-up: make the in-repo collection importable as ansible_collections.qemulab.network, hold every
+test module to its directory's marker, and keep Ansible's remote temp files out of the user's home."""
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -41,3 +43,25 @@ def pytest_collection_modifyitems(session, config, items):
         raise pytest.UsageError("test modules marked against their directory (tests/unit is unit, "
                                 "tests/integration is integration):\n" + "\n".join(
                                     "  tests/%s %s" % (path, why) for path, why in sorted(problems.items())))
+
+
+# Ansible's remote temp (also the lab host's own, over the local connection) defaults to ~/.ansible/tmp, and a run
+# the fault suite kills leaves its ansible-tmp-* directory there. Every playbook the tests start inherits this one
+# instead (the guests create the same path in their own /tmp); it goes with the session.
+REMOTE_TMP_VARS = ("ANSIBLE_REMOTE_TEMP", "ANSIBLE_REMOTE_TMP")
+
+
+def pytest_configure(config):
+    if not any(os.environ.get(name) for name in REMOTE_TMP_VARS):
+        path = tempfile.mkdtemp(prefix="qemulab-tests-remote-tmp-")
+        config._qemulab_remote_tmp = path
+        for name in REMOTE_TMP_VARS:
+            os.environ[name] = path
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_qemulab_remote_tmp", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+        for name in REMOTE_TMP_VARS:
+            os.environ.pop(name, None)
