@@ -104,8 +104,10 @@ class QMPClient(object):
         except ValueError:
             raise QMPError("QMP socket %s sent invalid JSON: %r" % (self.path, line[:200]))
 
-    def command(self, name, **arguments):
-        """Run one command and return its `return` value; asynchronous events in between are skipped."""
+    def command(self, execute, **arguments):
+        """Run one command and return its `return` value; asynchronous events in between are skipped. (Not `name`:
+        set_link's own argument is called that.)"""
+        name = execute
         msg = {"execute": name}
         if arguments:
             msg["arguments"] = arguments

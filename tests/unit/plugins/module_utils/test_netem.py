@@ -172,3 +172,21 @@ def test_probe_is_cached_per_kernel_release(tmp_path):
     works, reason = _netem.host_has_netem(cache, run=lambda argv, **kw: _Proc(2))
     assert works is True and "cached probe" in reason and len(runs) == 2
     assert _netem.placement(True) == "host" and _netem.placement(False) == "guest"
+
+
+# Recorded from the default guest image (Debian 12, iproute2 6.1, kernel 6.1) after
+# `tc qdisc replace dev eth1 root netem delay 40ms 5ms loss 2% duplicate 0.1% corrupt 0.5% reorder 25% rate 10mbit`.
+GUEST_SHOW = ('[{"kind":"netem","handle":"8001:","root":true,"refcnt":2,"options":{"limit":1000,"delay":{"delay":0.04,'
+              '"jitter":0.005,"correlation":0},"loss-random":{"loss":0.02,"correlation":0},"duplicate":{"duplicate":'
+              '0.001,"correlation":0},"reorder":{"reorder":0.25,"correlation":0},"corrupt":{"corrupt":0.005,'
+              '"correlation":0},"rate":{"rate":1250000,"packetoverhead":0,"cellsize":0,"celloverhead":0},"ecn":false,'
+              '"gap":1}}]')
+
+
+def test_the_guests_own_tc_output_reads_back_as_what_was_set():
+    want = _netem.normalize({"delay": "40ms", "jitter": "5ms", "loss": "2%", "duplicate": "0.1%", "corrupt": "0.5%",
+                             "reorder": "25%", "rate": "10mbit"})[0]
+    assert _netem.replace_argv("eth1", want)[7:] == ["delay", "40ms", "5ms", "loss", "2%", "duplicate", "0.1%",
+                                                     "reorder", "25%", "corrupt", "0.5%", "rate", "10mbit"]
+    assert _netem.parse_show(GUEST_SHOW, "eth1") == ("netem", want)
+    assert _netem.plan("eth1", want, *_netem.parse_show(GUEST_SHOW, "eth1"))[0] is None
