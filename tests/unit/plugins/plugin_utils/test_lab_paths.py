@@ -13,6 +13,8 @@ from ansible_collections.qemulab.network.plugins.filter.lab_paths import lab_pat
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_paths
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_compiler import compile_lab
 from ansible_collections.qemulab.network.plugins.plugin_utils._topology import compile_topology, flatten
+# the plan of an inventory as `ansible-inventory --list` shows it (a real ansible run)
+from test_topology_plans import inventory_plan
 
 pytestmark = pytest.mark.unit
 
@@ -138,18 +140,7 @@ def test_a_host_does_not_forward_and_a_loop_is_named(ring):
 def test_the_seed_inventorys_gaps_are_listed_not_traced():
     """The classic seed inventory: rt2 and rt3 have no routes to two segments each (hand-written); every other pair
     is traced, and the hosts' paths are the seed's."""
-    from ansible_collections.qemulab.network.plugins.filter.lab_plan import lab_plan
-    import json
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    listed = json.loads(subprocess.run(
-        [os.path.join(REPO, ".venv", "bin", "ansible-inventory"), "-i", os.path.join(REPO, "inventories", "seed"),
-         "--list"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True).stdout)
-    hostvars = listed.pop("_meta")["hostvars"]
-
-    def members(group):
-        entry = listed.get(group, {})
-        return entry.get("hosts", []) + [h for child in entry.get("children", []) for h in members(child)]
-    plan = lab_plan(hostvars, dict((g, members(g)) for g in listed), check_files=False)
+    plan = inventory_plan(os.path.join(REPO, "inventories", "seed"))
     paths = _lab_paths.matrix(plan)
     assert sorted((u["source"], u["address"]) for u in paths["unchecked"]) == sorted(
         [("rt2", a) for a in ("10.20.30.1", "10.20.30.2", "10.20.50.1", "10.20.50.2")]
