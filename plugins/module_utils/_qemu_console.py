@@ -185,8 +185,9 @@ def mount_console(run_dir, limit, owner):
     finally:
         os.close(run_fd)
     # the QEMU user may have renamed the directory within the run directory before the mount: then QEMU's log
-    # would miss it
-    if [mount["mount_point"] for mount in console_mounts(run_dir)] != [where]:
+    # would miss it. Only mounts this namespace can reach count: one hidden under a later mount (a private
+    # namespace's tmpfs over /run shows the host's) is listed under its old path.
+    if [mount["mount_point"] for mount in console_mounts(run_dir) if _still_there(mount)] != [where]:
         release(run_dir)
         raise OSError(errno.EAGAIN, "the console log's directory was renamed while its tmpfs was mounted", where)
     return vm_paths(run_dir)["console_log"]

@@ -63,14 +63,19 @@ def integration_conftest():
 
 # -- the child, inside the private mount namespace ---------------------------------------------------------------
 
+# The mounts this namespace was made with: the host's labs' console tmpfs are listed too (under the /run they had,
+# hidden by the case's own), and are not the case's.
+INHERITED = set()
+
+
 def _console_mounts():
-    """[(mount point, size option)] of every console tmpfs in this mount namespace."""
+    """[(mount point, size option)] of the console tmpfs made in this mount namespace since it started."""
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             rest = fields[fields.index("-", 6) + 1:]
-            if rest[1] == SOURCE:
+            if rest[1] == SOURCE and fields[0] not in INHERITED:
                 found.append((fields[4], [o for o in rest[2].split(",") if o.startswith("size=")][0]))
     return found
 
@@ -85,7 +90,8 @@ def _files(root):
 
 
 def _qemus_under(run_dir):
-    """QEMUs started from a VM directory below `run_dir` (their working directory): the ones this case made."""
+    """QEMUs started from a VM directory below `run_dir` (their working directory), the case's lab's own: other
+    labs' QEMUs on the host show their own run directories here too."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -189,9 +195,8 @@ VM_PLAY = """
 """
 
 
-def flood(spec, scratch, run_playbook):
+def flood(spec, lab, scratch, run_playbook):
     """The flood case; returns its report (every figure the parent asserts on)."""
-    lab = "qlc" + secrets.token_hex(3)
     run_dir = "/run/qemulab/%s/vm1" % lab
     _private, client_public = _keygen(os.path.join(scratch, "client"))
     host_private, host_public = _keygen(os.path.join(scratch, "host"))
@@ -227,7 +232,9 @@ def flood(spec, scratch, run_playbook):
     report["banner"] = _wait_banner(port, 180)
     again = run_playbook(VM_PLAY, extra_vars=dict(variables, state="running"))
     report["second_run_changed"] = again.changed() if again.rc == 0 else repr(again)[-2000:]
-    report["log_after_boot"] = os.path.getsize(log)
+    with open(log, "rb") as f:
+        boot = f.read()
+    report["log_after_boot"] = len(boot)
     report["run_used_before_flood"] = _used("/run")
 
     start = _ssh(vm, "setsid -f sh -c 'yes %s > /dev/ttyS0' < /dev/null > /dev/null 2>&1; echo started" % FLOOD_TEXT)
@@ -248,8 +255,9 @@ def flood(spec, scratch, run_playbook):
     report["console_tmpfs_used"] = _used(os.path.dirname(log))
     report["run_used_after_flood"] = _used("/run")
     with open(log, "rb") as f:
-        head = f.read()
-    report["log_holds_boot_and_flood"] = [b"Linux version" in head, FLOOD_TEXT.encode() in head]
+        kept = f.read()
+    # what came first stays (the boot), the flood follows until the tmpfs is full
+    report["log_holds_boot_and_flood"] = [kept.startswith(boot), FLOOD_TEXT.encode() in kept[len(boot):]]
 
     alive = _ssh(vm, "echo alive; pgrep -x yes > /dev/null && echo flooding")
     report["ssh_after_flood"] = [alive.returncode, alive.stdout.split(), alive.stderr[-300:]]
@@ -303,8 +311,7 @@ LAB_DIRS_PLAY = """
 """
 
 
-def killed(spec, scratch, run_playbook):
-    lab = "qlk" + secrets.token_hex(3)
+def killed(spec, lab, scratch, run_playbook):
     lab_dir = "/run/qemulab/" + lab
     vms = [{"name": name, "kernel": spec["guest"]["kernel"], "initrd": spec["guest"]["initrd"],
             "append": "console=ttyS0", "memory": "128M", "tb_size": 32, "accelerator": "tcg", "stop_timeout": 0,
@@ -336,6 +343,8 @@ def child(case, spec_json):
     spec = json.loads(spec_json)
     if os.stat("/proc/self/ns/mnt").st_ino == spec["host_mount_ns"]:
         raise SystemExit("refusing to run: not in a private mount namespace (start me with unshare -m)")
+    with open("/proc/self/mountinfo") as f:
+        INHERITED.update(line.split()[0] for line in f)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755,size=%d" % RUN_TMPFS_SIZE, "qemulab-test", "/run"],
                    check=True)
     if case == "killed":
@@ -347,10 +356,11 @@ def child(case, spec_json):
 
     def run_playbook(play, **kwargs):
         return conftest.run_playbook(play, timeout=600, **kwargs)
+    lab = ("qlc" if case == "flood" else "qlk") + secrets.token_hex(3)
     try:
-        report = (flood if case == "flood" else killed)(spec, scratch, run_playbook)
+        report = (flood if case == "flood" else killed)(spec, lab, scratch, run_playbook)
     finally:
-        left = _qemus_under("/run/qemulab")
+        left = _qemus_under("/run/qemulab/" + lab)
         _kill(left)
         shutil.rmtree(scratch, ignore_errors=True)
     report["qemus_left"] = left

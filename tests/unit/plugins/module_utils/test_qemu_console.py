@@ -170,13 +170,29 @@ def test_the_tmpfs_is_mounted_on_the_open_directory_with_the_limit_in_whole_page
             calls.append((name, os.readlink(args[1].decode())) + args[:1] + args[2:])
         else:
             calls.append((name,) + args)
-    mounted = "70 1 0:70 / %s rw - tmpfs qemulab-console rw" % where
+    # no mount is made here: the directory's own file system stands for the tmpfs that would be on it
+    dev = os.stat(run_dir).st_dev
+    mounted = "70 1 %d:%d / %s rw - tmpfs qemulab-console rw" % (os.major(dev), os.minor(dev), where)
     monkeypatch.setattr(console, "_call", fake_call)
     monkeypatch.setattr(console, "read_mountinfo", lambda: mounted if calls else "")
     log = console.mount_console(run_dir, 256 * KIB + 100, (65534, 65534))
     assert log == os.path.join(run_dir, "console", "console.log")
     assert calls == [("mount", where, b"qemulab-console", b"tmpfs", 0x2 | 0x4 | 0x8,
                       b"size=262144,nr_inodes=16,mode=0700,uid=65534,gid=65534")]
+
+
+def test_a_hidden_mount_listed_under_the_same_path_is_not_taken_for_the_new_one(run_dir, monkeypatch):
+    """A private namespace with its own tmpfs over /run still lists the host's console tmpfs under their old paths:
+    one of them with this VM's path is neither released nor mistaken for the fresh mount."""
+    where = os.path.join(os.path.realpath(run_dir), "console")
+    dev = os.stat(run_dir).st_dev
+    hidden = "60 1 0:4242 / %s rw - tmpfs qemulab-console rw" % where
+    calls = []
+    monkeypatch.setattr(console, "_call", lambda name, argtypes, *args: calls.append(name))
+    monkeypatch.setattr(console, "read_mountinfo", lambda: hidden + (
+        "\n70 1 %d:%d / %s rw - tmpfs qemulab-console rw" % (os.major(dev), os.minor(dev), where) if calls else ""))
+    console.mount_console(run_dir, 4 * 1024 * 1024, (0, 0))
+    assert calls == ["mount"]
 
 
 def test_a_mount_that_did_not_land_on_the_console_directory_is_undone(run_dir, monkeypatch):
