@@ -229,7 +229,7 @@ def test_foreign_objects_are_refused_unless_forced(playbook, netns, lab, foreign
     one_object = ONE_OBJECT.replace("{{ module }}", module)
     base = {"name": name, "ns": netns, "lab": lab}
     for state in ("absent", "present"):
-        refused = playbook(one_object, dict(base, state=state))
+        refused = playbook(one_object, dict(base, state=state), expect_failure=True)
         assert refused.failed() == 1, refused
         message = refused.failure_messages()[0]
         assert "%s %s in namespace %s" % (module, name, netns) in message and "force: true" in message, message
@@ -263,10 +263,11 @@ def test_netns_lifecycle_leaves_nothing(playbook, lab):
         made = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "present"})
         assert made.rc == 0 and made.changed() == 1, made
         assert name in pr_netns.listnetns()
-        assert playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "present"}).changed() == 0
+        kept = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "present"})
+        assert kept.changed() == 0, kept
 
         for state in ("present", "absent"):
-            refused = playbook(NETNS_ONLY, {"ns": name, "lab": other_lab, "state": state})
+            refused = playbook(NETNS_ONLY, {"ns": name, "lab": other_lab, "state": state}, expect_failure=True)
             assert refused.failed() == 1 and "belongs to lab %s" % lab in refused.failure_messages()[0], refused
 
         checked = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"}, check=True)
@@ -276,7 +277,8 @@ def test_netns_lifecycle_leaves_nothing(playbook, lab):
         assert removed.rc == 0 and removed.changed() == 1, removed
         assert name not in pr_netns.listnetns()
         assert not os.path.exists(os.path.join(MARKER_DIR, name + ".owner"))
-        assert playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"}).changed() == 0
+        still_gone = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"})
+        assert still_gone.changed() == 0, still_gone
     finally:
         if name in pr_netns.listnetns():
             pr_netns.remove(name)
@@ -289,7 +291,7 @@ def test_marker_of_a_replaced_namespace_does_not_count(playbook, lab):
         assert playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "present"}).changed() == 1
         pr_netns.remove(name)
         pr_netns.create(name)
-        refused = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"})
+        refused = playbook(NETNS_ONLY, {"ns": name, "lab": lab, "state": "absent"}, expect_failure=True)
         assert refused.failed() == 1 and "no qemulab lab" in refused.failure_messages()[0], refused
         assert name in pr_netns.listnetns()
     finally:
@@ -373,7 +375,8 @@ def test_veth_end_moves_into_its_declared_namespace(playbook, netns, host_ns, la
     assert "vm1" not in links(netns)
     assert links(host_ns)["vm1"]["addresses"] == ["10.20.30.4/24"]
     assert links(host_ns)["vm1"]["alias"] == "qemulab:" + lab
-    assert playbook(VETH_ONLY, declared).changed() == 0
+    again = playbook(VETH_ONLY, declared)
+    assert again.changed() == 0, again
 
 
 def _in(ns, *argv, **kwargs):
@@ -453,14 +456,13 @@ def test_links_makes_many_objects_as_their_modules_do(playbook, netns, lab, fore
         bridges: %s
         taps: %s
 """ % (netns, lab, json.dumps(bridges), json.dumps(taps))
-    planned = playbook(task, check=True, diff=True)
-    assert planned.rc != 0  # br7 is someone else's, even in check mode
+    planned = playbook(task, check=True, diff=True, expect_failure=True)  # br7 is someone else's, even in check mode
     assert sorted(planned.result("Links")["diff"]["after"]) == ["br1", "br2", "vport11", "vport21"], planned
     assert set(links(netns)) - {"lo"} == {"br7", "vport71"}
 
-    made = playbook(task)
+    made = playbook(task, expect_failure=True)
     res = made.result("Links")
-    assert made.rc != 0 and "bridge br7" in res["msg"] and "tap vport72: its bridge br7 failed" in res["msg"], res
+    assert "bridge br7" in res["msg"] and "tap vport72: its bridge br7 failed" in res["msg"], res
     got = links(netns)
     assert {"br1", "br2", "vport11", "vport21"} <= set(got) and "vport72" not in got
     for name, master in (("vport11", "br1"), ("vport21", "br2")):
