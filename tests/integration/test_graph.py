@@ -1,14 +1,17 @@
 """The committed topology picture of the seed is current: playbooks/graph.yml regenerates it into a temp dir.
 
-This runs the real playbook and the real Graphviz `dot`, but creates no interface, namespace or VM, so it is marked
-unit (it needs neither root nor a kernel). When it fails because the picture is stale, run `make graph` and commit
-docs/topology/.
+This runs the real playbook and the real Graphviz `dot` (it creates no interface, namespace or VM), so it is marked
+integration. Graphviz is part of the suite's setup (`make apt`): without `dot` these tests fail, naming the fix. The
+seed's pictures are drawn once for the module and shared by the tests that read them. When a test fails because the
+picture is stale, run `make graph` and commit docs/topology/.
 """
 import os
 import shutil
 import struct
 
 import pytest
+
+from conftest import run_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -17,10 +20,6 @@ SEED_INVENTORY = os.path.join(REPO_ROOT, "inventories", "seed")
 COMMITTED = os.path.join(REPO_ROOT, "docs", "topology")
 GRAPH_PLAYBOOK = os.path.join(REPO_ROOT, "playbooks", "graph.yml")
 
-needs_graphviz = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed (Debian "
-                                    "package graphviz, in the Makefile's APT_PACKAGES)")
-
-
 def png_size(path):
     with open(path, "rb") as f:
         head = f.read(24)
@@ -28,16 +27,17 @@ def png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
-@pytest.fixture
-def seed_pictures(tmp_path, playbook):
-    out = tmp_path / "topology"
-    result = playbook(GRAPH_PLAYBOOK, inventory=SEED_INVENTORY, extra_vars={"lab_graph_output_dir": str(out)},
+@pytest.fixture(scope="module")
+def seed_pictures(tmp_path_factory):
+    """graph.yml run once for the module on the seed: (output directory, its result)."""
+    assert shutil.which("dot"), "Graphviz `dot` is not installed: run `make apt` (Debian package graphviz)"
+    out = tmp_path_factory.mktemp("graph") / "topology"
+    result = run_playbook(GRAPH_PLAYBOOK, inventory=SEED_INVENTORY, extra_vars={"lab_graph_output_dir": str(out)},
                           timeout=300)
     assert result.rc == 0, result
     return out, result
 
 
-@needs_graphviz
 @pytest.mark.parametrize("suffix", [".dot", ".md"])
 def test_committed_seed_picture_is_not_stale(seed_pictures, suffix):
     out, _ = seed_pictures
@@ -51,7 +51,6 @@ def test_committed_seed_picture_is_not_stale(seed_pictures, suffix):
                                 "and commit docs/topology/" % suffix)
 
 
-@needs_graphviz
 def test_pictures_are_rendered_and_sized_for_a_screen(seed_pictures):
     out, result = seed_pictures
     assert result.changed() == 4, result  # .dot, .md, then Graphviz for .svg and .png
@@ -64,40 +63,36 @@ def test_pictures_are_rendered_and_sized_for_a_screen(seed_pictures):
         assert text in svg
 
 
-@needs_graphviz
 def test_committed_png_is_the_rendered_one(seed_pictures):
     out, _ = seed_pictures
     # PNG bytes may differ between Graphviz builds; the size must not, or the committed picture is from another .dot
     assert png_size(os.path.join(COMMITTED, "seed.png")) == png_size(os.path.join(out, "seed.png"))
 
 
-@needs_graphviz
 def test_second_run_changes_nothing(seed_pictures, playbook):
     out, _ = seed_pictures
     again = playbook(GRAPH_PLAYBOOK, inventory=SEED_INVENTORY, extra_vars={"lab_graph_output_dir": str(out)},
-                         timeout=300)
+                     timeout=300)
     assert again.rc == 0 and again.changed() == 0, again
 
 
 def test_a_broken_inventory_draws_nothing_and_lists_its_problems(tmp_path, playbook):
     broken = os.path.join(REPO_ROOT, "tests", "bad_inventories", "mac_used_twice")
     result = playbook(GRAPH_PLAYBOOK, inventory=broken, extra_vars={"lab_graph_output_dir": str(tmp_path)},
-                          timeout=300)
-    assert result.rc != 0
+                      timeout=300, expect_failure=True)
     assert any("b1: vm_nics[0].mac" in msg for msg in result.failure_messages()), result
     assert os.listdir(tmp_path) == []
 
 
 def test_text_only_without_graphviz(tmp_path, playbook):
     result = playbook(GRAPH_PLAYBOOK, inventory=SEED_INVENTORY, timeout=300,
-                          extra_vars={"lab_graph_output_dir": str(tmp_path), "lab_graph_render": False})
+                      extra_vars={"lab_graph_output_dir": str(tmp_path), "lab_graph_render": False})
     assert result.rc == 0, result
     assert sorted(os.listdir(tmp_path)) == ["seed.dot", "seed.md"]
 
 
 def test_missing_graphviz_is_named_with_the_fix(tmp_path, playbook):
     result = playbook(GRAPH_PLAYBOOK, inventory=SEED_INVENTORY, timeout=300,
-                          extra_vars={"lab_graph_output_dir": str(tmp_path),
-                                      "lab_graph_dot_command": "/nonexistent/qemulab-no-dot"})
-    assert result.rc != 0
+                      extra_vars={"lab_graph_output_dir": str(tmp_path),
+                                  "lab_graph_dot_command": "/nonexistent/qemulab-no-dot"}, expect_failure=True)
     assert any("apt-get install graphviz" in msg for msg in result.failure_messages()), result
