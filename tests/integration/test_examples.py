@@ -16,12 +16,6 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO_ROOT, "playbooks", "examples")
 HOST_SIDE = os.path.join(EXAMPLES, "host_side_two_segments.yml")
-# The roles this example drives call these modules; they are written by another part of the project.
-HOST_SIDE_MODULES = ("netns", "bridge", "tap", "veth", "interface_info", "ip_config", "qemu_vm_info", "qemu_vm")
-MISSING_MODULES = [m for m in HOST_SIDE_MODULES
-                   if not os.path.exists(os.path.join(REPO_ROOT, "plugins", "modules", m + ".py"))]
-needs_host_side_modules = pytest.mark.skipif(
-    bool(MISSING_MODULES), reason="modules not in plugins/modules/ yet: %s" % ", ".join(MISSING_MODULES))
 
 
 @pytest.fixture
@@ -76,7 +70,6 @@ def test_show_plan_lists_every_problem_of_a_broken_inventory(playbook):
     assert "problem(s):" in message and message.count("\n  - ") >= 2, message
 
 
-@needs_host_side_modules
 def test_host_side_example_builds_in_its_namespace_and_tears_down(playbook, example_lab):
     lab, netns = example_lab
     names = {"example_lab_name": lab, "example_netns": netns}
