@@ -17,8 +17,9 @@ __metaclass__ = type
 from ansible_collections.qemulab.network.plugins.module_utils._ownership import owner_from_alias
 
 
-def _ours(link, lab):
-    return link is not None and owner_from_alias(link.get("alias")) == lab and link.get("up")
+def _ours(link, lab, up=True):
+    # a tap whose NIC's link is down is planned down (up: false), as nic_links leaves it
+    return link is not None and owner_from_alias(link.get("alias")) == lab and bool(link.get("up")) == up
 
 
 def plumbing_pending(interfaces, lab, bridges=None, taps=None):
@@ -33,7 +34,7 @@ def plumbing_pending(interfaces, lab, bridges=None, taps=None):
     for tap in taps or []:
         link = links.get(tap["name"])
         tun = (link or {}).get("tun") or {}
-        if not (_ours(link, lab) and link.get("kind") == "tun" and tun.get("type") == "tap"
+        if not (_ours(link, lab, tap.get("up", True)) and link.get("kind") == "tun" and tun.get("type") == "tap"
                 and link.get("master") == tap.get("bridge") and tun.get("owner") == tap.get("owner_uid")
                 and (not tap.get("mtu") or link.get("mtu") == tap["mtu"])):
             pending["taps"].append(tap["name"])

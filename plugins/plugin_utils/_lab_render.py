@@ -130,7 +130,12 @@ def _addresses(nics):
 def render(plan):
     """{lab host: arguments} for a plan without errors."""
     netns, lab = plan["netns"], plan["lab_name"]
-    host_addresses = dict((vm["name"], _addresses(vm["nics"])) for vm in plan["vms"] if vm["kind"] == "host")
+    # A pulled cable (link: down) breaks paths on purpose: the verify stage's pings would fail, so none are planned.
+    links_down = any(nic["link"] == "down" for vm in plan["vms"] for nic in vm["nics"])
+    host_addresses = {} if links_down else dict(
+        (vm["name"], _addresses(vm["nics"])) for vm in plan["vms"] if vm["kind"] == "host")
+    # a tap of a NIC whose link is down stays down (host_prep must not bring it back up)
+    tap_up = dict((nic["tap"], nic["link"] != "down") for vm in plan["vms"] for nic in vm["nics"] if nic["tap"])
     rendered = {}
     for hypervisor in plan["hypervisors"]:
         vms = [vm for vm in plan["vms"] if vm["hypervisor"] == hypervisor]
@@ -147,7 +152,8 @@ def render(plan):
                 "bridges": [dict({"name": b["name"], "arp_ignore": 1}, **({"mtu": b["mtu"]} if b["mtu"] else {}))
                             for b in bridges],
                 "taps": [dict({"name": t["name"], "bridge": t["bridge"], "owner": plan["qemu_user"] or None},
-                              **({"mtu": t["mtu"]} if t["mtu"] else {})) for t in taps],
+                              **dict(([("mtu", t["mtu"])] if t["mtu"] else [])
+                                     + ([("up", False)] if not tap_up[t["name"]] else []))) for t in taps],
             },
             "host_ports": [{"name": p["name"], "peer": p["peer"], "netns": netns, "bridge": p["bridge"],
                             "peer_netns": netns, "peer_addresses": [p["address"]] if p["address"] else [],

@@ -70,3 +70,13 @@ def test_a_bare_yaml_boolean_link_reads_as_up_or_down():
     def change(hostvars):
         hostvars["r1"]["vm_nics"][1]["link"] = False
     assert plan_of(change)["hosts"]["localhost"]["nic_links"][1]["link"] == "down"
+
+
+def test_a_down_link_keeps_its_tap_down_and_plans_no_pings_across_the_lab():
+    down = plan_of()["hosts"]["localhost"]
+    assert [t.get("up", True) for t in down["links"]["taps"]] == [True, False, True]
+    assert down["guests"]["h1"]["pings"] == [] and down["host_port_pings"] == []
+
+    def up(hostvars):
+        hostvars["r1"]["vm_nics"][1]["link"] = "up"
+    assert "up" not in str(plan_of(up)["hosts"]["localhost"]["links"]["taps"])
