@@ -42,8 +42,8 @@ NODE_KEYS = ("role", "memory", "vcpus", "image", "ssh_port", "forwarding", "rout
              "vars")
 DEFAULT_KEYS = ("memory", "vcpus", "image")
 IMAGE_KEYS = ("kernel", "initrd", "disk")
-SEGMENT_KEYS = ("members", "subnet", "name", "model", "vhost", "mtu")
-NIC_OPTIONS = ("model", "vhost", "mtu")
+NIC_OPTIONS = ("model", "vhost", "mtu", "netem", "link")
+SEGMENT_KEYS = ("members", "subnet", "name") + NIC_OPTIONS
 MEMBER_KEYS = ("address", "mac", "tap") + NIC_OPTIONS
 HOST_PORT_KEYS = ("address", "name", "peer")
 ROLES = ("router", "host")

@@ -134,7 +134,7 @@ def test_member_overrides_and_given_subnets():
     (lambda d: d["segments"].append({"members": ["r1", "h1", "r2"], "subnet": "10.5.7.0/30"}),
      "grow.qemulab.yml: segments[2].subnet 10.5.7.0/30 has too few addresses for 3 members; give a larger subnet"),
     (lambda d: d["segments"][1].update(mac="x"),
-     "grow.qemulab.yml: segments[1].mac is not a known key; use only members, subnet, name, model, vhost, mtu"),
+     "grow.qemulab.yml: segments[1].mac is not a known key; use only members, subnet, name, model, vhost, mtu, netem, link"),
     (lambda d: d["segments"].__setitem__(0, [{"r1": {"mac": "01:00:00:00:00:01"}}, "r2"]),
      "grow.qemulab.yml: segments[0].members[0].r1.mac 01:00:00:00:00:01 is a multicast MAC; a NIC needs a unicast "
      "one (even first octet)"),
@@ -186,3 +186,17 @@ def test_what_only_the_lab_compiler_knows_is_reported_through_it():
     assert compiled(data)["errors"] == [
         "grow.qemulab.yml: the inventory made from it: r1: vm_nat[0].outside 'eth7' is not an addressed tap NIC of "
         "this VM; name one of eth0"]
+
+
+def test_a_segments_netem_and_link_reach_every_member_nic_and_a_member_overrides_them():
+    data = copy.deepcopy(BASE)
+    data["segments"][0] = {"members": ["r1", {"r2": {"netem": {"delay": "5ms"}}}], "netem": {"delay": "40ms"},
+                           "link": "down"}
+    result = compiled(data)
+    assert result["errors"] == []
+    r1, r2 = result["host_vars"]["r1"]["vm_nics"][0], result["host_vars"]["r2"]["vm_nics"][0]
+    assert (r1["netem"], r1["link"]) == ({"delay": "40ms"}, "down")
+    assert (r2["netem"], r2["link"]) == ({"delay": "5ms"}, "down")
+    assert "netem" not in result["host_vars"]["r2"]["vm_nics"][1]
+    bad = errors(lambda d: d["segments"].__setitem__(0, {"members": ["r1", "r2"], "netem": {"loss": "lots"}}))
+    assert any("segments[0].netem" in e and "'lots' is not a percentage" in e for e in bad), bad
