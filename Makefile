@@ -74,9 +74,10 @@ lint: setup
 
 # ANSIBLE_HOME: molecule installs the collection into $$ANSIBLE_HOME/collections (~/.ansible by default, where it
 # would shadow the checkout for playbooks run elsewhere); .build/collections already links this checkout there, so
-# nothing is copied and nothing lands in the user's home. MOLECULE_COMMAND=syntax runs one step only.
+# nothing is copied and nothing lands in the user's home. MOLECULE_COMMAND=syntax runs one step only. --all: every
+# scenario, default (the seed lab) and topology (the ring of topologies/ring.qemulab.yml).
 molecule: setup
-	cd $(ROOT) && ANSIBLE_HOME=$(BUILD) $(BIN)/molecule $(or $(MOLECULE_COMMAND),test)
+	cd $(ROOT) && ANSIBLE_HOME=$(BUILD) $(BIN)/molecule $(or $(MOLECULE_COMMAND),test) --all
 
 bench: setup
 	$(BIN)/python bench/run.py
