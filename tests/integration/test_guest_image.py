@@ -6,6 +6,7 @@ the management forward is on 127.0.0.1.
 """
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, VENV_PYTHON, run_playbook
+from conftest import REPO_ROOT, VENV_PYTHON, read_forward, run_playbook
 
 pytestmark = pytest.mark.integration
 
@@ -62,17 +63,10 @@ def _free_port():
 
 
 def _wait_banner(port, timeout):
+    """Seconds until the guest's sshd (not SLIRP, which accepts first) sent its banner through the forward, or None."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.settimeout(2)
-                if s.recv(16).startswith(b"SSH-2.0-"):
-                    return time.monotonic() - t0
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return None
+    banner = read_forward(port, timeout, size=16)
+    return time.monotonic() - t0 if banner and banner.startswith(b"SSH-2.0-") else None
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +259,16 @@ def test_guest_boots_to_ssh_with_renamed_nics_and_powers_off_on_acpi(vm, image):
         assert any(line.endswith("/" + tool) for line in lines), tool
     for driver in ("virtio_net.ko", "e1000.ko", "8139cp.ko", "8139too.ko"):
         assert any(line.split("/")[-1].startswith(driver) for line in lines), driver
-    # qemu_vm's default virtio RNG is in use, so the boot did not wait for timer-jitter entropy.
-    rng = _ssh(vm, "cat /sys/devices/virtual/misc/hw_random/rng_current; dmesg | grep -c 'crng init done'")
-    assert rng.stdout.split()[0].startswith("virtio_rng"), rng.stdout
+    # qemu_vm's default virtio RNG is the guest's hardware RNG and seeds the kernel's crng as soon as its driver
+    # binds (qemulab-init's load_drivers, before it renames the NICs), so nothing later in the boot (ifup, sshd) waits
+    # for timer-jitter entropy. Without it (rng: false) "crng init done" came after the renames, once sshd asked.
+    rng = _ssh(vm, "cat /sys/devices/virtual/misc/hw_random/rng_current; dmesg")
+    current, kernel_log = rng.stdout.split("\n", 1)
+    assert current.startswith("virtio_rng"), rng.stdout[:200]
+    logged = [(float(m.group(1)), m.group(2)) for m in re.finditer(r"^\[\s*([0-9.]+)\] (.*)$", kernel_log, re.M)]
+    crng_done = [at for at, line in logged if line == "random: crng init done"]
+    renamed = [at for at, line in logged if "renamed from" in line]
+    assert len(crng_done) == 1 and renamed and crng_done[0] < min(renamed), (crng_done, renamed)
     pw = subprocess.run(["ssh", "-p", str(vm["port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                          "-o", "UserKnownHostsFile=" + vm["known_hosts"], "-o", "PreferredAuthentications=password",
                          "-o", "PubkeyAuthentication=no", "root@127.0.0.1", "true"],
