@@ -3,6 +3,8 @@
 The guests are the minimal busybox guest (tests/integration/minimal_guest.py): each configures eth0 from its kernel
 command line, pings its peer over the bridge and prints the result on its serial console, whose log we read.
 """
+import concurrent.futures
+import gzip
 import json
 import os
 import pwd
@@ -17,11 +19,29 @@ import pytest
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import console_mounts, release
 from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient
-from minimal_guest import PING_FAIL, PING_OK, build
+from conftest import read_forward
+from minimal_guest import INIT_SCRIPT, PING_FAIL, PING_OK, READY, build
 
 pytestmark = pytest.mark.integration
 
 RUN_ROOT = "/run/qemulab"
+# vhost-net serves virtio queues only; an emulated e1000 or rtl8139 never gets it (docs: the nic field vhost).
+VHOST_MODELS = ("virtio-net-pci",)
+
+
+def host_offers_vhost():
+    """This test's own probe, not the collection's: can this process open /dev/vhost-net read-write?"""
+    try:
+        fd = os.open("/dev/vhost-net", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def expected_vhost(model, wanted="auto"):
+    """vhost for a tap NIC of `model`: only virtio-net, only when not turned off, only when the host offers it."""
+    return model in VHOST_MODELS and wanted != "off" and host_offers_vhost()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +151,10 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
     # QEMU stays in the root namespace and gets the tap as an fd opened inside the lab namespace.
     netdev = [a for a in res_a["argv"] if a.startswith("tap,")]
     assert len(netdev) == 1 and ",fd=" in netdev[0] and "ifname" not in netdev[0], res_a["argv"]
-    assert res_a["nics"][0]["vhost"] is False and "vhost-net" in res_a["nics"][0]["vhost_reason"]
+    # vhost follows what this host offers (probed here, independently) for the default virtio-net NIC
+    vhost = expected_vhost("virtio-net-pci")
+    assert res_a["nics"][0]["vhost"] is vhost and "/dev/vhost-net" in res_a["nics"][0]["vhost_reason"], res_a["nics"]
+    assert (",vhost=on" in netdev[0]) is vhost, netdev
     with open("/proc/%d/ns/net" % res_a["pid"], "rb"):
         assert os.readlink("/proc/%d/ns/net" % res_a["pid"]) == os.readlink("/proc/self/ns/net")
     run_a = res_a["run_dir"]
@@ -147,7 +170,8 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
     assert PING_OK + " 10.77.0.1" in console_b, console_b[-2000:]
 
     # Identical task against running VMs: nothing to do, same processes; check mode agrees.
-    assert playbook(_play(task_a, task_b), check=True).changed() == 0
+    checked = playbook(_play(task_a, task_b), check=True)
+    assert checked.changed() == 0, checked
     second = playbook(_play(task_a, task_b))
     assert second.rc == 0, second
     assert second.changed() == 0, second
@@ -215,7 +239,25 @@ def test_two_guests_ping_over_bridge_and_life_cycle(guest, lab, playbook):
     assert _qemu_pids_under(lab["dir"]) == []
     assert not os.path.exists(run_a) and not os.path.exists(res_b["run_dir"])
     assert console_mounts(lab["dir"]) == []
-    assert playbook(_play(absent_a, absent_b)).changed() == 0
+    still_gone = playbook(_play(absent_a, absent_b))
+    assert still_gone.changed() == 0, still_gone
+
+
+def test_vhost_follows_the_host_and_the_nic_model(guest, lab, playbook):
+    """Per tap NIC, vhost is on exactly when the model is virtio-net, vhost is not off, and this host offers
+    /dev/vhost-net (probed by the test itself): e1000 and rtl8139 never get it. Check mode: no QEMU starts."""
+    taps = lab["taps"] + [lab["name"] + "t2", lab["name"] + "t3"]
+    for tap in taps[2:]:
+        subprocess.run(["ip", "-n", lab["netns"], "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"], check=True)
+    nics = [("virtio-net-pci", "auto"), ("e1000", "auto"), ("rtl8139", "auto"), ("virtio-net-pci", "off")]
+    task = _vm_task(lab, guest, "vmv", taps[0], "52:54:00:5a:00:71", "10.77.0.1", "10.77.0.2")
+    task = task.split("        nics:\n")[0] + "        nics:\n" + "".join(
+        '          - {mac: "52:54:00:5a:00:7%d", ifname: %s, model: %s, vhost: "%s"}\n' % (i, tap, model, wanted)
+        for i, (tap, (model, wanted)) in enumerate(zip(taps, nics)))
+    planned = playbook(_play(task), check=True)
+    got = [(nic["model"], nic["vhost"]) for nic in planned.result("vmv")["nics"]]
+    assert got == [(model, expected_vhost(model, wanted)) for model, wanted in nics], planned.result("vmv")["nics"]
+    assert _qemu_pids_under(lab["dir"]) == []
 
 
 def test_missing_tap_and_taken_port_are_named(guest, lab, playbook):
@@ -235,37 +277,103 @@ def test_missing_tap_and_taken_port_are_named(guest, lab, playbook):
         nics:
           - {{mac: "52:54:00:5a:00:21", ifname: {lab}nope}}
           - {{backend: user, mac: "52:54:00:5a:00:22", hostfwd: [{{host_port: {port}, guest_port: 22}}]}}
-""".format(lab=lab["name"], netns=lab["netns"], kernel=guest["kernel"], port=port)))
+""".format(lab=lab["name"], netns=lab["netns"], kernel=guest["kernel"], port=port)), expect_failure=True)
     finally:
         holder.close()
     msg = res.result("vm")["msg"]
-    assert res.rc != 0
     assert "VM vmx: nics[0] needs tap %snope" % lab["name"] in msg and "qemulab.network.tap" in msg, msg
     assert "nics[1].hostfwd host_port %d" % port in msg, msg
     assert _qemu_pids_under(lab["dir"]) == []
 
 
+def _kvm_guest_runs(guest, work, timeout=20):
+    """This test's own KVM probe, not the collection's: None when /dev/kvm cannot be opened read-write; else whether
+    a KVM guest (the minimal guest, no NIC) reaches its init's READY line on serial within `timeout` seconds."""
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR))
+    except OSError:
+        return None
+    serial = os.path.join(work, "kvm-serial.log")
+    proc = subprocess.Popen(["qemu-system-x86_64", "-accel", "kvm", "-m", "128", "-display", "none", "-nodefaults",
+                             "-no-user-config", "-kernel", guest["kernel"], "-initrd", guest["initrd"],
+                             "-append", "console=ttyS0 panic=-1", "-serial", "file:" + serial, "-no-reboot"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(serial):
+                with open(serial, errors="replace") as f:
+                    if READY in f.read():
+                        return True
+            time.sleep(0.2)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def test_accelerator_probe_is_a_real_boot(guest, tmp_path):
+    """accelerator auto picks what this host really runs, and the expectation is probed here, independently: no
+    usable /dev/kvm means tcg; with one, our own KVM guest (the minimal guest, 20 s bound) must reach its init's
+    READY line on serial for kvm to be right, otherwise tcg (a /dev/kvm that opens while KVM guests hang, as on
+    the machine the measured QEMU facts come from). The collection's probe must agree, give the matching reason
+    and cache that outcome; a second resolve reads the cache instead of probing again."""
     from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import boot_reaches_kernel, resolve_accelerator
     # The probe's yardstick must be reachable at all: the same boot under TCG gets to start_kernel.
     reached, seconds = boot_reaches_kernel("qemu-system-x86_64", guest["kernel"], "tcg", 60)
     assert reached, seconds
     cache = tmp_path / "accel.json"
-    accel, reason = resolve_accelerator("auto", "qemu-system-x86_64", guest["kernel"], str(cache))
-    assert accel in ("kvm", "tcg") and reason
-    if accel == "kvm":
-        assert boot_reaches_kernel("qemu-system-x86_64", guest["kernel"], "kvm", 30)[0]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # both probes at once: a hanging KVM guest costs once
+        ours = pool.submit(_kvm_guest_runs, guest, str(tmp_path))
+        accel, reason = resolve_accelerator("auto", "qemu-system-x86_64", guest["kernel"], str(cache))
+        kvm_runs = ours.result()
+    assert accel == ("kvm" if kvm_runs else "tcg"), (kvm_runs, reason)
+    if kvm_runs is None:
+        assert reason.startswith("/dev/kvm cannot be opened"), reason
+    elif kvm_runs:
+        assert reason.startswith("a KVM guest reached start_kernel"), reason
+    else:  # a real boot attempt was made and its outcome recorded
+        assert reason.startswith("KVM probe: ") and reason.endswith("; using TCG"), reason
     cached = json.loads(cache.read_text())
-    assert [v["accelerator"] for v in cached.values()] == [accel]
-    assert os.uname().release in list(cached)[0]
+    assert len(cached) == 1 and os.uname().release in list(cached)[0], cached
+    entry = list(cached.values())[0]
+    assert (entry["accelerator"], entry["reason"]) == (accel, reason) and entry["probed_at"], entry
+    again, again_reason = resolve_accelerator("auto", "qemu-system-x86_64", guest["kernel"], str(cache))
+    assert again == accel and again_reason == "%s (cached probe %s)" % (reason, entry["probed_at"]), again_reason
 
 
-def test_user_mode_forward_reaches_the_guest_on_loopback(guest, lab, playbook):
-    """Taps in the namespace, a forward on the host's 127.0.0.1: QEMU must stay in the root namespace."""
+def _answering_initrd(guest, work):
+    """The minimal guest's initrd plus a second cpio archive whose /init (replacing the first one's) ends in a TCP
+    listener on port 7 that answers every connection with QEMULAB-ANSWER and the nonce from its kernel command line."""
+    idle = "while true; do sleep 3600; done\n"
+    assert INIT_SCRIPT.endswith(idle), "minimal_guest's init no longer ends in its idle loop"
+    init = INIT_SCRIPT[:-len(idle)] + (
+        "nonce=$(sed -n 's/.*qemulab\\.nonce=\\([0-9a-f]*\\).*/\\1/p' /proc/cmdline)\n"
+        'while true; do echo "QEMULAB-ANSWER $nonce" | nc -l -p 7; done\n')
+    root = os.path.join(work, "answer-root")
+    os.makedirs(root)
+    with open(os.path.join(root, "init"), "w") as f:
+        f.write(init)
+    os.chmod(os.path.join(root, "init"), 0o755)
+    archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=root, input=b"init\n", check=True,
+                             capture_output=True).stdout
+    path = os.path.join(work, "initrd-answer.gz")
+    with open(guest["initrd"], "rb") as f_in, open(path, "wb") as f_out:
+        f_out.write(f_in.read())  # the kernel unpacks concatenated archives in order; a later file replaces an earlier
+        f_out.write(gzip.compress(archive))
+    return path
+
+
+def test_user_mode_forward_reaches_the_guest_on_loopback(guest, lab, playbook, tmp_path):
+    """Taps in the namespace, a forward on the host's 127.0.0.1: QEMU must stay in the root namespace, and what
+    answers through the forward is the guest itself (a listener in its init sends back this test's nonce)."""
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
+    nonce = secrets.token_hex(8)
+    # The user-mode NIC comes first (eth0, 10.0.2.15) and is virtio: the minimal guest has no e1000 driver.
     res = playbook(_play("""
     - name: vm
       qemulab.network.qemu_vm:
@@ -275,20 +383,23 @@ def test_user_mode_forward_reaches_the_guest_on_loopback(guest, lab, playbook):
         accelerator: tcg
         kernel: {kernel}
         initrd: {initrd}
-        append: "console=ttyS0 qemulab.ip=10.0.2.15/24"
+        append: "console=ttyS0 qemulab.ip=10.0.2.15/24 qemulab.nonce={nonce}"
         memory: 256M
         stop_timeout: 0
         nics:
+          - {{backend: user, mac: "52:54:00:5a:00:32", hostfwd: [{{host_port: {port}, guest_port: 7}}]}}
           - {{mac: "52:54:00:5a:00:31", ifname: {tap}}}
-          - {{model: e1000, backend: user, mac: "52:54:00:5a:00:32", hostfwd: [{{host_port: {port}, guest_port: 7}}]}}
-""".format(lab=lab["name"], netns=lab["netns"], kernel=guest["kernel"], initrd=guest["initrd"], tap=lab["taps"][0],
-           port=port)))
+""".format(lab=lab["name"], netns=lab["netns"], kernel=guest["kernel"], initrd=_answering_initrd(guest, str(tmp_path)),
+           tap=lab["taps"][0], port=port, nonce=nonce)))
     assert res.rc == 0, res
     vm = res.result("vm")
     assert "hostfwd=tcp:127.0.0.1:%d-:7" % port in " ".join(vm["argv"])
-    # SLIRP listens on the forward in QEMU's own namespace: reachable here means QEMU is in the root namespace.
-    with socket.create_connection(("127.0.0.1", port), timeout=5):
-        pass
+    # Reached from the root namespace's loopback (so QEMU runs there), answered by the guest's own listener.
+    answer = read_forward(port, 90)
+    with open(vm["console_log"], errors="replace") as f:
+        console = f.read()
+    assert answer == b"QEMULAB-ANSWER %s\n" % nonce.encode(), (answer, console[-2000:])
+    assert "%s 52:54:00:5a:00:32" % READY in console, console[-2000:]  # eth0 was the forwarded NIC
     taken = playbook(_play("""
     - name: vm
       qemulab.network.qemu_vm:
@@ -298,8 +409,8 @@ def test_user_mode_forward_reaches_the_guest_on_loopback(guest, lab, playbook):
         kernel: {kernel}
         nics:
           - {{backend: user, mac: "52:54:00:5a:00:33", hostfwd: [{{host_port: {port}, guest_port: 22}}]}}
-""".format(lab=lab["name"], kernel=guest["kernel"], port=port)))
-    assert taken.rc != 0 and "host_port %d (tcp) on 127.0.0.1 is already taken" % port in taken.result("vm")["msg"]
+""".format(lab=lab["name"], kernel=guest["kernel"], port=port)), expect_failure=True)
+    assert "host_port %d (tcp) on 127.0.0.1 is already taken" % port in taken.result("vm")["msg"], taken
 
 
 def test_open_tap_inside_namespace_never_creates_one(netns):
@@ -379,8 +490,7 @@ def test_unprivileged_qemu_refuses_what_it_could_not_use(guest, lab, playbook, t
     def attempt(run_as, kernel_path):
         task = _vm_task(lab, guest, "vmu", lab["taps"][0], "52:54:00:5a:00:51", "10.77.0.1", "10.77.0.2")
         task = task.replace(guest["kernel"], kernel_path) + "        run_as: %s\n" % run_as
-        res = playbook(_play(task))
-        assert res.rc != 0, res
+        res = playbook(_play(task), expect_failure=True)
         return res.result("vmu")["msg"]
 
     msg = attempt("nobody", guest["kernel"])
@@ -421,8 +531,7 @@ def test_qemu_vms_starts_guests_together_like_qemu_vm(guest, lab, playbook):
     assert sorted(planned.result("together")["diff"]["after"]) == ["vma", "vmb"]
     assert _qemu_pids_under(lab["dir"]) == []
 
-    first = playbook(_play(_vms_task(lab, guest, [good, broken])))
-    assert first.rc != 0
+    first = playbook(_play(_vms_task(lab, guest, [good, broken])), expect_failure=True)
     res = first.result("together")
     assert "VM vmb: nics[0] needs tap %snope" % lab["name"] in res["msg"] and "vma" not in res["msg"], res["msg"]
     by_name = {vm["name"]: vm for vm in res["vms"]}
@@ -438,5 +547,6 @@ def test_qemu_vms_starts_guests_together_like_qemu_vm(guest, lab, playbook):
 
     third = playbook(_play(_vms_task(lab, guest, [good, fixed])))
     assert third.rc == 0 and third.changed() == 0, third
-    bad_item = playbook(_play(_vms_task(lab, guest, [good]).replace('"memory": "256M"', '"memory": "256M", "colour": 1')))
-    assert bad_item.rc != 0 and "vms[0] (vma)" in bad_item.result("together")["msg"], bad_item
+    bad_item = playbook(_play(_vms_task(lab, guest, [good]).replace('"memory": "256M"', '"memory": "256M", "colour": 1')),
+                        expect_failure=True)
+    assert "vms[0] (vma)" in bad_item.result("together")["msg"], bad_item
