@@ -396,4 +396,5 @@ def prune(cache_dir, removed, check_mode):
 
 def own_entries(cache):
     """Sorted names of the cache's own entries (for the diff)."""
-    return sorted(list(cache["images"]) + [".lock-" + k for k in cache["locks"]] + [n for n, _ in cache["builds"]])
+    locks = [".lock-" + key for key in cache["locks"]]
+    return sorted(list(cache["images"]) + locks + [name for name, _pid in cache["builds"]])

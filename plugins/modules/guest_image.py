@@ -117,7 +117,8 @@ attributes:
     description: Reports what would change without changing anything.
     support: full
   diff_mode:
-    description: Returns the state before and after; with O(prune), also the cache's own entries when pruning changes them.
+    description:
+      - Returns the state before and after; with O(prune), also the cache's own entries when pruning changes them.
     support: full
 """
 
@@ -192,7 +193,7 @@ prune:
       type: list
       elements: dict
     freed_bytes:
-      description: Sum of RV(prune.removed[].bytes).
+      description: Sum of the C(bytes) of the removed entries.
       type: int
   sample:
     kept:
