@@ -34,9 +34,16 @@ def make_overlay(path, backing):
 
 
 def hold_lock(path):
-    """A process of its own (no child to inherit the lock, unlike flock(1)'s command) holding a flock on `path`."""
-    return subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
-                             "fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX); time.sleep(60)", str(path)])
+    """A process of its own (no child to inherit the lock, unlike flock(1)'s command) holding a flock on `path`,
+    returned once it says it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(60)", str(path)], stdout=subprocess.PIPE, text=True)
+    if holder.stdout.readline() != "held\n":
+        holder.kill()
+        holder.wait()
+        raise AssertionError("the lock holder did not take its lock")
+    return holder
 
 
 @pytest.fixture
@@ -117,10 +124,6 @@ def test_locks_and_builds(cache, tmp_path):
     (cache / (".build-%s-999999999" % KEYS[1])).mkdir()
     holder = hold_lock(cache / (".lock-" + KEYS[1]))
     try:
-        for _ in range(100):
-            if ip.lock_held(str(cache), KEYS[1]):
-                break
-            time.sleep(0.05)
         found = ip.read_cache(str(cache))
         held = {k for k in found["locks"] if ip.lock_held(str(cache), k)}
         kept, removed = ip.plan_prune(found, KEYS[3], 1, {}, held)
@@ -179,10 +182,6 @@ def test_a_lock_taken_meanwhile_stays(cache):
     lock.write_text("")
     holder = hold_lock(lock)
     try:
-        for _ in range(100):
-            if ip.lock_held(str(cache), KEYS[0]):
-                break
-            time.sleep(0.05)
         freed, stayed, _notes = ip.prune(str(cache), {".lock-" + KEYS[0]: "stale"}, check_mode=False)
     finally:
         holder.kill()
@@ -225,6 +224,16 @@ def test_a_cache_not_made_yet_is_an_empty_one(tmp_path):
     assert ip.prune(str(tmp_path / "none"), {}, check_mode=False) == ({}, {}, {})
 
 
+def open_files():
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink("/proc/self/fd/" + fd))
+        except OSError:
+            pass
+    return names
+
+
 def test_build_lock_whose_file_pruning_unlinked_meanwhile_is_taken_again(tmp_path):
     """A build that opened the lock file just before pruning unlinked it must not lock the orphaned inode (a second
     build would then lock the new file and both would build one key)."""
@@ -234,15 +243,16 @@ def test_build_lock_whose_file_pruning_unlinked_meanwhile_is_taken_again(tmp_pat
     path.write_text("")
     holder = hold_lock(path)
     try:
-        for _ in range(100):
-            if ip.lock_held(str(tmp_path), KEYS[0]):
-                break
-            time.sleep(0.05)
         lock = BuildLock(str(tmp_path), KEYS[0])
         entered = threading.Event()
         thread = threading.Thread(target=lambda: (lock.__enter__(), entered.set()))
         thread.start()
-        time.sleep(0.3)  # the build has opened the file and waits in flock on it
+        # the build has opened the file (and then waits in flock on it)
+        for _ in range(200):
+            if str(path) in open_files():
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)
         assert not entered.is_set()
         path.unlink()
     finally:
