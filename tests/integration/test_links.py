@@ -18,6 +18,7 @@ from linklab import ADDRESSES, shared_link_lab
 pytestmark = pytest.mark.integration
 
 LINKS = "Take NIC links down or up and impair the taps"
+STATUS = "Show each VM, its state, addresses, SSH and console"
 H2, R1_ETH0 = ADDRESSES[("h2", 0)], ADDRESSES[("r1", 0)]
 
 
@@ -79,6 +80,10 @@ def test_delay_on_one_router_nic_adds_its_delay_only_to_paths_that_cross_it(link
     assert abs(near - base_near) < 10, (base_near, near)
     _unchanged(lab)
     lab.delay_baseline = base_far
+    # the status table says where the impairment lives (this host's kernel has no netem: in the guest)
+    status = lab.run(tags="status")
+    table = status.result(STATUS)["msg"]
+    assert any("eth1: link up, netem delay 50ms on the guest's eth1" in line for line in table), table
 
 
 def test_loss_of_20_percent_loses_10_to_30_percent_of_200_pings(link_lab):
@@ -121,6 +126,9 @@ def test_link_down_is_carrier_loss_in_the_guest_and_up_restores_it(link_lab):
     shown = lab.ok("r1", "ip link show eth1")
     assert "NO-CARRIER" in shown, shown
     assert lab.ssh("h1", "ping -c 3 -W 2 %s" % H2).returncode != 0
+    # a traceroute from h1 stops at r1: the first hop answers, nothing beyond the pulled cable does
+    hops = lab.ssh("h1", "traceroute -n -w 1 -q 1 -m 4 %s" % H2, timeout=120).stdout.splitlines()[1:]
+    assert hops and hops[0].split()[1] == R1_ETH0 and not any(H2 in hop for hop in hops), hops
     # its connected route is gone with the carrier, as with a pulled cable
     assert "linkdown" in lab.ok("r1", "ip route show dev eth1")
     _unchanged(lab)
