@@ -262,9 +262,17 @@ def kvm_for_user(accel, reason, requested, user, vm):
     return "tcg", "%s, but user %s cannot open /dev/kvm; using TCG" % (reason, user["name"])
 
 
-def held_forwards(config):
-    return set((fwd["host_port"], fwd["protocol"]) for nic in (config or {}).get("nics") or []
+# a forward as build_argv writes it into a -netdev user option
+_ARGV_HOSTFWD = re.compile(r"hostfwd=(tcp|udp):127\.0\.0\.1:(\d+)-")
+
+
+def held_forwards(config, argv=None):
+    """(port, protocol) of the forwards this VM's running QEMU holds: those of the configuration it was recorded with
+    and those of its command line (a QEMU whose run was killed before its record was written has only these)."""
+    held = set((fwd["host_port"], fwd["protocol"]) for nic in (config or {}).get("nics") or []
                for fwd in nic.get("hostfwd") or [])
+    held.update((int(port), protocol) for arg in argv or [] for protocol, port in _ARGV_HOSTFWD.findall(arg))
+    return held
 
 
 def hostfwd_problems(config, held=()):

@@ -35,6 +35,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_process impo
     fw_cfg_drift,
     launch,
     prepare_run_dir,
+    proc_cmdline,
     read_json,
     read_state,
     stop_vm,
@@ -181,7 +182,8 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
     vhost, vhost_reasons, fds = {}, {}, {}
     if need_start:
         missing = missing_files(config)
-        problems = missing + hostfwd_problems(config, held_forwards(stored_config) if need_stop else ())
+        held = held_forwards(stored_config, proc_cmdline(have["pid"])) if need_stop else ()
+        problems = missing + hostfwd_problems(config, held)
         if not missing:
             problems += user_access_problems(config, user)
         try:

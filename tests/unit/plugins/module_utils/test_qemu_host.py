@@ -5,9 +5,10 @@ import socket
 import pytest
 
 from ansible_collections.qemulab.network.plugins.module_utils import _qemu_host
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import build_argv
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import QemuConfigError, normalise_config
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import (
-    decide_vhost, hostfwd_problems, missing_files, port_in_use, resolve_accelerator, resolve_user)
+    decide_vhost, held_forwards, hostfwd_problems, missing_files, port_in_use, resolve_accelerator, resolve_user)
 
 pytestmark = pytest.mark.unit
 
@@ -59,6 +60,21 @@ def test_taken_forward_port_is_named_unless_this_vm_holds_it():
     finally:
         holder.close()
     assert hostfwd_problems(config) == []
+
+
+def test_a_running_qemu_without_its_record_holds_the_forwards_of_its_command_line():
+    """A QEMU whose run was killed before its record was written is restarted; the ports its command line forwards
+    are its own, not taken by someone else (a rerun after such a kill refused them)."""
+    config = normalise_config(dict(name="h1", nics=[
+        {"backend": "user", "mac": "52:54:00:00:00:09", "hostfwd": [{"host_port": 2201, "guest_port": 22},
+                                                                    {"host_port": 5353, "guest_port": 53,
+                                                                     "protocol": "udp"}]},
+        {"backend": "user", "mac": "52:54:00:00:00:0a", "hostfwd": [{"host_port": 8080, "guest_port": 80}]}]))
+    argv = build_argv(config, "tcg")
+    assert held_forwards(None, argv) == {(2201, "tcp"), (5353, "udp"), (8080, "tcp")}
+    assert held_forwards(config) == held_forwards(config, argv) == held_forwards(None, argv)
+    assert held_forwards(None, ["qemu-system-x86_64", "-netdev", "user,id=n0"]) == set()
+    assert held_forwards(None, None) == set()
 
 
 def test_missing_boot_files_are_named_with_the_fix(tmp_path):
