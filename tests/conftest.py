@@ -48,6 +48,8 @@ def pytest_collection_modifyitems(session, config, items):
 # Ansible's remote temp (also the lab host's own, over the local connection) defaults to ~/.ansible/tmp, and a run
 # the fault suite kills leaves its ansible-tmp-* directory there. Every playbook the tests start inherits this one
 # instead (the guests create the same path in their own /tmp); it goes with the session.
+# Only ANSIBLE_REMOTE_TEMP is set: of the two names Ansible reads the later one, so a test that sets its own
+# ANSIBLE_REMOTE_TEMP (the hostile-input harness, whose /tmp is read-only) would lose to an ANSIBLE_REMOTE_TMP here.
 REMOTE_TMP_VARS = ("ANSIBLE_REMOTE_TEMP", "ANSIBLE_REMOTE_TMP")
 
 
@@ -55,13 +57,11 @@ def pytest_configure(config):
     if not any(os.environ.get(name) for name in REMOTE_TMP_VARS):
         path = tempfile.mkdtemp(prefix="qemulab-tests-remote-tmp-")
         config._qemulab_remote_tmp = path
-        for name in REMOTE_TMP_VARS:
-            os.environ[name] = path
+        os.environ["ANSIBLE_REMOTE_TEMP"] = path
 
 
 def pytest_unconfigure(config):
     path = getattr(config, "_qemulab_remote_tmp", None)
     if path:
         shutil.rmtree(path, ignore_errors=True)
-        for name in REMOTE_TMP_VARS:
-            os.environ.pop(name, None)
+        os.environ.pop("ANSIBLE_REMOTE_TEMP", None)
