@@ -124,11 +124,24 @@ def vhost_usable(device="/dev/vhost-net"):
     return True, "%s is usable" % device
 
 
+# vhost-net moves virtio queues into the kernel; an emulated e1000 or rtl8139 has none, so it never uses vhost.
+VHOST_MODELS = ("virtio-net-pci",)
+
+
 def decide_vhost(nic, usable, reason, vm, index):
-    """(vhost on?, reason) for one tap NIC; `on` where impossible is an error, since QEMU 7.2 would abort."""
+    """(vhost on?, reason) for one tap NIC; `on` where impossible is an error, since QEMU 7.2 would abort.
+
+    `auto` means on exactly for a virtio-net NIC on a host where /dev/vhost-net is usable (`usable`, `reason`).
+    """
     wanted = nic.get("vhost", "auto")
+    model = nic.get("model", "virtio-net-pci")
     if wanted == "off":
         return False, "vhost: off requested"
+    if model not in VHOST_MODELS:
+        if wanted == "on":
+            raise QemuConfigError("VM %s: nics[%d].vhost is on but model %s has no virtio queues for vhost-net; "
+                                  "use model virtio-net-pci, or vhost: auto or off" % (vm, index, model))
+        return False, "model %s: vhost-net serves virtio-net only" % model
     if usable:
         return True, reason
     if wanted == "on":

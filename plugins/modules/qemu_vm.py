@@ -125,7 +125,9 @@ options:
         description: Namespace the tap lives in; defaults to O(netns). The name rule of O(name).
         type: str
       vhost:
-        description: C(auto) enables vhost only where /dev/vhost-net is usable; C(on) fails where it is not.
+        description:
+          - C(auto) enables vhost for a C(virtio-net-pci) NIC where /dev/vhost-net is usable, never for C(e1000) or
+            C(rtl8139); C(on) fails where vhost cannot work.
         type: str
         choices: [auto, "on", "off"]
         default: auto

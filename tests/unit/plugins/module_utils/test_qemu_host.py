@@ -22,6 +22,37 @@ def test_vhost_variants():
         decide_vhost({"vhost": "on"}, False, "/dev/vhost-net does not exist", "h1", 0)
 
 
+# The host's three states as vhost_usable reports them: (usable, reason).
+HOST_STATES = {
+    "present": (True, "/dev/vhost-net usable"),
+    "absent": (False, "/dev/vhost-net does not exist"),
+    "unopenable": (False, "/dev/vhost-net cannot be opened: Permission denied"),
+}
+
+
+@pytest.mark.parametrize("model", ["virtio-net-pci", "e1000", "rtl8139"])
+@pytest.mark.parametrize("host", sorted(HOST_STATES))
+@pytest.mark.parametrize("wanted", ["auto", "on", "off"])
+def test_vhost_is_on_only_for_virtio_net_on_a_host_that_offers_it(model, host, wanted):
+    usable, reason = HOST_STATES[host]
+    nic = {"model": model, "vhost": wanted}
+    virtio = model == "virtio-net-pci"
+    if wanted == "on" and not (virtio and usable):
+        # an impossible `on` is an inventory error naming the VM, the NIC and why (the model first: no device helps)
+        why = "model %s" % model if not virtio else reason
+        with pytest.raises(QemuConfigError, match=r"VM r1: nics\[2\]\.vhost is on but %s" % why):
+            decide_vhost(nic, usable, reason, "r1", 2)
+        return
+    on, said = decide_vhost(nic, usable, reason, "r1", 2)
+    assert on is (virtio and usable and wanted != "off")
+    if wanted == "off":
+        assert said == "vhost: off requested"
+    elif not virtio:
+        assert said == "model %s: vhost-net serves virtio-net only" % model
+    else:
+        assert said == reason
+
+
 def test_accelerator_cache_is_used_and_written(tmp_path, monkeypatch):
     cache = tmp_path / "accel.json"
     calls = []
