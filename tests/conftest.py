@@ -58,6 +58,14 @@ def pytest_configure(config):
         path = tempfile.mkdtemp(prefix="qemulab-tests-remote-tmp-")
         config._qemulab_remote_tmp = path
         os.environ["ANSIBLE_REMOTE_TEMP"] = path
+    # A module unpacks itself into $TMPDIR (ansible_<module>_payload_*) and removes that directory when it ends;
+    # one the fault suite kills leaves it behind, in the host's /tmp unless every process the tests start has a
+    # TMPDIR of the session's. This process keeps its own (gettempdir() is read, and cached, before TMPDIR is set).
+    if not os.environ.get("TMPDIR"):
+        tempfile.gettempdir()
+        path = tempfile.mkdtemp(prefix="qemulab-tests-tmp-")
+        config._qemulab_tmpdir = path
+        os.environ["TMPDIR"] = path
 
 
 def pytest_unconfigure(config):
@@ -65,3 +73,7 @@ def pytest_unconfigure(config):
     if path:
         shutil.rmtree(path, ignore_errors=True)
         os.environ.pop("ANSIBLE_REMOTE_TEMP", None)
+    path = getattr(config, "_qemulab_tmpdir", None)
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+        os.environ.pop("TMPDIR", None)
