@@ -85,6 +85,8 @@ HOST_PORT_PINGS = "Ping every host from each host port"
 
 
 class TopologyLab(_RunnableLab):
+    net = NET  # the lab's addresses: none of them may show up in the root namespace
+
     def __init__(self):
         self.name = "qtopo%d" % (os.getpid() % 100000)
         self.netns = "qtopons%d" % (os.getpid() % 100000)
@@ -122,16 +124,16 @@ class TopologyLab(_RunnableLab):
         left = self.leftovers()
         left["run files"] = sorted(p for p in os.listdir("/run/qemulab") if p.startswith(self.name + "."))
         left["namespace owner"] = os.path.exists("/run/qemulab/_netns/%s.owner" % self.netns)
-        left["root namespace"] = root_view(self.name)
+        left["root namespace"] = root_view(self.name, self.net)
         return left
 
 
-def root_view(lab):
+def root_view(lab, net=NET):
     """The root namespace's links marked as this lab's, and its addresses and routes in the lab's network."""
     snap = snapshot()
     return {"links": [link for link in snap["links"] if (link[3] or "") == "qemulab:" + lab],
-            "addresses": [a for a in snap["addresses"] if str(a[1]).startswith(NET)],
-            "routes": [r for r in snap["routes"] if str(r[1]).startswith(NET) or str(r[3]).startswith(NET)],
+            "addresses": [a for a in snap["addresses"] if str(a[1]).startswith(net)],
+            "routes": [r for r in snap["routes"] if str(r[1]).startswith(net) or str(r[3]).startswith(net)],
             "sysctls": snap["sysctls"]}
 
 
