@@ -127,6 +127,24 @@ class TopologyLab(_RunnableLab):
         left["root namespace"] = root_view(self.name, self.net)
         return left
 
+    def remove_leaving_nothing(self, root_before):
+        """lab.yml --tags cleanup succeeds and leaves nothing of the lab; the root namespace's view as before."""
+        removed = self.cleanup()
+        assert removed.rc == 0, failure_text(removed) or removed
+        nothing = {"processes": [], "files": [], "netns": False, "run files": [], "namespace owner": False,
+                   "root namespace": root_before}
+        # the run lock's holder removes the lock file once it sees the playbook end (it polls every 0.2 s)
+        deadline = time.monotonic() + 10
+        while self.remnants() != nothing and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert self.remnants() == nothing
+
+    def discard(self):
+        """After the test, passed or not: whatever of the lab is still there."""
+        if self.leftovers() != {"processes": [], "files": [], "netns": False}:
+            self.cleanup()
+        self.force_remove()
+
 
 def root_view(lab, net=NET):
     """The root namespace's links marked as this lab's, and its addresses and routes in the lab's network."""
@@ -198,17 +216,7 @@ def test_a_ring_from_a_topology_file_grows_by_one_router_and_every_path_is_the_p
         assert traced.rc == 0, failure_text(traced) or traced
         assert summary(traced).startswith("60 pair(s) traced hop by hop; 0 pair(s)"), summary(traced)
 
-        removed = timed(timings, "lab.yml --tags cleanup", lab.cleanup)
-        assert removed.rc == 0, failure_text(removed) or removed
-        nothing = {"processes": [], "files": [], "netns": False, "run files": [], "namespace owner": False,
-                   "root namespace": before}
-        # the run lock's holder removes the lock file once it sees the playbook end (it polls every 0.2 s)
-        deadline = time.monotonic() + 10
-        while lab.remnants() != nothing and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert lab.remnants() == nothing
+        timed(timings, "lab.yml --tags cleanup", lab.remove_leaving_nothing, before)
     finally:
         print("\n".join("%-36s %6.1f s" % item for item in timings))
-        if lab.leftovers() != {"processes": [], "files": [], "netns": False}:
-            lab.cleanup()
-        lab.force_remove()
+        lab.discard()
