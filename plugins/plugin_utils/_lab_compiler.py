@@ -267,6 +267,8 @@ class _Compiler(object):
             "netns": lab["lab_netns"] or "",
             "qemu_user": lab["lab_qemu_user"] or "",
             "console_log_limit": lab["lab_console_log_limit"],
+            "capture_ring": bool(lab["lab_capture_ring"]),
+            "capture_ring_size": lab["lab_capture_ring_size"],
             "lock_timeout": lab["lab_lock_timeout"] if lab["lab_lock_timeout"] is not None else 600,
             "run_dir": "%s/%s" % (RUN_ROOT, lab_name),
             "hypervisor": hypervisor,

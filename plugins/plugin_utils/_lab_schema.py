@@ -22,6 +22,7 @@ import re
 from ansible.module_utils.six.moves.collections_abc import Mapping
 
 from ansible_collections.qemulab.network.plugins.module_utils import _netem
+from ansible_collections.qemulab.network.plugins.module_utils import _ring
 from ansible_collections.qemulab.network.plugins.module_utils._validate import (
     CONSOLE_LOG_LIMIT_DEFAULT,
     MTU_MAX,
@@ -354,6 +355,18 @@ SCHEMA = (
           "directory; without it such a cleanup is refused before anything is removed. Meant for one run, as "
           "`-e '{\"lab_cleanup_force\": true}'`; a bring-up of a lab another inventory claims is refused whatever "
           "it says.", "`true`"),
+
+    Field("lab", "lab_capture_ring", _boolean, False,
+          "Keep a ring of each segment's recent packets from the moment its bridge is created (one `tcpdump` per "
+          "bridge in the lab's namespace, files under `/var/lib/qemulab/labs/<lab_name>/rings/`, root only). When "
+          "the verify stage fails, the rings of the segments on the failing paths are saved as pcapng files in "
+          "`/run/qemulab/<lab_name>/verify-rings/<vm>/` and named in the failure. Cleanup stops the recorders and "
+          "removes the rings; see `docs/links.md`.", "`true`"),
+    Field("lab", "lab_capture_ring_size", _integer(_ring.SIZE_MIN, _ring.SIZE_MAX, "a number of megabytes"),
+          _ring.SIZE_DEFAULT,
+          "Megabytes (10^6 bytes) of recent packets each segment's ring keeps with `lab_capture_ring`: that many "
+          "files of 1 MB, the oldest overwritten first; on disk at most this plus 64 KiB per file. Changing it "
+          "restarts the recorders with empty rings.", "`16`"),
 
     # -- per VM: the VM's host variables ---------------------------------------------------------------------------
     Field("vm", "inventory_hostname", _name("vm"), MISSING,
