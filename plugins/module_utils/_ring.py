@@ -148,8 +148,8 @@ def stop(recorder):
 
 
 def remove_files(root, bridge):
-    for path in glob.glob(glob.escape(ring_base(root, bridge)) + "*") + [os.path.join(root, bridge + suffix)
-                                                                          for suffix in (".pid", ".err")]:
+    extra = [os.path.join(root, bridge + suffix) for suffix in (".pid", ".err")]
+    for path in glob.glob(glob.escape(ring_base(root, bridge)) + "*") + extra:
         if os.path.lexists(path):
             os.unlink(path)
 
