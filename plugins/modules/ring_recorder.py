@@ -131,7 +131,8 @@ def main():
             for bridge in start:
                 recorders[bridge]["pid"] = _ring.start(root, p["netns"], bridge, p["size"])
             if remove_root:
-                shutil.rmtree(root)
+                # a link in its place is removed, never followed
+                os.unlink(root) if os.path.islink(root) or not os.path.isdir(root) else shutil.rmtree(root)
         except (_ring.RingError, OSError) as exc:
             module.fail_json(msg="ring_recorder: lab %s: %s" % (p["lab"], exc), started=start, stopped=stop)
     module.exit_json(changed=changed, recorders=recorders, started=start, stopped=stop,
