@@ -125,6 +125,14 @@ def is_current(recorder, root, bridge, size, netns):
     return recorder["argv"] == recorder_argv(root, bridge, size) and recorder["netns_inode"] == inode
 
 
+def plan(have, want, root, size, netns):
+    """(bridges to start, bridges to stop): a wanted bridge without a current recorder is started (its old recorder,
+    with other arguments or in another namespace, stopped first); a recorder of a bridge not wanted is stopped."""
+    start = [b for b in want if b not in have or not is_current(have[b], root, b, size, netns)]
+    stop = sorted(b for b in have if b not in want or b in start)
+    return start, stop
+
+
 def _alive(pid, argv):
     return proc_cmdline(pid) == argv
 

@@ -113,8 +113,7 @@ def main():
 
     # read, plan
     have = _ring.find_recorders(root)
-    start = [b for b in want if b not in have or not _ring.is_current(have[b], root, b, p["size"], p["netns"])]
-    stop = sorted(b for b in have if b not in want or b in start)
+    start, stop = _ring.plan(have, want, root, p["size"], p["netns"])
     remove_root = p["state"] == "absent" and os.path.lexists(root)
     before = dict((b, {"size": int(r["argv"][r["argv"].index("-W") + 1])}) for b, r in have.items())
     after = dict((b, {"size": p["size"]}) for b in want)

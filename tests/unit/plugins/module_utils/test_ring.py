@@ -149,3 +149,16 @@ def test_stop_signals_only_while_proc_shows_our_command_line(monkeypatch):
     monkeypatch.setattr(_ring, "proc_cmdline", lambda pid: ["sshd"])  # the pid is someone else's now
     _ring.stop({"pid": 42, "argv": ["tcpdump", "x"]})
     assert sent == []
+
+
+def test_the_plan_starts_the_missing_restarts_the_changed_and_stops_the_unwanted(monkeypatch):
+    root = "/r"
+    monkeypatch.setattr(_ring, "_netns_inode", lambda netns: 1)
+    have = {"br1": {"pid": 1, "argv": _ring.recorder_argv(root, "br1", 8), "netns_inode": 1},  # as wanted
+            "br2": {"pid": 2, "argv": _ring.recorder_argv(root, "br2", 4), "netns_inode": 1},  # another size
+            "br3": {"pid": 3, "argv": _ring.recorder_argv(root, "br3", 8), "netns_inode": 9},  # another namespace
+            "br9": {"pid": 9, "argv": _ring.recorder_argv(root, "br9", 8), "netns_inode": 1}}  # no longer a segment
+    start, stop = _ring.plan(have, ["br1", "br2", "br3", "br4"], root, 8, "ns")
+    assert start == ["br2", "br3", "br4"] and stop == ["br2", "br3", "br9"]
+    assert _ring.plan({"br1": have["br1"]}, ["br1"], root, 8, "ns") == ([], [])  # a rerun changes nothing
+    assert _ring.plan(have, [], root, 8, "ns") == ([], ["br1", "br2", "br3", "br9"])  # state=absent
