@@ -14,8 +14,8 @@ APT_PACKAGES := qemu-system-x86 qemu-utils iproute2 debootstrap busybox-static e
 	openssh-client graphviz python3-venv python3-dev gcc cpio zstd kmod socat iperf3 tcpdump \
 	iputils-ping procps psmisc rsync git iptables shellcheck
 
-.PHONY: setup apt venv collection lab cleanup status graph docs test test-unit test-integration \
-	sanity lint molecule bench clean
+.PHONY: setup apt venv collection lab cleanup status graph docs test test-first-lane test-second-lane test-alone \
+	test-unit test-integration sanity lint molecule bench clean
 
 setup: apt venv collection
 
@@ -56,7 +56,27 @@ graph: setup
 docs: setup
 	PYTHONPATH=$(BUILD)/collections $(PY) -c 'import sys; from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import render_inventory_doc as r; p = "docs/inventory.md"; t = open(p).read(); open(p, "w").write(r(t))'
 
-test: setup test-unit test-integration sanity lint molecule
+# Everything, in two lanes at once and then what must run alone: the integration suite keeps about one of two cores
+# busy (guests boot and answer while Ansible waits), so the second lane's unit tests, sanity, lint, self-contained
+# integration modules and molecule run beside it. pytest.ini's markers say which module may run where. Each lane's
+# output is printed whole when it ends (--output-sync). `make test-integration` still runs the whole suite in one go.
+test: setup
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-first-lane test-second-lane
+	$(MAKE) --no-print-directory test-alone
+
+test-first-lane: setup
+	$(BIN)/pytest -q tests/integration -m "not second_lane and not alone"
+
+# QEMULAB_TEST_LANE: the console-tmpfs sweep at a session's end (tests/integration/conftest.py) is the first lane's.
+test-second-lane: setup
+	$(MAKE) --no-print-directory test-unit
+	$(MAKE) --no-print-directory sanity
+	$(MAKE) --no-print-directory lint
+	QEMULAB_TEST_LANE=second $(BIN)/pytest -q tests/integration -m second_lane
+	$(MAKE) --no-print-directory molecule
+
+test-alone: setup
+	$(BIN)/pytest -q tests/integration -m alone
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
@@ -75,7 +95,7 @@ lint: setup
 # ANSIBLE_HOME: molecule installs the collection into $$ANSIBLE_HOME/collections (~/.ansible by default, where it
 # would shadow the checkout for playbooks run elsewhere); .build/collections already links this checkout there, so
 # nothing is copied and nothing lands in the user's home. MOLECULE_COMMAND=syntax runs one step only. --all: every
-# scenario, default (the seed lab) and topology (the ring of topologies/ring.qemulab.yml).
+# scenario, default (the seed lab) and topology (the star of topologies/star.qemulab.yml).
 molecule: setup
 	cd $(ROOT) && ANSIBLE_HOME=$(BUILD) $(BIN)/molecule $(or $(MOLECULE_COMMAND),test) --all
 

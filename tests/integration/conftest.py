@@ -29,7 +29,12 @@ def unique_name(prefix="qlt"):
 def no_console_tmpfs_left():
     """qemu_vm mounts a tmpfs for each VM's console log; a test that SIGKILLs its QEMUs and removes their run
     directories by hand cannot remove it. At the session's end, those that appeared during it and whose VM no longer
-    runs are unmounted, and the then empty directories removed."""
+    runs are unmounted, and the then empty directories removed. `make test` runs a second lane of modules beside
+    the first (QEMULAB_TEST_LANE=second), none of which leaves such a mount; only the first lane sweeps, so that no
+    session's end takes the mount of a VM the other lane is starting (mounted, its QEMU not yet running)."""
+    if os.environ.get("QEMULAB_TEST_LANE") == "second":
+        yield
+        return
     from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import console_mounts, release
     from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import find_qemus
 

@@ -11,7 +11,7 @@ import pytest
 from pyroute2 import IPRoute, NetNS
 from pyroute2 import netns as pr_netns
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO_ROOT, "playbooks", "examples")

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import run_playbook
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEED_INVENTORY = os.path.join(REPO_ROOT, "inventories", "seed")

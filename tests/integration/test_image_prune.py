@@ -19,7 +19,7 @@ from pyroute2 import netns as pr_netns
 from conftest import REPO_ROOT
 from faultlab import Lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
 ROLE_FILES = os.path.join(REPO_ROOT, "roles", "guest_image", "files")
 IMAGE_VARS = {"kernel_version": "6.1.0-prune-test", "mirror": "http://deb.example.invalid/debian",

@@ -20,7 +20,7 @@ from pyroute2 import netns as pr_netns
 
 from conftest import REPO_ROOT, VENV_PYTHON
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
 BIN = os.path.join(REPO_ROOT, ".venv", "bin")
 KEY = "/var/lib/qemulab/ssh/id_ed25519"
