@@ -16,8 +16,8 @@ description:
     netlink socket per namespace.
   - A lab brings up a dozen or more such objects; one module run per object cost the seed lab about 7 s of Python
     starts on the lab host. The host_prep role uses this module.
-  - One item's failure does not stop the others (except that a tap whose bridge failed fails too); the task fails
-    afterwards naming every item that failed.
+  - Every item is planned (as in check mode) before any is made: if one would fail (a foreign object of that name, a
+    bad value; a tap whose bridge fails fails too), the task fails naming every such item and changes nothing.
   - With O(mark_pending=true) it first marks every link of O(lab) in O(netns) that a killed run made but could not
     mark (a bridge or veth end that still carries the lab's pending mark as its device group and no alias; see
     M(qemulab.network.bridge)), and lists them in RV(marked). The teardown role runs it so, with no items, before it
@@ -182,11 +182,16 @@ def main():
         try:
             own = sockets(module.params["netns"]) if module.params["mark_pending"] else None
             marked = finish_pending_marks(own, module.params["lab"], module.check_mode) if own is not None else []
-            bridges = run_items("bridge", module.params["bridges"], bridge_argument_spec(), bridge_hooks, defaults,
-                                module.check_mode, sockets, set())
-            failed_bridges = set(r["name"] for r in bridges if r.get("failed"))
-            taps = run_items("tap", module.params["taps"], tap_argument_spec(), tap_hooks, defaults,
-                             module.check_mode, sockets, failed_bridges)
+            # Every object is planned (check mode) before any is made: a foreign br3 or a bad tap fails the task
+            # with the host as it was, not after br1 and br2 were created.
+            for check_mode in [True] if module.check_mode else [True, False]:
+                bridges = run_items("bridge", module.params["bridges"], bridge_argument_spec(), bridge_hooks,
+                                    defaults, check_mode, sockets, set())
+                failed_bridges = set(r["name"] for r in bridges if r.get("failed"))
+                taps = run_items("tap", module.params["taps"], tap_argument_spec(), tap_hooks, defaults,
+                                 check_mode, sockets, failed_bridges)
+                if failed_bridges or any(r.get("failed") for r in taps):
+                    break
         except NetlinkError as exc:
             module.fail_json(msg=str(exc))
     finish_items(module, bridges + taps + [dict(name=name, changed=True) for name in marked], bridges=bridges,

@@ -440,7 +440,7 @@ def test_bridge_device_answers_arp_only_for_its_own_addresses(playbook, netns, h
 
 def test_links_makes_many_objects_as_their_modules_do(playbook, netns, lab, foreign):
     """links: the seed's bridges and taps in one task; the same marks and results as bridge/tap; a foreign bridge
-    fails by name, its tap with it, everything else is made; check mode and a rerun change nothing."""
+    fails by name, its tap with it, and nothing is made (all planned first); check mode and a rerun change nothing."""
     nobody = 65534
     bridges = [{"name": "br%d" % n, "arp_ignore": 1} for n in (1, 2)] + [{"name": "br7"}]
     taps = [{"name": "vport11", "bridge": "br1"}, {"name": "vport21", "bridge": "br2", "owner": "nobody"},
@@ -460,18 +460,24 @@ def test_links_makes_many_objects_as_their_modules_do(playbook, netns, lab, fore
     assert sorted(planned.result("Links")["diff"]["after"]) == ["br1", "br2", "vport11", "vport21"], planned
     assert set(links(netns)) - {"lo"} == {"br7", "vport71"}
 
-    made = playbook(task, expect_failure=True)
-    res = made.result("Links")
+    refused = playbook(task, expect_failure=True)
+    res = refused.result("Links")
     assert "bridge br7" in res["msg"] and "tap vport72: its bridge br7 failed" in res["msg"], res
+    # every object is planned before any is made: the foreign br7 fails the task with the namespace as it was
+    assert set(links(netns)) - {"lo"} == {"br7", "vport71"}
+
+    good = task.replace(json.dumps(bridges), json.dumps(bridges[:2])).replace(json.dumps(taps), json.dumps(taps[:2]))
+    made = playbook(good)
+    res = made.result("Links")
+    assert made.rc == 0 and res["changed"], made
     got = links(netns)
     assert {"br1", "br2", "vport11", "vport21"} <= set(got) and "vport72" not in got
     for name, master in (("vport11", "br1"), ("vport21", "br2")):
         assert (got[name]["alias"], got[name]["master"], got[name]["up"]) == ("qemulab:" + lab, master, True)
-    owners = [r["after"]["owner"] for r in res["taps"] if not r.get("failed")]
+    owners = [r["after"]["owner"] for r in res["taps"]]
     assert owners == [None, nobody]
     assert _in(netns, "cat", "/proc/sys/net/ipv4/conf/br2/arp_ignore").stdout.strip() == "1"
 
-    good = task.replace(json.dumps(bridges), json.dumps(bridges[:2])).replace(json.dumps(taps), json.dumps(taps[:2]))
     again = playbook(good)
     assert again.rc == 0 and not again.result("Links")["changed"], again
 
