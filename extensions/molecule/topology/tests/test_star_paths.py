@@ -1,4 +1,4 @@
-"""Every planned path of the ring lab, traced on the real guests (pytest-testinfra, the topology file as inventory).
+"""Every planned path of the star lab, traced on the real guests (pytest-testinfra, the topology file as inventory).
 
 The tests are generated from the plan's reachability matrix (plugins/plugin_utils/_lab_paths.py, the same code as
 playbooks/verify_paths.yml): one per source - every VM and the lab host's port - which runs the TTL-limited ping
@@ -21,7 +21,7 @@ from ansible_collections.qemulab.network.plugins.filter.lab_paths import lab_pat
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_compiler import compile_lab  # noqa: E402
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_paths import path_problems  # noqa: E402
 
-INVENTORY = os.path.join(REPO, "topologies", "ring.qemulab.yml")
+INVENTORY = os.path.join(REPO, "topologies", "star.qemulab.yml")
 PROBE = os.path.join(REPO, "playbooks", "files", "path_probe.sh")
 RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 PLAN = compile_lab(RUNNER.inventory["_meta"]["hostvars"], RUNNER.get_variables("localhost")["groups"],
@@ -48,8 +48,8 @@ def probe_output(source):
 def test_the_plan_gives_every_pair_a_traceable_path():
     assert PLAN["errors"] == []
     assert PATHS["unchecked"] == []
-    # five routers, two hosts and the lab host's port, each toward every address of the others
-    assert sorted(PATHS["arguments"]) == ["h1", "h3", "lab_host", "r1", "r2", "r3", "r4", "r5"]
+    # four routers, three hosts and the lab host's port, each toward every address of the others
+    assert sorted(PATHS["arguments"]) == ["h1", "h2", "h3", "hub", "lab_host", "leaf1", "leaf2", "leaf3"]
 
 
 @pytest.mark.parametrize("source", sorted(PATHS["arguments"]))
