@@ -14,7 +14,8 @@ description:
   - For each bridge of O(bridges), joins the files of its ring (see M(qemulab.network.ring_recorder)), oldest first,
     into one pcapng file C(<dest>/<bridge>.pcapng) (0600, in a 0700 directory) that names the bridge, readable by
     Wireshark and C(tcpdump -r).
-  - It first waits a little over a second, the longest libpcap holds packets before tcpdump writes them, so the
+  - It first waits a little over a second, the longest libpcap holds packets before tcpdump sees them, then has each
+    running recorder write out what it buffers (SIGUSR2, only to a recorder C(/proc) shows as the lab's), so the
     packets of the moment the save was asked for are in it.
   - A bridge without a ring (the recorder is off, or never ran) is listed in RV(missing), not an error.
 author:
@@ -111,6 +112,9 @@ def main():
     if module.check_mode or not have:
         module.exit_json(changed=bool(have), saved=saved, missing=missing)
     time.sleep(_ring.HANDOVER_SECONDS)
+    running = _ring.find_recorders(root)
+    if any(_ring.flush(running[b]) for b in have if b in running):
+        time.sleep(_ring.FLUSH_SECONDS)
     os.makedirs(p["dest"], mode=0o700, exist_ok=True)
     for item in saved:
         try:

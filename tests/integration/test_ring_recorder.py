@@ -102,7 +102,11 @@ def test_a_ring_per_segment_holds_boot_traffic_stays_bounded_and_is_saved_when_v
     for pid in qemus:
         assert boot_time(pid) > recorder_start, "QEMU %d started before the recorders" % pid
 
-    # boot-time traffic: h1's first frames on its segment precede its first ping, and its pings are there
+    # boot-time traffic: h1's first frames on its segment precede its first ping, and its pings are there (the
+    # recorder buffers a few KB: have it write them out first, as ring_save does)
+    time.sleep(_ring.HANDOVER_SECONDS)
+    assert all(_ring.flush(r) for r in _ring.find_recorders(lab.rings).values())
+    time.sleep(1)
     lines = read_frames(_ring.ring_files(lab.rings, BRIDGES[("h1", 0)]))
     h1 = [line for line in lines if " %s > " % MACS[("h1", 0)] in line]
     pings = [i for i, line in enumerate(h1) if "ICMP echo request" in line]
@@ -118,6 +122,9 @@ def test_a_ring_per_segment_holds_boot_traffic_stays_bounded_and_is_saved_when_v
 
     # more than the ring holds: 1400 pings of 1400 bytes each way across lkbrb (about 4 MB); the ring stays bounded
     lab.ok("h1", "ping -q -i 0.002 -s 1400 -c 1400 -W 5 %s > /dev/null || true" % ADDRESSES[("h2", 0)], timeout=300)
+    time.sleep(_ring.HANDOVER_SECONDS)
+    assert all(_ring.flush(r) for r in _ring.find_recorders(lab.rings).values())
+    time.sleep(1)
     files = _ring.ring_files(lab.rings, BRIDGES[("h2", 0)])
     assert len(files) == SIZE, files
     total = sum(os.path.getsize(p) for p in files)

@@ -53,7 +53,8 @@ def test_the_recorder_is_a_ring_of_size_one_megabyte_files_in_the_labs_rings_dir
     assert argv[0] == "tcpdump" and argv[argv.index("-i") + 1] == "br2"
     assert argv[argv.index("-C") + 1] == "1" and argv[argv.index("-W") + 1] == "8"
     assert argv[argv.index("-w") + 1] == root + "/br2.pcap"
-    assert argv[argv.index("-Z") + 1] == "root" and "-U" in argv
+    assert argv[argv.index("-Z") + 1] == "root"
+    assert "-U" not in argv  # buffered: one write per few KB, flushed by SIGUSR2 when a ring is saved
     assert "-p" not in argv  # the bridge must be promiscuous to see the frames it forwards
     assert _ring.launch_argv("lab-ns", argv) == ["ip", "netns", "exec", "lab-ns"] + argv
     assert _ring.launch_argv("", argv) == argv
@@ -162,3 +163,13 @@ def test_the_plan_starts_the_missing_restarts_the_changed_and_stops_the_unwanted
     assert start == ["br2", "br3", "br4"] and stop == ["br2", "br3", "br9"]
     assert _ring.plan({"br1": have["br1"]}, ["br1"], root, 8, "ns") == ([], [])  # a rerun changes nothing
     assert _ring.plan(have, [], root, 8, "ns") == ([], ["br1", "br2", "br3", "br9"])  # state=absent
+
+
+def test_flush_signals_only_a_recorder_proc_shows_as_ours(monkeypatch):
+    sent = []
+    monkeypatch.setattr(_ring.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(_ring, "proc_cmdline", lambda pid: ["tcpdump", "x"])
+    assert _ring.flush({"pid": 42, "argv": ["tcpdump", "x"]}) is True
+    assert sent == [(42, signal.SIGUSR2)]
+    monkeypatch.setattr(_ring, "proc_cmdline", lambda pid: None)  # gone
+    assert _ring.flush({"pid": 42, "argv": ["tcpdump", "x"]}) is False and len(sent) == 1
