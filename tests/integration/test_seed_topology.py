@@ -90,10 +90,11 @@ class SeedLab(TopologyLab):
         return self.ssh(self.positions[vm], command)
 
     def interfaces(self, vm):
-        """The guest's own view: [(ifname, MAC, IPv4 address/prefix)] of every interface but lo."""
+        """The guest's own view: [(ifname, MAC, IPv4 address/prefix)] of every interface but lo and mgmt0 (the
+        lab's own user-mode NIC that carries SSH, which the course does not have)."""
         listed = json.loads(self.guest(vm, "ip -j addr show"))
         return sorted((link["ifname"], link["address"].lower(), "%s/%d" % (a["local"], a["prefixlen"]))
-                      for link in listed if link["ifname"] != "lo"
+                      for link in listed if link["ifname"] not in ("lo", "mgmt0")
                       for a in link.get("addr_info", []) if a["family"] == "inet")
 
     def in_netns(self, *argv):
