@@ -35,7 +35,7 @@ from test_topology_lab import HOST_PORT_PINGS, TopologyLab, root_view, summary, 
 sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
 from _harness import port_block  # noqa: E402  (the benchmark's: consecutive free 127.0.0.1 ports)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
 SHIPPED = os.path.join(REPO_ROOT, "topologies", "seed.qemulab.yml")
 

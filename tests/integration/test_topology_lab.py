@@ -31,7 +31,7 @@ from pyroute2 import netns as pr_netns
 sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
 from _harness import port_block  # noqa: E402  (the benchmark's: consecutive free 127.0.0.1 ports)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
 VERIFY_PATHS = os.path.join(REPO_ROOT, "playbooks", "verify_paths.yml")
 NET = "10.87."
