@@ -220,10 +220,10 @@ def vhost_problems(launched, table, usable):
 
 
 def test_traceroute_from_h1_to_h2_names_rt1_then_h2(lab):
-    """The longest path the test labs have, hop by hop, with the guest's own traceroute (the seed's h1 -> rt1 -> rt2
-    -> rt4 -> h2 needs the seven-VM seed lab, which molecule's scenario traces): h1's traceroute to h2 answers from
-    rt1's inside address, then from h2 itself, and from nothing else. One probe at a time (-N 1), so no ICMP rate
-    limit turns a hop into a `*`."""
+    """This lab's longest path, hop by hop, with the guest's own traceroute (the seed's h1 -> rt1 -> rt2 -> rt4 -> h2
+    needs the seven-VM seed lab: test_seed_topology.py and molecule's default scenario trace it): h1's traceroute to
+    h2 answers from rt1's inside address, then from h2 itself, and from nothing else. One probe at a time (-N 1), so
+    no ICMP rate limit turns a hop into a `*`."""
     out = _ok(lab, "h1", "traceroute -n -q 1 -w 3 -N 1 -m 6 10.66.2.20")
     hops = [line.split()[1] for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     assert hops == ["10.66.1.1", "10.66.2.20"], out
