@@ -16,8 +16,8 @@ description:
     netlink socket per namespace.
   - A lab brings up a dozen or more such objects; one module run per object cost the seed lab about 7 s of Python
     starts on the lab host. The host_prep role uses this module.
-  - Every item is planned (as in check mode) before any is made: if one would fail (a foreign object of that name, a
-    bad value; a tap whose bridge fails fails too), the task fails naming every such item and changes nothing.
+  - Every item is planned (as in check mode) before any is made. If one would fail (a foreign object of that name, a
+    bad value, or a tap whose bridge fails), the task fails naming every such item and changes nothing.
   - With O(mark_pending=true) it first marks every link of O(lab) in O(netns) that a killed run made but could not
     mark (a bridge or veth end that still carries the lab's pending mark as its device group and no alias; see
     M(qemulab.network.bridge)), and lists them in RV(marked). The teardown role runs it so, with no items, before it

@@ -436,8 +436,8 @@ SCHEMA = (
           "The emulated NIC (measured throughput on this kind of host: ~4.2, ~1.4, ~1.1 Gb/s).", "`e1000`"),
     Field("nic", "vhost", _choice(("auto", "on", "off"), {True: "on", False: "off"}), "auto",
           "`auto` uses vhost-net for a `virtio-net-pci` NIC where `/dev/vhost-net` is usable (never for "
-          "`e1000`/`rtl8139`), `on` requires it, `off` never uses it; `on` needs `model: virtio-net-pci`. A bare YAML `on`/`off` is accepted. What was decided is reported per "
-          "NIC in the status table.", "`off`"),
+          "`e1000`/`rtl8139`), `on` requires it, `off` never uses it; `on` needs `model: virtio-net-pci`. A bare "
+          "YAML `on`/`off` is accepted. What was decided is reported per NIC in the status table.", "`off`"),
     Field("nic", "mtu", _integer(MTU_MIN, MTU_MAX, "an MTU"), None,
           "The NIC's MTU, on both sides of the wire: the guest's interface, its tap on the lab host and what "
           "virtio-net announces (`host_mtu`). Every member of a bridge must agree (a bridge takes its smallest "
