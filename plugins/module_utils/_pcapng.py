@@ -55,15 +55,24 @@ def convert(data, interface, comment=""):
                    + _option(OPT_END, b""))
     out.append(_block(IDB, struct.pack("<HHI", linktype, 0, snaplen) + idb_options))
     scale = 10 ** resolution
-    offset, count = 24, 0
-    while offset + 16 <= len(data):
-        seconds, fraction, captured, original = struct.unpack(order + "IIII", data[offset:offset + 16])
-        packet = data[offset + 16:offset + 16 + captured]
-        if len(packet) < captured:
-            break
+    count = 0
+    for record in records(data, order):
+        seconds, fraction, captured, original = struct.unpack(order + "IIII", record[:16])
         stamp = seconds * scale + fraction
         out.append(_block(EPB, struct.pack("<IIIII", 0, stamp >> 32, stamp & 0xFFFFFFFF, captured, original)
-                          + _pad(packet)))
-        offset += 16 + captured
+                          + _pad(record[16:])))
         count += 1
     return b"".join(out), count
+
+
+def records(data, order):
+    """The complete packet records (16-byte header and packet) of a pcap stream after its 24-byte header, in order;
+    a stream cut in a record (a tcpdump killed or still writing) ends before it."""
+    offset = 24
+    while offset + 16 <= len(data):
+        captured = struct.unpack(order + "I", data[offset + 8:offset + 12])[0]
+        end = offset + 16 + captured
+        if end > len(data):
+            return
+        yield data[offset:end]
+        offset = end

@@ -21,11 +21,12 @@ __metaclass__ = type
 import glob
 import os
 import signal
-import struct
 import subprocess
 import time
 
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import NETNS_RUN_DIR
 from ansible_collections.qemulab.network.plugins.module_utils._pcapng import PcapError, _header, convert
+from ansible_collections.qemulab.network.plugins.module_utils._pcapng import records as pcap_records
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import proc_cmdline, process_uid
 
 SIZE_DEFAULT = 8  # megabytes (tcpdump's 10^6 bytes): the last ~8 MB of each segment
@@ -90,7 +91,7 @@ def ring_files(root, bridge):
 
 
 def _netns_inode(netns):
-    return os.stat("/run/netns/%s" % netns if netns else "/proc/1/ns/net").st_ino
+    return os.stat(os.path.join(NETNS_RUN_DIR, netns) if netns else "/proc/1/ns/net").st_ino
 
 
 def process_netns_inode(pid):
@@ -209,19 +210,6 @@ def start(root, netns, bridge, size):
                         bridge, " in namespace %s" % netns if netns else "", proc.returncode, said or "no message"))
 
 
-def _records(data, order):
-    """The complete packet records of one pcap file (the file being written may end inside one)."""
-    out, offset = [], PCAP_HEADER
-    while offset + RECORD_HEADER <= len(data):
-        captured = struct.unpack(order + "I", data[offset + 8:offset + 12])[0]
-        end = offset + RECORD_HEADER + captured
-        if end > len(data):
-            break
-        out.append(data[offset:end])
-        offset = end
-    return out
-
-
 def merge(paths, bridge, comment=""):
     """(pcapng bytes, packets) of a ring's files, oldest first, as one capture of `bridge`; files whose header
     differs from the first's (none, unless tcpdump died while writing one) are left out."""
@@ -239,7 +227,7 @@ def merge(paths, bridge, comment=""):
             header = data[:PCAP_HEADER]
         elif data[:PCAP_HEADER] != header:
             continue
-        records += _records(data, order)
+        records += list(pcap_records(data, order))
     if header is None:
         raise RingError("the ring of %s holds no pcap file yet" % bridge)
     return convert(header + b"".join(records), bridge, comment)
