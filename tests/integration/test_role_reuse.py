@@ -191,7 +191,7 @@ def test_router_example_makes_myrouter_a_nat_router_the_lab_host_reaches_edge_th
     assert _ok(lab, me, "ip -4 -o address show dev eth1").split()[3] == "10.79.2.1/24"
     assert _ok(lab, me, "ip -4 route show 10.79.3.0/24").startswith("10.79.3.0/24 via 10.79.2.2 dev eth1 ")
     assert _ok(lab, me, "cat /proc/sys/net/ipv4/ip_forward") == "1"
-    assert "-A POSTROUTING -s 10.79.1.0/24 -o eth1 " in _ok(lab, me, "iptables -t nat -S POSTROUTING")
+    assert "-A qemulab-post -s 10.79.1.0/24 -o eth1 " in _ok(lab, me, "iptables -t nat -S qemulab-post")
     # the management NIC keeps its address: only the listed NICs are touched
     assert "10.0.2.15/24" in _ok(lab, me, "ip -4 -o address show dev mgmt0")
 
