@@ -33,6 +33,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._validate import (
     parse_console_log_limit,
     parse_memory,
 )
+from ansible_collections.qemulab.network.plugins.plugin_utils._nat_rules import parse_pool
 
 MISSING = object()
 
@@ -251,6 +252,19 @@ def _hypervisor(value):
 _hypervisor.type_text = "str"
 
 
+def _pool(value):
+    """A NAT pool 'first-last' of IPv4 addresses, normalised; order, family and size checked (`_nat_rules`)."""
+    try:
+        first, last = parse_pool(value)
+    except ValueError as exc:
+        return None, str(exc)
+    return "%s-%s" % (first, last), None
+
+
+_pool.type_text = "str (IPv4 range)"
+_pool.rule_text = "first-last, at most 256 addresses"
+
+
 def _items(scope):
     """A list of mappings whose keys are the fields of `scope`; the compiler reads each item."""
     def read(value):
@@ -407,7 +421,7 @@ SCHEMA = (
           "`vm_initrd` and `vm_disk` the VM boots the built guest image on a copy-on-write overlay.",
           "`/srv/yocto/vms/rt1.ext4`"),
     Field("vm", "vm_nat", _items("nat"), [],
-          "NAT on a router: masquerade (PAT) and static 1:1; see `vm_nat` items.",
+          "NAT on a router: masquerade (PAT), dynamic NAT from a pool and static 1:1; see `vm_nat` items.",
           "`[{type: masquerade, inside: eth0, outside: eth1}]`"),
     Field("vm", "vm_hypervisor", _hypervisor, None,
           "The lab host that runs this VM: a host of group `hypervisors` (default: the first one; only one is "
@@ -476,13 +490,20 @@ SCHEMA = (
           "`10.20.20.2`"),
 
     # -- vm_nat items ----------------------------------------------------------------------------------------------
-    Field("nat", "type", _choice(("masquerade", "static")), MISSING,
+    Field("nat", "type", _choice(("masquerade", "pool", "static")), MISSING,
           "`masquerade`: PAT, packets from `inside`'s segment leaving through `outside` get the router's outside "
-          "address. `static`: 1:1 NAT, `inside_address` is published as `outside_address`.", "`masquerade`"),
+          "address. `pool`: dynamic NAT, they get an address of `pool` (the kernel picks each inside host's by a "
+          "hash of its address, so two hosts may share one; their ports then keep them apart). `static`: 1:1 NAT, "
+          "`inside_address` is published as `outside_address`.", "`masquerade`"),
     Field("nat", "inside", _text, MISSING, "The NIC on the private segment (`eth0`, …): an addressed tap NIC.",
           "`eth0`"),
     Field("nat", "outside", _text, MISSING, "The NIC the translated traffic leaves through; not `inside`.",
           "`eth1`"),
+    Field("nat", "pool", _pool, None,
+          "`pool` only (required there): the addresses translated onto, `first-last`. Either on `outside`'s "
+          "segment (not its network or broadcast address) or on no segment of the lab at all (the outside "
+          "neighbours then need a route to it through the router); never an address anyone in the lab uses. The "
+          "router holds each one on `lo`, so it answers ARP for them.", "`203.0.113.10-203.0.113.20`"),
     Field("nat", "inside_address", address, None,
           "`static` only (required there): the published host, on `inside`'s segment, not the router's own.",
           "`10.20.10.2`"),

@@ -288,7 +288,8 @@ def schema_lab():
 
 # every choice word of the schema (valid for one field, invalid for the others) and the strings other fields expect
 WORDS = ["tap", "user", "auto", "on", "off", "virtio-net-pci", "e1000", "rtl8139", "tcp", "udp", "masquerade",
-         "static", "", "root", "0", "qemulab", "1001", "localhost", "elsewhere", "eth0", "eth1", "eth2", "default"]
+         "pool", "static", "", "root", "0", "qemulab", "1001", "localhost", "elsewhere", "eth0", "eth1", "eth2",
+         "default"]
 NAMES = (st.from_regex(_validate.NAME_RE) | st.from_regex(r"\A[a-z0-9][a-z0-9-]{0,15}\Z") | st.text(max_size=20)
          | st.sampled_from(["ta1", "tb2", "br-a", "br-b", "hp1", "x" * 15, "x" * 16, "x" * 32, "x" * 33, "-x", "X1"]))
 INTS = st.integers() | st.integers(-2, 70000) | st.from_regex(r"\A ?[0-9]{1,6} ?\Z") | st.booleans() | st.floats()
@@ -307,6 +308,10 @@ STRATEGIES = {
     "str (CIDR)": st.builds("{}/{}".format, IPV4, st.integers(0, 33)) | st.sampled_from(["default", "fe80::1/64"])
     | st.text(max_size=20),
     "str (IPv4)": IPV4 | st.sampled_from(["fe80::1", "10.1.1.1/24"]) | st.text(max_size=20),
+    # a NAT pool: ranges on the outside segment, off every segment, backwards, too long, IPv6, and junk
+    "str (IPv4 range)": st.builds("{}-{}".format, IPV4, IPV4) | st.sampled_from(
+        ["10.1.2.100-10.1.2.109", "203.0.113.10-203.0.113.20", "10.0.0.0-10.0.1.0", "fe80::1-fe80::2"])
+    | st.text(max_size=20),
     "str (absolute path)": st.from_regex(r"\A/[ -~]{0,30}\Z") | st.text(max_size=20),
     # a NIC's netem mapping: its keys (and one that is not) with times, percentages, rates and junk
     "dict": st.dictionaries(st.sampled_from(["delay", "jitter", "loss", "duplicate", "reorder", "corrupt", "rate",
