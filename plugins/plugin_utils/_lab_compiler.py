@@ -763,7 +763,8 @@ class _Compiler(object):
 
     # -- NAT --------------------------------------------------------------------------------------------------
     def resolve_nat(self, vms):
-        """vm_nat on routers: masquerade an inside segment out of an outside NIC, or publish one address 1:1."""
+        """vm_nat on routers: masquerade an inside segment out of an outside NIC, translate it onto a pool, or publish
+        one address 1:1."""
         problems = self.problems
         for vm in vms:
             name, value = vm["name"], vm["_nat_in"]
@@ -784,11 +785,10 @@ class _Compiler(object):
         kind = self.read("nat", "type", raw, name, field + ".type")
         if kind is None:
             return None
-        if kind == "masquerade":
-            for key in ("inside_address", "outside_address"):
-                if raw.get(key) is not None:
-                    problems.add(name, "%s.%s" % (field, key), "only applies to type static; drop it or use type "
-                                 "static")
+        for key, owner_kind in (("inside_address", "static"), ("outside_address", "static"), ("pool", "pool")):
+            if kind != owner_kind and raw.get(key) is not None:
+                problems.add(name, "%s.%s" % (field, key), "only applies to type %s; drop it or use type %s"
+                             % (owner_kind, owner_kind))
         rule = {"type": kind}
         for side in ("inside", "outside"):
             dev = raw.get(side)
@@ -804,6 +804,8 @@ class _Compiler(object):
         if kind == "masquerade":
             rule["inside_subnet"] = str(inside_net)
             return rule
+        if kind == "pool":
+            return self.nat_pool(name, field, raw, rule, inside_net, outside_net)
         for side, net in (("inside", inside_net), ("outside", outside_net)):
             key = side + "_address"
             if raw.get(key) is None:
@@ -829,6 +831,55 @@ class _Compiler(object):
         # the router answers ARP for the published address, so nobody else on the segment may hold it
         self.claim_address(ipaddress.ip_interface("%s/%d" % (rule["outside_address"], outside_net.prefixlen)),
                            name, field + ".outside_address")
+        return rule
+
+    def nat_pool(self, name, field, raw, rule, inside_net, outside_net):
+        """A pool lies wholly on the outside segment or on no segment of the lab, and no address in it is used."""
+        problems, key = self.problems, field + ".pool"
+        if raw.get("pool") is None:
+            problems.add(name, key, "is not set; give the addresses to translate onto as first-last, on %s's "
+                         "segment %s or outside the lab's subnets, like 203.0.113.10-203.0.113.20"
+                         % (rule["outside"], outside_net))
+            return None
+        text = self.read("nat", "pool", raw, name, key)
+        if text is None:
+            return None
+        first, last = (ipaddress.ip_address(end) for end in text.split("-"))
+        span = list(ipaddress.summarize_address_range(first, last))
+        # segments, user-mode networks and the management network: a pool address there belongs to them
+        known = [(net, "bridge %s" % bridge) for bridge, net in sorted(self.subnets.items()) if net is not None]
+        known += [(net, "%s %s" % (owner, where)) for owner, where, net in self.user_nets]
+        known.append((MGMT_NET, "the management NIC's user-mode network"))
+        for net, what in known:
+            if not any(part.overlaps(net) for part in span):
+                continue
+            if net == outside_net and first in net and last in net:
+                if net.prefixlen < 31 and (first == net.network_address or last == net.broadcast_address):
+                    problems.add(name, key, "%s holds the network or broadcast address of %s; start after %s and "
+                                 "end before %s" % (text, net, net.network_address, net.broadcast_address))
+                    return None
+                continue
+            fix = ("keep it within %s's segment %s or outside every subnet of the lab" % (rule["outside"],
+                                                                                          outside_net))
+            if net == inside_net:
+                why = "%s lies in %s, the inside segment itself; translate onto other addresses: %s" % (
+                    text, net, fix)
+            else:
+                why = "%s overlaps %s of %s; %s" % (text, net, what, fix)
+            problems.add(name, key, why)
+            return None
+        # the router holds every pool address: nobody else in the lab may use one
+        for number in range(int(first), int(last) + 1):
+            pooled = ipaddress.ip_address(number)
+            if pooled in self.addresses:
+                owner, used_by = self.addresses[pooled]
+                problems.add(name, key, "%s holds %s, which %s %s uses; pick a range of free addresses"
+                             % (text, pooled, owner, used_by))
+                return None
+        for number in range(int(first), int(last) + 1):
+            self.addresses[ipaddress.ip_address(number)] = (name, key)
+        rule["inside_subnet"] = str(inside_net)
+        rule["pool"] = text
         return rule
 
     def assign_macs(self, lab_name, vms):

@@ -122,7 +122,7 @@ def test_nat_is_planned_with_the_inside_subnet_and_the_published_address():
     ("a1", NAT[:1], "a1: vm_nat is set on a VM that does not forward; NAT runs on a router"),
     ("r1", {"type": "masquerade"}, "r1: vm_nat {'type': 'masquerade'} (a mapping) is not a list"),
     ("r1", [{"type": "snat", "inside": "eth0", "outside": "eth1"}],
-     "r1: vm_nat[0].type 'snat' is not one of masquerade, static; use one of them"),
+     "r1: vm_nat[0].type 'snat' is not one of masquerade, pool, static; use one of them"),
     ("r1", [{"inside": "eth0", "outside": "eth1"}], "r1: vm_nat[0].type is not set; give it, like masquerade"),
     ("r1", [{"type": "masquerade", "inside": "eth0", "outside": "eth7"}],
      "r1: vm_nat[0].outside 'eth7' is not an addressed tap NIC of this VM; name one of eth0, eth1"),
@@ -141,3 +141,57 @@ def test_nat_checks_name_host_field_and_fix(host, value, fragment):
     errors = errors_with(host, "vm_nat", value)
     assert any(error.startswith(fragment) for error in errors), errors
     assert all(";" in error for error in errors), errors
+
+
+# -- NAT from a pool -----------------------------------------------------------------------------------------------
+POOL = {"type": "pool", "inside": "eth0", "outside": "eth1"}
+
+
+@pytest.mark.parametrize("pool", ["10.1.2.100-10.1.2.109", "203.0.113.10-203.0.113.20", "10.1.2.254-10.1.2.254",
+                                  " 10.1.2.100 - 10.1.2.101 "])
+def test_a_pool_on_the_outside_segment_or_off_every_segment_is_planned_normalised(pool):
+    hostvars, groups = small_lab()
+    hostvars["r1"]["vm_nat"] = [dict(POOL, pool=pool)]
+    plan = lab_plan(hostvars, groups, check_files=False)
+    assert plan["errors"] == []
+    assert vm_of(plan, "r1")["nat"] == [dict(POOL, inside_subnet="10.1.1.0/24", pool=pool.replace(" ", ""))]
+    assert plan["guests"]["r1"]["nat"] == vm_of(plan, "r1")["nat"]
+
+
+@pytest.mark.parametrize("value,fragment", [
+    ([POOL], "r1: vm_nat[0].pool is not set; give the addresses to translate onto as first-last, on eth1's segment"),
+    ([dict(POOL, pool="10.1.2.100")], "r1: vm_nat[0].pool '10.1.2.100' is not a range; write it as first-last"),
+    ([dict(POOL, pool="10.1.2.109-10.1.2.100")], "r1: vm_nat[0].pool '10.1.2.109-10.1.2.100' runs backwards; put"),
+    ([dict(POOL, pool="2001:db8::1-2001:db8::9")], "r1: vm_nat[0].pool '2001:db8::1-2001:db8::9' is not an IPv4"),
+    ([dict(POOL, pool="10.1.2.1-2001:db8::9")], "r1: vm_nat[0].pool '10.1.2.1-2001:db8::9' is not an IPv4 range"),
+    ([dict(POOL, pool="198.51.100.0-198.51.101.0")], "r1: vm_nat[0].pool '198.51.100.0-198.51.101.0' holds 257"),
+    ([dict(POOL, pool="10.1.2.0-10.1.2.9")], "r1: vm_nat[0].pool 10.1.2.0-10.1.2.9 holds the network or broadcast"),
+    ([dict(POOL, pool="10.1.2.250-10.1.3.5")], "r1: vm_nat[0].pool 10.1.2.250-10.1.3.5 overlaps 10.1.2.0/24 of "
+                                               "bridge br-b; keep it within eth1's segment"),
+    ([dict(POOL, pool="10.1.1.100-10.1.1.109")], "r1: vm_nat[0].pool 10.1.1.100-10.1.1.109 lies in 10.1.1.0/24, the "
+                                                 "inside segment itself"),
+    ([dict(POOL, pool="10.0.2.100-10.0.2.109")], "r1: vm_nat[0].pool 10.0.2.100-10.0.2.109 overlaps 10.0.2.0/24 of "
+                                                 "the management NIC's user-mode network"),
+    ([dict(POOL, pool="10.1.2.1-10.1.2.5")], "r1: vm_nat[0].pool 10.1.2.1-10.1.2.5 holds 10.1.2.1, which r1 "
+                                             "vm_nics[1].address uses; pick a range of free addresses"),
+    ([dict(POOL, pool="10.1.2.100-10.1.2.109"), dict(NAT[1], outside_address="10.1.2.105")],
+     "r1: vm_nat[1].outside_address 10.1.2.105 is already used by r1 vm_nat[0].pool"),
+    ([dict(NAT[1], outside_address="10.1.2.105"), dict(POOL, pool="10.1.2.100-10.1.2.109")],
+     "r1: vm_nat[1].pool 10.1.2.100-10.1.2.109 holds 10.1.2.105, which r1 vm_nat[0].outside_address uses"),
+    ([dict(POOL, pool="10.1.2.100-10.1.2.109", inside_address="10.1.1.2")],
+     "r1: vm_nat[0].inside_address only applies to type static; drop it or use type static"),
+    ([dict(NAT[0], pool="10.1.2.100-10.1.2.109")], "r1: vm_nat[0].pool only applies to type pool; drop it or use"),
+])
+def test_a_bad_pool_names_host_field_value_and_fix(value, fragment):
+    errors = errors_with("r1", "vm_nat", value)
+    assert any(error.startswith(fragment) for error in errors), errors
+    assert all(";" in error for error in errors), errors
+
+
+def test_a_pool_on_a_user_mode_network_is_refused():
+    hostvars, groups = small_lab()
+    hostvars["a1"]["vm_nics"].append({"backend": "user", "net": "10.0.3.0/24"})
+    hostvars["r1"]["vm_nat"] = [dict(POOL, pool="10.0.3.100-10.0.3.101")]
+    errors = lab_plan(hostvars, groups, check_files=False)["errors"]
+    assert any(e.startswith("r1: vm_nat[0].pool 10.0.3.100-10.0.3.101 overlaps 10.0.3.0/24 of a1 vm_nics[1].net")
+               for e in errors), errors
