@@ -14,27 +14,16 @@ description:
   - Runs C(tcpdump) on one interface (a lab bridge or tap) inside the lab's network namespace for O(seconds) and
     writes what it saw as a pcapng file (the interface's name recorded in it), readable by Wireshark and
     C(tcpdump -r).
-  - The filter is handed to tcpdump as its own arguments after C(--), never through a shell.
   - Every run makes a new capture, so it always reports a change; check mode captures nothing.
 author:
   - qemulab developers (@qemulab)
+extends_documentation_fragment:
+  - qemulab.network.capture
 options:
-  netns:
-    description: Network namespace of the interface; empty for the current one.
-    type: str
-    default: ""
-  interface:
-    description: The interface to capture on (a bridge sees every packet of its segment, a tap one NIC's).
-    type: str
-    required: true
   seconds:
     description: How long to capture, 1 to 3600.
     type: int
     default: 10
-  filter:
-    description: A tcpdump (pcap-filter) expression, like C(icmp) or C(host 10.20.20.1); empty captures everything.
-    type: str
-    default: ""
   path:
     description: The pcapng file to write (absolute, ending in C(.pcapng)); its directory is made (0700) if missing.
     type: path
@@ -78,14 +67,9 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.qemulab.network.plugins.module_utils._capture import capture_argv
 from ansible_collections.qemulab.network.plugins.module_utils._pcapng import PcapError, convert
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
-
-
-def capture_argv(netns, interface, expression):
-    # -U: each packet leaves tcpdump as it is captured, so a stop loses nothing buffered
-    argv = ["tcpdump", "-i", interface, "-U", "-n", "-w", "-", "--"] + ([expression] if expression else [])
-    return (["ip", "netns", "exec", netns] if netns else []) + argv
 
 
 def write_file(path, data):
