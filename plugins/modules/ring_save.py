@@ -113,7 +113,9 @@ def main():
         module.exit_json(changed=bool(have), saved=saved, missing=missing)
     time.sleep(_ring.HANDOVER_SECONDS)
     running = _ring.find_recorders(root)
-    if any(_ring.flush(running[b]) for b in have if b in running):
+    # every recorder of the list, not up to the first that answers (any() over a generator stops there)
+    flushed = [_ring.flush(running[b]) for b in have if b in running]
+    if any(flushed):
         time.sleep(_ring.FLUSH_SECONDS)
     os.makedirs(p["dest"], mode=0o700, exist_ok=True)
     for item in saved:

@@ -1,10 +1,13 @@
-"""lab_capture_ring on real guests (the link lab of linklab.py, with the recorder on and the smallest ring):
+"""lab_capture_ring on real guests (the link lab of linklab.py, with the recorder on and the smallest ring, and a
+port of the lab host on the first segment):
 
+    lab host port (10.71.1.4) --+
     h1 (10.71.1.10) -- lkbra -- (10.71.1.1) r1 (10.71.2.1) -- lkbrb -- h2 (10.71.2.20)
 
 One bring-up, then in order: a recorder per segment started before any VM, whose ring holds h1's first frames on
-its segment (before its first ping) and its pings; a rerun of the prep stage leaves them alone; flooding a segment
-with more than the ring's size keeps the ring within its bound; a verify failure (h2's NIC taken down inside the
+its segment (before its first ping) and its pings; a rerun of the prep stage leaves them alone; a verify failure of
+the host port alone (h2 drops its answers to the port) saves the rings of its failing path; flooding a segment with
+more than the ring's size keeps the ring within its bound; a verify failure (h2's NIC taken down inside the
 guest) saves the rings of the failing paths beside the run's logs and names them; cleanup leaves no recorder and no
 file."""
 import glob
@@ -27,6 +30,9 @@ pytestmark = pytest.mark.integration
 SIZE = _ring.SIZE_MIN  # the smallest ring, so the flood below wraps it quickly
 RING_TASK = "qemulab.network.host_prep : Keep a ring of each segment's recent packets"
 SEGMENTS = sorted(set(BRIDGES.values()))
+HOST_PORT = {"name": "lkhp0", "peer": "lkhp1", "bridge": BRIDGES[("h1", 0)], "address": "10.71.1.4/24",
+             "routes": [{"to": "10.71.2.0/24", "via": ADDRESSES[("r1", 0)]}]}
+HOST_PORT_ADDRESS = HOST_PORT["address"].split("/")[0]
 
 
 class RingLab(LinkLab):
@@ -35,7 +41,7 @@ class RingLab(LinkLab):
         path = os.path.join(self.inventory, "group_vars", "all.yml")
         with open(path) as f:
             data = json.load(f)
-        data.update({"lab_capture_ring": True, "lab_capture_ring_size": SIZE})
+        data.update({"lab_capture_ring": True, "lab_capture_ring_size": SIZE, "lab_host_ports": [HOST_PORT]})
         with open(path, "w") as f:
             json.dump(data, f)
 
@@ -119,6 +125,30 @@ def test_a_ring_per_segment_holds_boot_traffic_stays_bounded_and_is_saved_when_v
     assert rerun.rc == 0, failure_text(rerun) or rerun
     assert rerun.result(RING_TASK)["changed"] is False
     assert recorders(lab) == running
+
+    # a failing path from the lab host's port alone: h2 drops its answers to the port (the guests still reach each
+    # other, so the guests' verify passes and the host ports' runs); the rings of that path are saved and named
+    lab.ok("h2", "ip route add blackhole %s/32" % HOST_PORT_ADDRESS)
+    blackholed = time.time()
+    failed = lab.run(tags="verify")
+    lab.ok("h2", "ip route del blackhole %s/32" % HOST_PORT_ADDRESS)
+    assert failed.rc != 0
+    assert not [m for m in failed.failure_messages() if m.startswith(("h1: ", "h2: "))], failed
+    messages = [m for m in failed.failure_messages() if m.startswith("localhost (lab host ports): ")]
+    assert len(messages) == 1 and messages[0].startswith("localhost (lab host ports): no answer from %s via %s"
+                                                         % (ADDRESSES[("h2", 0)], HOST_PORT["peer"])), failed
+    port_dir = "/run/qemulab/%s/verify-rings/lab_host" % lab.name
+    port_saved = dict((b, os.path.join(port_dir, b + ".pcapng")) for b in SEGMENTS)
+    for path in port_saved.values():
+        assert path in messages[0], messages
+        assert open(path, "rb").read(4) == b"\x0a\x0d\x0d\x0a" and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    port_h2 = "%s > %s" % (HOST_PORT_ADDRESS, ADDRESSES[("h2", 0)])
+    for bridge in SEGMENTS:  # the port's pings cross both segments (r1 forwards them) and no answer comes back
+        every = read_frames([port_saved[bridge]])
+        lines = [line for line in every if float(line.split()[0]) > blackholed + 1]
+        assert any("ICMP echo request" in line and port_h2 in line for line in lines), (bridge, blackholed, every[-20:])
+        assert not any("ICMP echo reply" in line and "%s > %s" % (ADDRESSES[("h2", 0)], HOST_PORT_ADDRESS) in line
+                       for line in lines), (bridge, lines[-20:])
 
     # more than the ring holds: 1400 pings of 1400 bytes each way across lkbrb (about 4 MB); the ring stays bounded
     lab.ok("h1", "ping -q -i 0.002 -s 1400 -c 1400 -W 5 %s > /dev/null || true" % ADDRESSES[("h2", 0)], timeout=300)
