@@ -1,6 +1,7 @@
 """Unit tests: router_nat's rules as one owner's chains - rendered in iptables-save's own form, read back from real
-iptables-save and `ip -j` output (captured from iptables 1.8.9 and iproute2 6.1, Debian 12), and the change between
-them: only the owner's chains, jumps and labelled lo addresses, never a foreign rule or address; nothing when equal.
+iptables-save output (captured from iptables 1.8.9, Debian 12, after applying these rules in a scratch namespace) and
+`ip -j address` data in iproute2's shape, and the change between them: only the owner's chains, jumps and labelled
+lo addresses, never a foreign rule or address; nothing when equal.
 The action plugin is run with its connection replaced: check mode reads but never writes."""
 import json
 
