@@ -60,9 +60,44 @@ def qemu_vm_specs(vms, settings):
     return specs
 
 
-def qemu_vm_args(specs):
-    """The specs as qemu_vm options (for qemulab.network.qemu_vms): without `overlay` and unset options."""
-    return [dict((k, v) for k, v in spec.items() if k != "overlay" and v is not None) for spec in specs or []]
+# Spec keys for vm_launch itself, not qemu_vm options.
+LAUNCH_KEYS = ("overlay", "boot")
+
+
+def qemu_vm_args(specs, templates=None):
+    """The specs as qemu_vm options (for qemulab.network.qemu_vms): without vm_launch's own keys and unset options;
+    with `clone_from` where templates (qemulab.network.vm_template's `vms`) names a template for the VM."""
+    templates = templates or {}
+    out = []
+    for spec in specs or []:
+        args = dict((k, v) for k, v in spec.items() if k not in LAUNCH_KEYS and v is not None)
+        template = (templates.get(spec["name"]) or {}).get("template")
+        if template:
+            args["clone_from"] = template
+        out.append(args)
+    return out
+
+
+def clone_candidates(specs, default_boot="clone"):
+    """The specs vm_template is asked about: VMs on the built image (they have an overlay) to be cloned (their
+    `boot`, else the lab host's default)."""
+    return [spec for spec in specs or [] if spec.get("overlay") and (spec.get("boot") or default_boot) == "clone"]
+
+
+def vm_overlays(specs, templates, default_disk):
+    """disk_overlay's items for the VMs to start: each VM's overlay over its clone template's disk (the template's
+    directory holds disk.qcow2) or over the image; an existing overlay over either stays as it is."""
+    templates = templates or {}
+    items = []
+    for spec in specs or []:
+        if not spec.get("overlay"):
+            continue
+        template = (templates.get(spec["name"]) or {}).get("template")
+        item = {"path": spec["overlay"], "backing": default_disk, "backing_format": "raw", "accept": []}
+        if template:
+            item.update(backing=template + "/disk.qcow2", backing_format="qcow2", accept=[default_disk])
+        items.append(item)
+    return items
 
 
 def qemu_vms_pending(specs, running):
@@ -93,4 +128,5 @@ def qemu_vms_pending(specs, running):
 
 class FilterModule(object):
     def filters(self):
-        return {"qemu_vm_specs": qemu_vm_specs, "qemu_vms_pending": qemu_vms_pending, "qemu_vm_args": qemu_vm_args}
+        return {"qemu_vm_specs": qemu_vm_specs, "qemu_vms_pending": qemu_vms_pending, "qemu_vm_args": qemu_vm_args,
+                "vm_clone_candidates": clone_candidates, "vm_overlays": vm_overlays}

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import stat
 import struct
 
@@ -34,6 +35,8 @@ LOCK_NAME = re.compile(r"^\.lock-(%s)$" % KEY)
 BUILD_NAME = re.compile(r"^\.build-(%s)-(\d+)$" % KEY)
 # Every file an image directory may hold; anything else found there is foreign and keeps the directory.
 OWN_IMAGE_FILES = tuple(IMAGE_FILES) + ("vmlinux", MANIFEST)
+# The image's clone templates (_qemu_clone.TEMPLATES_DIR), removed with it.
+TEMPLATES_DIR = "templates"
 MAX_MANIFEST = 1024 * 1024
 QCOW2_MAGIC = b"QFI\xfb"
 # QEMU refuses a backing file name longer than 1023 bytes; a longer one is no overlay of ours.
@@ -335,7 +338,7 @@ def _foreign_in(dir_fd, key):
     except OSError:
         return []
     try:
-        return sorted(set(os.listdir(image_fd)) - set(OWN_IMAGE_FILES))
+        return sorted(set(os.listdir(image_fd)) - set(OWN_IMAGE_FILES) - {TEMPLATES_DIR})
     finally:
         os.close(image_fd)
 
@@ -348,6 +351,11 @@ def _remove_image(dir_fd, key):
     except FileNotFoundError:
         return
     try:
+        # its clone templates first (_qemu_clone: templates/<key>/ and their builds), they are nothing without it
+        try:
+            shutil.rmtree(TEMPLATES_DIR, dir_fd=image_fd)
+        except FileNotFoundError:
+            pass
         for own in sorted(OWN_IMAGE_FILES, key=lambda n: n == MANIFEST):
             try:
                 os.unlink(own, dir_fd=image_fd)

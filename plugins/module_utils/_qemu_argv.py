@@ -32,7 +32,29 @@ def vm_paths(run_dir):
         "console_log": os.path.join(run_dir, CONSOLE_DIR, "console.log"),
         "log": os.path.join(run_dir, "qemu.log"),
         "fingerprint": os.path.join(run_dir, "fingerprint.json"),
+        "go_socket": os.path.join(run_dir, "go.sock"),
     }
+
+
+# The virtio-serial port a clone template waits on and a clone hears "go" on (_qemu_clone; the guest's init).
+GO_PORT = "org.qemulab.go"
+
+
+def clone_layout(config):
+    """(NICs on the command line, NICs plugged in after a restore) of a VM in the clone layout: only the management
+    NIC (the last one, as the lab renders it) is a device a template can have; the lab NICs differ per VM."""
+    return config["nics"][-1:], config["nics"][:-1]
+
+
+def nic_device(index, nic):
+    """The -device (or QMP device_add) properties of NIC `index`: model, its netdev, MAC and the model's options."""
+    device = [nic["model"], ("netdev", "net%d" % index)]
+    if nic.get("mac"):
+        device.append(("mac", nic["mac"]))
+    for key, (_spec, prop, models) in sorted(NIC_DEVICE_OPTIONS.items()):
+        if nic.get(key) is not None and nic["model"] in models:
+            device.append((prop, nic[key]))
+    return device
 
 
 def option_string(*items):
@@ -78,10 +100,15 @@ def _netdev_user(index, nic):
     return items
 
 
-def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_fds=None, vhost_fds=None):
+def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_fds=None, vhost_fds=None,
+               layout="boot", incoming_fd=None):
     """QEMU's argv for `config`. vhost: {nic index: bool}; tap_fds / vhost_fds: {nic index: fd} and disk_fds:
     {disk index: [fds]} for files we opened for it (an unprivileged QEMU gets its disks as an fd set: QEMU picks
-    the fd whose access mode matches each open it makes, so a writable disk comes read-write and read-only)."""
+    the fd whose access mode matches each open it makes, so a writable disk comes read-write and read-only).
+
+    layout "clone" (a clone template, and a clone restored from one): the devices a migration stream carries are
+    the template's, so only the management NIC is a -device (the other NICs' netdevs are here, their devices are
+    plugged in after the restore: _qemu_clone), plus the go port and vmgenid; incoming_fd: the saved state."""
     vhost = vhost or {}
     tap_fds = tap_fds or {}
     disk_fds = disk_fds or {}
@@ -109,22 +136,28 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
         if disk.get("readonly"):
             drive.append(("readonly", "on"))
         argv += ["-drive", option_string(*drive)]
+    plugged = clone_layout(config)[1] if layout == "clone" else []
     for index, nic in enumerate(config["nics"]):
-        device = [nic["model"], ("netdev", "net%d" % index)]
-        if nic.get("mac"):
-            device.append(("mac", nic["mac"]))
-        for key, (_spec, prop, models) in sorted(NIC_DEVICE_OPTIONS.items()):
-            if nic.get(key) is not None and nic["model"] in models:
-                device.append((prop, nic[key]))
         if nic["backend"] == "tap":
             netdev = _netdev_tap(index, nic, vhost.get(index, False), tap_fds.get(index), vhost_fds.get(index))
         else:
             netdev = _netdev_user(index, nic)
-        argv += ["-device", option_string(*device), "-netdev", option_string(*netdev)]
+        if index >= len(plugged):
+            argv += ["-device", option_string(*nic_device(index, nic))]
+        argv += ["-netdev", option_string(*netdev)]
     for item in config.get("fw_cfg") or []:
         argv += ["-fw_cfg", option_string(("name", item["name"]), ("file", item["file"]))]
     if config.get("rng"):
         argv += ["-device", option_string("virtio-rng-pci")]
+    if layout == "clone":
+        # vmgenid: a restored guest's kernel reseeds its RNG when the generation ID changes (auto: new per start)
+        argv += ["-device", option_string("virtio-serial-pci"),
+                 "-chardev", option_string("socket", ("id", "go"), ("path", paths["go_socket"]), ("server", "on"),
+                                           ("wait", "off")),
+                 "-device", option_string("virtserialport", ("chardev", "go"), ("name", GO_PORT)),
+                 "-device", option_string("vmgenid")]
+    if incoming_fd is not None:
+        argv += ["-incoming", "fd:%d" % incoming_fd]
     argv += ["-display", "none", "-nodefaults", "-no-user-config"]
     if daemon:
         # -pidfile and -D take a plain path; -qmp's unix: and -chardev parse an option string.

@@ -83,6 +83,8 @@ QEMU_VM_ARGUMENT_SPEC = dict(
     run_as=dict(type="str"),
     rng=dict(type="bool", default=True),
     console_log_limit=dict(type="raw", default=_validate.CONSOLE_LOG_LIMIT_DEFAULT),
+    # Not a CONFIG_FIELD: a clone and a booted VM of one configuration run the same machine.
+    clone_from=dict(type="path"),
 )
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import build_argv, vm_paths
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_clone import CloneError, clone_plan, start_clone
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import (
     CONFIG_FIELDS,
     QemuConfigError,
@@ -22,6 +23,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_config impor
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import mount_console, release
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import (
     decide_vhost,
+    qemu_version,
     held_forwards,
     hostfwd_problems,
     kvm_for_user,
@@ -162,6 +164,8 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
         # a VM left running reports the vhost decision QEMU was started with, not an empty guess
         result["nics"] = have["stored"]["nics"]
     if running and stored_config:
+        result["boot"] = (have["stored"] or {}).get("boot") or "boot"
+        result["boot_reason"] = (have["stored"] or {}).get("boot_reason") or ""
         result["accelerator"] = (have["stored"] or {}).get("accelerator")
         result["accelerator_reason"] = (have["stored"] or {}).get("accelerator_reason")
     before = {"state": "running" if running else "not running"}
@@ -210,6 +214,9 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
         except QemuConfigError as exc:
             raise VmTaskError(str(exc))
         result["accelerator"], result["accelerator_reason"] = accel, accel_reason
+        clone, result["boot_reason"] = clone_plan(config, params.get("clone_from"), accel,
+                                                  lambda: qemu_version(config["qemu_binary"]))
+        result["boot"] = "clone" if clone else "boot"
 
     if check_mode:
         return result
@@ -243,10 +250,18 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
                         vhost_fds[index] = os.open("/dev/vhost-net", os.O_RDWR | os.O_CLOEXEC)
             if unprivileged:
                 disk_fds = open_disks(config)
-            argv = build_argv(config, result["accelerator"], vhost, fds, disk_fds=disk_fds, vhost_fds=vhost_fds)
+            if clone:
+                # the saved state, read by QEMU itself (an unprivileged one too) through an fd opened here
+                fds["state"] = os.open(clone["state"], os.O_RDONLY | os.O_CLOEXEC)
+            argv = build_argv(config, result["accelerator"], vhost, fds, disk_fds=disk_fds, vhost_fds=vhost_fds,
+                              layout="clone" if clone else "boot", incoming_fd=fds.get("state"))
             passed = list(fds.values()) + list(vhost_fds.values()) + [fd for v in disk_fds.values() for fd in v]
             pid = launch(config, argv, passed, user)
-        except QemuConfigError as exc:
+            if clone:
+                start_clone(config, pid)
+        except (QemuConfigError, CloneError) as exc:
+            if clone and os.path.isdir(config["run_dir"]):
+                stop_vm(config["run_dir"], 0)
             raise VmTaskError(str(exc))
         finally:
             close_fds(fds)
@@ -254,7 +269,8 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
             close_fds(disk_fds)
         stored = read_json(paths["fingerprint"], owner=os.geteuid())
         stored.update({"argv": argv, "accelerator": result["accelerator"],
-                       "accelerator_reason": result["accelerator_reason"], "nics": result["nics"]})
+                       "accelerator_reason": result["accelerator_reason"], "nics": result["nics"],
+                       "boot": result["boot"], "boot_reason": result["boot_reason"]})
         write_json_atomic(paths["fingerprint"], stored, mode=0o600)
         result.update(pid=pid, argv=argv)
     if remove_dir:

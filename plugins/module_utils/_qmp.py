@@ -6,6 +6,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import array
 import json
 import os
 import socket
@@ -107,12 +108,20 @@ class QMPClient(object):
     def command(self, execute, **arguments):
         """Run one command and return its `return` value; asynchronous events in between are skipped. (Not `name`:
         set_link's own argument is called that.)"""
+        return self.command_with_fds(execute, (), **arguments)
+
+    def command_with_fds(self, execute, fds, **arguments):
+        """command(), passing open file descriptors with it (SCM_RIGHTS), as `getfd` and `add-fd` take them."""
         name = execute
         msg = {"execute": name}
         if arguments:
             msg["arguments"] = arguments
+        data = json.dumps(msg).encode("utf-8") + b"\n"
         try:
-            self._sock.sendall(json.dumps(msg).encode("utf-8") + b"\n")
+            if fds:
+                self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            else:
+                self._sock.sendall(data)
         except (OSError, socket.error) as exc:
             raise QMPError("writing QMP socket %s: %s" % (self.path, exc))
         deadline = time.time() + self.timeout

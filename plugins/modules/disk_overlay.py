@@ -33,6 +33,14 @@ options:
     type: str
     choices: [raw, qcow2]
     default: raw
+  accept_backing:
+    description:
+      - Other backing files an existing overlay may keep (with their format, C(raw) for a file that is no qcow2):
+        a lab VM's disk made over the image stays over the image when its VM would now be a clone, and one made
+        over a clone template stays over it (M(qemulab.network.vm_template)). A new overlay is made over O(backing).
+    type: list
+    elements: path
+    default: []
   state:
     description: Whether the overlay exists.
     type: str
@@ -92,12 +100,21 @@ def read_overlay(module, path):
             "backing_format": info.get("backing-filename-format", "")}
 
 
+def _is_qcow2(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"QFI\xfb"
+    except OSError:
+        return False
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", required=True),
             backing=dict(type="path"),
             backing_format=dict(type="str", choices=["raw", "qcow2"], default="raw"),
+            accept_backing=dict(type="list", elements="path", default=[]),
             state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
         required_if=[("state", "present", ["backing"])],
@@ -123,8 +140,11 @@ def main():
                              "refusing to overwrite it, remove it or choose another path")
     want = {"exists": True, "format": "qcow2", "backing": backing, "backing_format": module.params["backing_format"]}
     have_backing = os.path.realpath(have["backing"]) if have["backing"] else ""
-    changed = not (have["exists"] and have_backing == os.path.realpath(backing)
-                   and have["backing_format"] == want["backing_format"])
+    accepted = [(os.path.realpath(backing), want["backing_format"])] + [
+        (os.path.realpath(other), "qcow2" if _is_qcow2(other) else "raw") for other in module.params["accept_backing"]]
+    changed = not (have["exists"] and (have_backing, have["backing_format"]) in accepted)
+    if not changed:
+        want = dict(want, backing=have["backing"], backing_format=have["backing_format"])
     if changed and not module.check_mode:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
@@ -136,7 +156,7 @@ def main():
             module.fail_json(msg=f"disk_overlay {path}: qemu-img create failed: {proc.stderr.strip()}")
         os.chmod(tmp, 0o600)
         os.rename(tmp, path)
-    module.exit_json(changed=changed, path=path, backing=backing,
+    module.exit_json(changed=changed, path=path, backing=want["backing"],
                      diff={"before": before, "after": want if changed else before})
 
 

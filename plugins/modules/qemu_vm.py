@@ -227,6 +227,18 @@ options:
         runs as root or as that directory's owner.
       - Unset (the default), QEMU runs as root, as in the seed lab. Changing it restarts the VM.
     type: str
+  clone_from:
+    description:
+      - A clone template's directory (made by M(qemulab.network.vm_template)). When the VM starts, it is restored
+        from that template instead of booting, if it can come out exactly as a boot would; otherwise it boots and
+        RV(boot_reason) says why. Exactly means the template was made for this VM's machine (QEMU and its version,
+        accelerator, memory, vCPUs, kernel, initrd, image, management NIC model, rng), the VM's last NIC is its
+        user-mode management NIC, it has no O(extra_args), and its one disk is a qcow2 overlay over the template's
+        disk that holds no data of its own yet (so its memory and its disk are of the same moment).
+      - The lab NICs are plugged in while the restored VM is paused; the guest then hears its own settings (the
+        O(append) values, the time) on a virtio-serial port. Only the default guest image's init does that.
+      - Not part of the configuration compared for O(on_change): a clone and a booted VM run the same machine.
+    type: path
   rng:
     description:
       - Give the guest a virtio RNG (C(-device virtio-rng-pci), fed from the host's C(/dev/urandom)). Under TCG a
@@ -316,6 +328,14 @@ accelerator:
   type: str
 accelerator_reason:
   description: Why that accelerator was chosen.
+  returned: when the VM was started or is running
+  type: str
+boot:
+  description: C(clone) when the VM was (or would be) restored from O(clone_from)'s template, C(boot) when it boots.
+  returned: when the VM was started or is running
+  type: str
+boot_reason:
+  description: Why a VM given O(clone_from) boots instead (empty for a clone).
   returned: when the VM was started or is running
   type: str
 argv:

@@ -77,6 +77,14 @@ vms:
     accelerator:
       description: Accelerator of the last start.
       type: str
+    boot:
+      description:
+        - How the last start brought the guest up, C(clone) (restored from a booted template, see
+          M(qemulab.network.vm_template)) or C(boot) (booted its kernel).
+      type: str
+    boot_reason:
+      description: Why a VM that could have been a clone booted (empty for a clone, or when no clone was asked).
+      type: str
     run_dir:
       description: Run directory.
       type: str
@@ -139,11 +147,12 @@ def vm_info(run_dir):
     have = read_state(run_dir)
     stored = have["stored"] or {}
     info = dict(vm_paths(run_dir))
-    del info["pidfile"], info["fingerprint"], info["console_dir"]
+    del info["pidfile"], info["fingerprint"], info["console_dir"], info["go_socket"]
     info.update(name=os.path.basename(run_dir), state=have["status"], pid=have["pid"],
                 uptime=process_uptime(have["pid"]) if have["pid"] else None,
                 nics=stored.get("nics") or (stored.get("config") or {}).get("nics") or [],
                 accelerator=stored.get("accelerator"),
+                boot=stored.get("boot") or "boot", boot_reason=stored.get("boot_reason") or "",
                 fingerprint=stored.get("fingerprint") if have["pid"] else None,
                 user=user_name(process_uid(have["pid"])) if have["pid"] else None,
                 fw_cfg=dict((item["name"], file_sha256(item["file"]) if _in_fw_cfg_dir(item["file"], run_dir)
