@@ -1,0 +1,106 @@
+"""Clones (docs/clones.md) on real guests: the link lab of linklab.py brought up with vm_launch's default
+(vm_launch_boot: clone), every VM restored from one booted template of its machine.
+
+    h1 (10.71.1.10) -- lkbra -- (10.71.1.1) r1 (10.71.2.1) -- lkbrb -- h2 (10.71.2.20)
+
+One bring-up, then in order: each VM was restored (its QEMU loaded the template's state: -incoming, boot "clone")
+and came out as itself (hostname, the inventory's MACs on ethN, its own management MAC, its own SSH host key, the
+right time, a reseeded RNG), routes across r1; a re-run changes nothing; a VM whose QEMU ends is started again from
+its own disk (booted, not cloned: the disk is newer than any template, and the status says so); cleanup leaves
+nothing."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from faultlab import failure_text
+from hostsnapshot import lab_qemu_processes
+from linklab import ADDRESSES, MACS, LinkLab
+
+from ansible_collections.qemulab.network.plugins.module_utils import _qemu_clone
+
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
+
+
+def stored(lab, vm):
+    """What qemu_vm recorded at the VM's last start (its run directory's fingerprint.json)."""
+    with open(os.path.join("/run/qemulab", lab.name, vm, "fingerprint.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def clone_lab():
+    lab = LinkLab()
+    try:
+        lab.up = lab.run()
+        assert lab.up.rc == 0, failure_text(lab.up) or lab.up
+        yield lab
+    finally:
+        lab.remove()
+
+
+def test_every_vm_is_a_clone_that_comes_out_as_itself(clone_lab):
+    lab = clone_lab
+    templates = set()
+    for vm in lab.VMS:
+        record = stored(lab, vm)
+        assert record["boot"] == "clone", (vm, record.get("boot_reason"))
+        argv = record["argv"]
+        assert "-incoming" in argv and argv[argv.index("-incoming") + 1].startswith("fd:"), argv
+        # only the management NIC is on the command line; the lab NICs were plugged in after the restore
+        assert sum(1 for arg in argv if arg.startswith("virtio-net-pci,")) == 1, argv
+        templates.add(record["config"]["disks"][0]["file"])
+    assert len(templates) == len(lab.VMS)  # each its own overlay
+
+    mgmt_macs, host_keys, randoms = set(), set(), set()
+    for vm in lab.VMS:
+        assert lab.ok(vm, "hostname") == vm
+        for index in range(2 if vm == "r1" else 1):
+            assert lab.ok(vm, "cat /sys/class/net/eth%d/address" % index) == MACS[(vm, index)]
+        mgmt_macs.add(lab.ok(vm, "cat /sys/class/net/mgmt0/address"))
+        host_keys.add(lab.ok(vm, "ssh-keygen -y -f /etc/ssh/ssh_host_ed25519_key | cut -d' ' -f2"))
+        guest_now = int(lab.ok(vm, "date +%s"))
+        assert abs(guest_now - time.time()) < 10, (vm, guest_now, time.time())
+        randoms.add(lab.ok(vm, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'"))
+    assert _qemu_clone.TEMPLATE_MGMT_MAC not in mgmt_macs and len(mgmt_macs) == len(lab.VMS), mgmt_macs
+    assert len(host_keys) == len(lab.VMS), host_keys
+    assert len(randoms) == len(lab.VMS), randoms
+
+    out = lab.ok("h1", "ping -c 3 -W 2 %s" % ADDRESSES[("h2", 0)])
+    assert " 0% packet loss" in out, out
+
+
+def test_a_rerun_changes_nothing(clone_lab):
+    again = clone_lab.run()
+    assert again.rc == 0, failure_text(again) or again
+    assert {host: again.changed(host) for host in again.stats} == dict((host, 0) for host in again.stats), again
+
+
+def test_a_vm_started_again_boots_from_its_own_disk_and_says_why(clone_lab):
+    lab = clone_lab
+    lab.ok("h2", "echo kept > /root/mark && sync")
+    before = set(lab_qemu_processes(lab.name))
+    pid = int(open(os.path.join("/run/qemulab", lab.name, "h2", "qemu.pid")).read())
+    assert pid in before
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 10
+    while os.path.exists("/proc/%d" % pid) and time.time() < deadline:
+        time.sleep(0.1)
+
+    again = lab.run()
+    assert again.rc == 0, failure_text(again) or again
+    record = stored(lab, "h2")
+    assert record["boot"] == "boot" and "wrote since it first started" in record["boot_reason"], record
+    assert "-incoming" not in record["argv"]
+    assert lab.ok("h2", "cat /root/mark") == "kept"
+    assert lab.ok("h2", "hostname") == "h2"
+    out = lab.ok("h1", "ping -c 3 -W 2 %s" % ADDRESSES[("h2", 0)])
+    assert " 0% packet loss" in out, out
+    # the others kept running, untouched
+    for vm in ("r1", "h1"):
+        assert stored(lab, vm)["boot"] == "clone"
+    status = lab.run(tags="status")
+    text = json.dumps(status.data)
+    assert "h2 booted instead of being cloned: its disk holds what it wrote since it first started" in text, text[-3000:]
