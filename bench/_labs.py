@@ -50,12 +50,15 @@ def _known_hosts_of(dst, lab_name):
     _dump(path, lab_vars)
 
 
-def seed_variant_inventory(dst, lab_name, port_base, model=None, vhost=None):
-    """A copy of inventories/seed under its own lab name, namespace and SSH ports; `model`/`vhost` on every NIC."""
+def seed_variant_inventory(dst, lab_name, port_base, model=None, vhost=None, boot=None):
+    """A copy of inventories/seed under its own lab name, namespace and SSH ports; `model`/`vhost` on every NIC;
+    `boot`: vm_launch_boot (clone or boot) for every VM."""
     shutil.copytree(SEED_INVENTORY, dst)
     all_vars = _load(os.path.join(dst, "group_vars", "all.yml"))
     all_vars["lab_name"] = lab_name
     all_vars["lab_netns"] = lab_name
+    if boot:
+        all_vars["vm_launch_boot"] = boot
     _dump(os.path.join(dst, "group_vars", "all.yml"), all_vars)
     _known_hosts_of(dst, lab_name)
     ports = {}

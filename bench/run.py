@@ -5,7 +5,7 @@
 bring-up time and memory per lab size. Every lab lives in a namespace the benchmark creates and is removed again,
 also on Ctrl-C. See bench/README.md.
 
-    .venv/bin/python bench/run.py [--runs N] [--only lifecycle|dataplane|scale] [--sizes 2,7,16] [--out DIR]
+    .venv/bin/python bench/run.py [--runs N] [--boot clone|boot] [--only lifecycle|dataplane|scale] [--sizes 2,7,16] [--out DIR]
 """
 
 import argparse
@@ -151,7 +151,7 @@ def stages_of(timing):
 def lifecycle_collection(ctx, r, measure_dataplane_here):
     name = unique_lab_name("s%d" % r)
     inv = os.path.join(ctx.work, "inv-" + name)
-    ports = seed_variant_inventory(inv, name, port_block(7))
+    ports = seed_variant_inventory(inv, name, port_block(7), boot=ctx.args.boot)
     lab = CollectionLab(inv, name, ports, ctx.logs, "lifecycle-collection-r%d" % r)
 
     def body(lab):
@@ -402,6 +402,8 @@ def qemu_version():
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--boot", choices=("clone", "boot"), default="clone",
+                   help="how the collection's seed lab starts its VMs (vm_launch_boot; default clone, docs/clones.md)")
     p.add_argument("--runs", type=int, default=1, help="repetitions of each measurement (default 1: about 15 min)")
     p.add_argument("--only", choices=SECTIONS, action="append",
                    help="run only this section (repeatable); default: all three")

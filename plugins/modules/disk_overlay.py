@@ -35,8 +35,8 @@ options:
     default: raw
   accept_backing:
     description:
-      - Other backing files an existing overlay may keep (with their format, C(raw) for a file that is no qcow2):
-        a lab VM's disk made over the image stays over the image when its VM would now be a clone, and one made
+      - Other backing files an existing overlay may keep (with their format, C(raw) for a file that is no qcow2).
+        A lab VM's disk made over the image stays over the image when its VM would now be a clone, and one made
         over a clone template stays over it (M(qemulab.network.vm_template)). A new overlay is made over O(backing).
     type: list
     elements: path

@@ -237,7 +237,7 @@ options:
         disk that holds no data of its own yet (so its memory and its disk are of the same moment).
       - The lab NICs are plugged in while the restored VM is paused; the guest then hears its own settings (the
         O(append) values, the time) on a virtio-serial port. Only the default guest image's init does that.
-      - Not part of the configuration compared for O(on_change): a clone and a booted VM run the same machine.
+      - Not part of the configuration compared for O(on_change), since a clone and a booted VM run the same machine.
     type: path
   rng:
     description:

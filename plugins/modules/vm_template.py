@@ -12,7 +12,7 @@ short_description: Booted clone templates of the default guest image, made once 
 version_added: 0.3.0
 description:
   - For each VM of O(vms) that can be a clone, makes sure a template for its machine exists beside the image
-    (C(<image dir>/templates/<key>/)): the default guest image booted once with only what clones share, stopped by
+    (C(<image dir>/templates/<key>/)), that is the default guest image booted once with only what clones share, stopped by
     its init before it becomes any one VM, its state saved with QMP C(migrate) and its disk frozen as the backing
     file of every clone's overlay. M(qemulab.network.qemu_vm) with O(qemulab.network.qemu_vm#module:clone_from)
     restores lab VMs from it.
@@ -20,7 +20,7 @@ description:
     translation cache, kernel, initrd, image disk, management NIC model, rng); a change makes a new template.
   - Built under a lock in C(.build-<key>-<pid>) and renamed into place when complete, like the image; a second run
     waits for the first and uses its template. Removed with its image (M(qemulab.network.guest_image) pruning).
-  - A VM that cannot be a clone (see RV(vms)) and a template that fails to build are not errors: those VMs boot,
+  - A VM that cannot be a clone (see RV(vms)) and a template that fails to build are not errors; those VMs boot,
     and the reason is returned (the lab's status table shows it).
 author:
   - qemulab developers (@qemulab)

@@ -362,6 +362,7 @@ class _Compiler(object):
                 "initrd": None,
                 "disk": None,
                 "forwarding": forwarding if forwarding is not None else kind == "router",
+                "boot": self.read("vm", "vm_boot", hv, name),
                 "gateway": None,
                 "routes": [],
                 "nics": self.vm_nics(name, hv),

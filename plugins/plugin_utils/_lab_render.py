@@ -111,6 +111,8 @@ def qemu_vm(vm, plan):
         "run_as": plan["qemu_user"] or None,
         "console_log_limit": plan["console_log_limit"],
         "ssh_port": vm["ssh_port"],
+        # vm_launch's, not a qemu_vm option: clone or boot (None: vm_launch_boot decides)
+        "boot": vm.get("boot"),
     }
 
 

@@ -420,6 +420,11 @@ SCHEMA = (
           "`vm_kernel`. Used in place and writable (no overlay), as the seed does. Without `vm_kernel`, "
           "`vm_initrd` and `vm_disk` the VM boots the built guest image on a copy-on-write overlay.",
           "`/srv/yocto/vms/rt1.ext4`"),
+    Field("vm", "vm_boot", _choice(("clone", "boot")), None,
+          "How a VM on the built guest image starts: `clone` restores it from a booted template of its machine "
+          "(see `docs/clones.md`), where that comes out exactly as a boot would (a new VM without extra QEMU "
+          "arguments), `boot` boots its kernel. Default: the lab host's `vm_launch_boot` (`clone`). VMs on an "
+          "image of their own always boot.", "`boot`"),
     Field("vm", "vm_nat", _items("nat"), [],
           "NAT on a router: masquerade (PAT), dynamic NAT from a pool and static 1:1; see `vm_nat` items.",
           "`[{type: masquerade, inside: eth0, outside: eth1}]`"),

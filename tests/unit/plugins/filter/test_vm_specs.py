@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ansible_collections.qemulab.network.plugins.filter.vm_specs import qemu_vm_specs, qemu_vms_pending
+from ansible_collections.qemulab.network.plugins.filter.vm_specs import LAUNCH_KEYS, qemu_vm_specs, qemu_vms_pending
 from ansible_collections.qemulab.network.plugins.module_utils import _qemu_config, _qemu_process, _qemu_task
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_render import qemu_vm
 
@@ -46,7 +46,7 @@ class Module(object):
 
 def _running(spec):
     """qemu_vm_info's entry for a VM started by qemu_vm with exactly `spec`."""
-    params = dict((k, v) for k, v in spec.items() if k != "overlay")
+    params = dict((k, v) for k, v in spec.items() if k not in LAUNCH_KEYS)
     config = _qemu_config.normalise_config(Module(params).params)
     return {"name": spec["name"], "state": "running", "fingerprint": _qemu_config.fingerprint(config),
             "fw_cfg": dict((i["name"], hashlib.sha256(i["content"].encode()).hexdigest()) for i in spec["fw_cfg"])}
@@ -90,7 +90,7 @@ def test_a_vm_running_as_specified_is_skipped_and_any_difference_is_not():
 def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatch):
     """qemu_vm itself, given a VM started from the spec, reports nothing to do exactly when the filter skips it."""
     spec = qemu_vm_specs(rendered(RT1), dict(SETTINGS, run_root=str(tmp_path)))[0]
-    params = Module(dict((k, v) for k, v in spec.items() if k != "overlay")).params
+    params = Module(dict((k, v) for k, v in spec.items() if k not in LAUNCH_KEYS)).params
     config = _qemu_config.normalise_config(params)
     os.makedirs(config["run_dir"])
     _qemu_process.write_fw_cfg(config, dict((i["name"], i["content"]) for i in spec["fw_cfg"]),
@@ -118,7 +118,7 @@ def test_qemu_vm_args_are_valid_qemu_vm_options_and_qemu_vms_validates_them_so()
     from ansible_collections.qemulab.network.plugins.modules.qemu_vms import validated
     specs = qemu_vm_specs(rendered(RT1, OWN), SETTINGS)
     args = qemu_vm_args(specs)
-    assert [sorted(a) for a in args] == [sorted(k for k, v in s.items() if k != "overlay" and v is not None)
+    assert [sorted(a) for a in args] == [sorted(k for k, v in s.items() if k not in LAUNCH_KEYS and v is not None)
                                          for s in specs]
     assert "run_as" not in args[0] and "overlay" not in args[0]
     checked = validated(args, "seed", SETTINGS["run_root"])
