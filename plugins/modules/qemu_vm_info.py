@@ -28,6 +28,12 @@ options:
     description: Root of the run directories.
     type: path
     default: /run/qemulab
+  qom:
+    description:
+      - Also read each running VM's NICs as QEMU sees them, through QMP (RV(vms[].qom_nics)). Off by default: it
+        holds each VM's QMP monitor for a few dozen commands.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -108,6 +114,23 @@ vms:
     fw_cfg:
       description: SHA-256 of each fw_cfg item's file as it is now, by name (the guest reads them at boot).
       type: dict
+    qom_nics:
+      description:
+        - With O(qom), each NIC QEMU has, sorted by netdev, as QEMU reports it. C(qom_path), C(id) (null for a device
+          without one, under C(/machine/peripheral-anon)), C(type), C(mac) and C(netdev) are the device's QOM path
+          and C(qom-get) properties; C(rx_filter) and C(main_mac) its C(query-rx-filter) name and the MAC it filters
+          on now (a guest that sets its MAC changes this one), C(promiscuous).
+        - C(link) is C(up), C(down) or null, C(link_source) where it was read: QEMU 7.2 has no QMP read of a link, so
+          it is the VIRTIO_NET_S_LINK_UP bit of a virtio-net device's configuration space, read through its legacy
+          I/O BAR (C(query-pci), the monitor's C(i)); null with the reason otherwise.
+        - C(vhost) and C(vhost_source) (C(argv), the netdev's -netdev option, or C(record), what qemu_vm recorded at
+          the start): netdevs are not QOM objects in QEMU 7.2.
+        - Empty when the VM is not running; C(qom_error) says why when QMP could not be read.
+      type: list
+      elements: dict
+    qom_error:
+      description: With O(qom), why the NICs could not be read through QMP, or null.
+      type: str
     user:
       description: The user the running QEMU process runs as (C(root) unless started with O(qemulab.network.qemu_vm#module:run_as)), or null.
       type: str
@@ -119,6 +142,8 @@ import pwd
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import vm_paths
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_qom import read_nics
+from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient, QMPError
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
     file_sha256,
     lab_run_dirs,
@@ -143,7 +168,20 @@ def _in_fw_cfg_dir(path, run_dir):
     return os.path.dirname(os.path.normpath(path)) == os.path.join(run_dir, "fw_cfg")
 
 
-def vm_info(run_dir):
+def qom_info(run_dir, pid, stored):
+    """(NICs as QEMU reports them, why not), asked of the socket only when the VM's own QEMU (read_state's pid,
+    found through /proc) serves it."""
+    if not pid:
+        return [], None
+    try:
+        with QMPClient(vm_paths(run_dir)["qmp_socket"], timeout=5,
+                       peer_check=lambda peer, uid, gid: peer == pid) as qmp:
+            return read_nics(qmp, stored.get("argv"), stored.get("nics") or []), None
+    except QMPError as exc:
+        return [], str(exc)
+
+
+def vm_info(run_dir, qom=False):
     have = read_state(run_dir)
     stored = have["stored"] or {}
     info = dict(vm_paths(run_dir))
@@ -157,6 +195,8 @@ def vm_info(run_dir):
                 user=user_name(process_uid(have["pid"])) if have["pid"] else None,
                 fw_cfg=dict((item["name"], file_sha256(item["file"]) if _in_fw_cfg_dir(item["file"], run_dir)
                              else None) for item in (stored.get("config") or {}).get("fw_cfg") or []))
+    if qom:
+        info["qom_nics"], info["qom_error"] = qom_info(run_dir, have["pid"], stored)
     return info
 
 
@@ -165,13 +205,14 @@ def main():
         lab=dict(type="str", default="default"),
         name=dict(type="str"),
         run_root=dict(type="path", default="/run/qemulab"),
+        qom=dict(type="bool", default=False),
     ), supports_check_mode=True)
     for field, kind in (("lab", "lab"), ("name", "vm")):
         if module.params[field] is not None:
             problem = check_name(module.params[field], kind)
             if problem:
                 module.fail_json(msg="qemu_vm_info: %s: %s" % (field, problem))
-    vms = [vm_info(run_dir) for name, run_dir in lab_run_dirs(module.params["run_root"], module.params["lab"])
+    vms = [vm_info(run_dir, module.params["qom"]) for name, run_dir in lab_run_dirs(module.params["run_root"], module.params["lab"])
            if not module.params["name"] or name == module.params["name"]]
     module.exit_json(changed=False, vms=vms)
 
