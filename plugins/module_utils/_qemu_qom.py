@@ -29,6 +29,7 @@ LEGACY_CONFIG_OFFSETS = (20, 24)
 VIRTIO_NET_S_LINK_UP = 1
 # query-rx-filter's tables (the VLAN table alone lists 4096 ids) are not what a status reader wants
 RX_FILTER_TABLES = ("vlan-table", "unicast-table", "multicast-table")
+NO_CONFIG_SPACE = "no virtio-net legacy I/O BAR assigned (another model, or the guest has not enabled the device)"
 HMP_PORT_VALUE = re.compile(r"=\s*0x([0-9a-fA-F]+)\s*$")
 
 
@@ -142,8 +143,7 @@ def read_nics(qmp, argv=None, recorded=None):
             if rx is not None:
                 claimed.add(rx["name"])
         main_mac = rx.get("main-mac") if rx else None
-        link, link_source = None, config_problem or ("no virtio-net legacy I/O BAR assigned (another model, or the "
-                                                    "guest has not enabled the device)")
+        link, link_source = None, config_problem or NO_CONFIG_SPACE
         for mac, up in found or []:
             if mac == (main_mac or dev["mac"]):
                 link, link_source = ("up" if up else "down"), "virtio-net config status (legacy I/O BAR)"

@@ -30,7 +30,7 @@ options:
     default: /run/qemulab
   qom:
     description:
-      - Also read each running VM's NICs as QEMU sees them, through QMP (RV(vms[].qom_nics)). Off by default: it
+      - Also read each running VM's NICs as QEMU sees them, through QMP (RV(vms[].qom_nics)). Off by default, as it
         holds each VM's QMP monitor for a few dozen commands.
     type: bool
     default: false
@@ -120,11 +120,11 @@ vms:
           without one, under C(/machine/peripheral-anon)), C(type), C(mac) and C(netdev) are the device's QOM path
           and C(qom-get) properties; C(rx_filter) and C(main_mac) its C(query-rx-filter) name and the MAC it filters
           on now (a guest that sets its MAC changes this one), C(promiscuous).
-        - C(link) is C(up), C(down) or null, C(link_source) where it was read: QEMU 7.2 has no QMP read of a link, so
+        - C(link) is C(up), C(down) or null, C(link_source) where it was read. QEMU 7.2 has no QMP read of a link, so
           it is the VIRTIO_NET_S_LINK_UP bit of a virtio-net device's configuration space, read through its legacy
           I/O BAR (C(query-pci), the monitor's C(i)); null with the reason otherwise.
         - C(vhost) and C(vhost_source) (C(argv), the netdev's -netdev option, or C(record), what qemu_vm recorded at
-          the start): netdevs are not QOM objects in QEMU 7.2.
+          the start), as netdevs are not QOM objects in QEMU 7.2.
         - Empty when the VM is not running; C(qom_error) says why when QMP could not be read.
       type: list
       elements: dict

@@ -106,6 +106,17 @@ class LinkLab(_RunnableLab):
             "cleanup of the link lab %s: %s; it left %s" % (self.name, failure_text(res) or res, left)
 
 
+def own_link_lab():
+    """Body of a module-scoped fixture: a LinkLab of the module's own, up for all its tests, removed after them."""
+    lab = LinkLab()
+    try:
+        lab.up = lab.run()
+        assert lab.up.rc == 0, failure_text(lab.up) or lab.up
+        yield lab
+    finally:
+        lab.remove()
+
+
 _SHARED = {}
 USERS = ("test_capture", "test_links")
 

@@ -11,7 +11,7 @@ import pytest
 
 from faultlab import failure_text
 from hostsnapshot import lab_qemu_processes
-from linklab import MACS, LinkLab
+from linklab import MACS, own_link_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
@@ -21,13 +21,7 @@ STATUS = "Show each VM, its state, addresses, SSH and console"
 
 @pytest.fixture(scope="module")
 def qom_lab():
-    lab = LinkLab()
-    try:
-        lab.up = lab.run()
-        assert lab.up.rc == 0, failure_text(lab.up) or lab.up
-        yield lab
-    finally:
-        lab.remove()
+    yield from own_link_lab()
 
 
 def status(lab):

@@ -113,3 +113,29 @@ def test_a_config_space_without_the_nics_mac_gives_no_link():
 ])
 def test_netdev_vhost(argv, recorded, netdev, want):
     assert _qemu_qom.netdev_vhost(argv, recorded, netdev) == want
+
+
+class BootedQMP(FakeQMP):
+    """A booted VM: every NIC anonymous, their rx-filters named <type>.<n> in an order that is not the devices'."""
+
+    def __init__(self, **kwargs):
+        FakeQMP.__init__(self, **kwargs)
+        self.props["/machine/peripheral-anon/device[2]"] = self.props.pop("/machine/peripheral/nic0")
+
+    def command(self, execute, **args):
+        if execute == "query-rx-filter":
+            return [{"name": "virtio-net-pci.0", "main-mac": MGMT_GUEST, "promiscuous": False},
+                    {"name": "virtio-net-pci.1", "main-mac": LAB_MAC, "promiscuous": False}]
+        if execute == "query-pci":
+            answer = FakeQMP.command(self, execute, **args)
+            answer[0]["devices"][0]["qdev_id"] = ""
+            return answer
+        return FakeQMP.command(self, execute, **args)
+
+
+def test_anonymous_nics_are_told_apart_by_the_mac_in_their_config_space():
+    nics = dict((n["netdev"], n) for n in _qemu_qom.read_nics(BootedQMP(lab_link_up=False), ARGV))
+    assert (nics["net0"]["qom_path"], nics["net0"]["rx_filter"], nics["net0"]["link"]) == \
+        ("/machine/peripheral-anon/device[2]", "virtio-net-pci.1", "down")
+    assert (nics["net1"]["rx_filter"], nics["net1"]["main_mac"], nics["net1"]["link"]) == \
+        ("virtio-net-pci.0", MGMT_GUEST, "up")
