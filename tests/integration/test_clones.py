@@ -17,7 +17,7 @@ import pytest
 
 from faultlab import failure_text
 from hostsnapshot import lab_qemu_processes
-from linklab import ADDRESSES, MACS, LinkLab
+from linklab import ADDRESSES, MACS, own_link_lab
 
 from ansible_collections.qemulab.network.plugins.module_utils import _qemu_clone
 
@@ -32,13 +32,7 @@ def stored(lab, vm):
 
 @pytest.fixture(scope="module")
 def clone_lab():
-    lab = LinkLab()
-    try:
-        lab.up = lab.run()
-        assert lab.up.rc == 0, failure_text(lab.up) or lab.up
-        yield lab
-    finally:
-        lab.remove()
+    yield from own_link_lab()
 
 
 def test_every_vm_is_a_clone_that_comes_out_as_itself(clone_lab):
