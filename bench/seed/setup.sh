@@ -8,8 +8,9 @@
 #     image (created here, as the seed's per-VM images would have been copied);
 #   - `-accel tcg` (KVM does not work on this host); a management NIC (user-mode, restrict=on, SSH forward) so the
 #     guests can be configured; `-display none` and a serial log instead of a window; our init's command line
-#     (NIC names by MAC) appended to the seed's `root=/dev/vda rw`.
-# Inputs: SEED_NS SEED_KERNEL SEED_INITRD SEED_BASE SEED_DISKS SEED_APPEND SEED_LOGS
+#     (NIC names by MAC) appended to the seed's `root=/dev/vda rw`; root's authorized key through fw_cfg (the image
+#     carries none).
+# Inputs: SEED_NS SEED_KERNEL SEED_INITRD SEED_BASE SEED_DISKS SEED_APPEND SEED_LOGS SEED_KEY
 ip() { command ip -n "$SEED_NS" "$@"; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 QEMU="env ip netns exec $SEED_NS qemu-system-x86_64"
@@ -21,6 +22,8 @@ vm_disk() {  # the seed's vms/<vm>.ext4, as a copy-on-write overlay of our base 
 mgmt() {  # <vm> <ssh port> <mgmt mac> <lab macs>: management NIC + serial log + our init's command line
     echo "-device virtio-net-pci,netdev=mgmt,mac=$3 -netdev user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:$2-:22"
     echo "-display none -serial file:$SEED_LOGS/$1.console"
+    # the image carries no key: root's authorized key goes in at boot, as the collection hands it over
+    echo "-fw_cfg name=opt/qemulab/authorized_keys,file=$SEED_KEY.pub"
 }
 append() {  # <vm> <mgmt mac> <lab macs>
     echo "root=/dev/vda rw $SEED_APPEND qemulab.hostname=$1 qemulab.mgmt=$2 qemulab.nics=$3"
