@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import socket
-import stat
 import struct
 import subprocess
 import time
@@ -35,7 +34,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import 
     nic_device,
     vm_paths,
 )
-from ansible_collections.qemulab.network.plugins.module_utils._image_prune import TEMPLATES_DIR
+from ansible_collections.qemulab.network.plugins.module_utils._image_prune import TEMPLATES_DIR, qcow2_backing
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import QemuConfigError
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
     _served_by,
@@ -56,7 +55,6 @@ MANIFEST = "manifest.json"
 # The template's management NIC MAC: the guest sets the clone's own on that NIC after "go" (the stream carries it).
 TEMPLATE_MGMT_MAC = "52:54:00:00:00:01"
 READY_TIMEOUT = 300.0
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 class CloneError(Exception):
@@ -265,26 +263,20 @@ def build_template(config, base_disk, accelerator, key, inputs, log=None):
 
 def fresh_overlay_over(path, backing):
     """Whether the qcow2 `path` is backed by `backing` and holds no data of its own (no L1 entry set): a disk that
-    is exactly its backing file, so a clone's memory and disk are of the same moment. Reads the header only."""
+    is exactly its backing file, so a clone's memory and disk are of the same moment. Reads the header only (the
+    backing file's name as the image pruner reads it)."""
+    name = qcow2_backing(path)
+    if name is None:
+        return False, "%s is not a qcow2 file" % path
+    if os.path.realpath(name) != os.path.realpath(backing):
+        return False, "its disk is backed by %s, not by the template's" % name
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return False, "%s is not a regular file" % path
         with open(path, "rb") as f:
-            head = f.read(48)
-            if len(head) < 48 or head[:4] != QCOW2_MAGIC:
-                return False, "%s is not a qcow2 file" % path
-            name_offset, name_size = struct.unpack(">QI", head[8:20])
-            l1_size, l1_offset = struct.unpack(">IQ", head[36:48])
-            f.seek(name_offset)
-            name = f.read(name_size).decode("utf-8", "replace")
-            if not os.path.isabs(name):
-                name = os.path.join(os.path.dirname(path), name)
-            if os.path.realpath(name) != os.path.realpath(backing):
-                return False, "its disk is backed by %s, not by the template's" % name
+            l1_size, l1_offset = struct.unpack(">IQ", f.read(48)[36:48])
             f.seek(l1_offset)
             table = f.read(8 * l1_size)
-    except OSError as exc:
-        return False, "cannot read %s: %s" % (path, exc.strerror)
+    except (OSError, struct.error) as exc:
+        return False, "cannot read %s: %s" % (path, exc)
     if table.strip(b"\0"):
         return False, "its disk holds what it wrote since it first started, newer than any template"
     return True, ""

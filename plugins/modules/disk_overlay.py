@@ -84,6 +84,7 @@ import os
 import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.qemulab.network.plugins.module_utils._image_prune import qcow2_backing
 
 
 def read_overlay(module, path):
@@ -98,14 +99,6 @@ def read_overlay(module, path):
     backing = info.get("full-backing-filename") or info.get("backing-filename") or ""
     return {"exists": True, "format": info.get("format", ""), "backing": backing,
             "backing_format": info.get("backing-filename-format", "")}
-
-
-def _is_qcow2(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"QFI\xfb"
-    except OSError:
-        return False
 
 
 def main():
@@ -141,7 +134,7 @@ def main():
     want = {"exists": True, "format": "qcow2", "backing": backing, "backing_format": module.params["backing_format"]}
     have_backing = os.path.realpath(have["backing"]) if have["backing"] else ""
     accepted = [(os.path.realpath(backing), want["backing_format"])] + [
-        (os.path.realpath(other), "qcow2" if _is_qcow2(other) else "raw") for other in module.params["accept_backing"]]
+        (os.path.realpath(other), "raw" if qcow2_backing(other) is None else "qcow2") for other in module.params["accept_backing"]]
     changed = not (have["exists"] and (have_backing, have["backing_format"]) in accepted)
     if not changed:
         want = dict(want, backing=have["backing"], backing_format=have["backing_format"])
