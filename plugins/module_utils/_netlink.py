@@ -98,6 +98,7 @@ def link_info(ipr, msg):
         "peer_index": _attr(msg, "IFLA_LINK") if kind == "veth" else None,
         "stp": _info_data(linkinfo, "IFLA_BR_STP_STATE", bool) if kind == "bridge" else None,
         "tun": _tun_info(linkinfo) if kind == "tun" else None,
+        "vxlan": _vxlan_info(msg, linkinfo) if kind == "vxlan" else None,
     }
 
 
@@ -118,6 +119,19 @@ def _tun_info(linkinfo):
         "multi_queue": _info_data(linkinfo, "IFLA_TUN_MULTI_QUEUE", bool),
         "vnet_hdr": _info_data(linkinfo, "IFLA_TUN_VNET_HDR", bool),
         "persist": _info_data(linkinfo, "IFLA_TUN_PERSIST", bool),
+    }
+
+
+def _vxlan_info(msg, linkinfo):
+    """Creation-time properties of a vxlan. `link_netnsid` (IFLA_LINK_NETNSID) is set when its UDP socket lives in
+    another namespace than the device: the one it was created from."""
+    return {
+        "vni": _info_data(linkinfo, "IFLA_VXLAN_ID", int),
+        "local": _info_data(linkinfo, "IFLA_VXLAN_LOCAL", str) or _info_data(linkinfo, "IFLA_VXLAN_LOCAL6", str),
+        "remote": _info_data(linkinfo, "IFLA_VXLAN_GROUP", str) or _info_data(linkinfo, "IFLA_VXLAN_GROUP6", str),
+        "port": _info_data(linkinfo, "IFLA_VXLAN_PORT", int),
+        "learning": _info_data(linkinfo, "IFLA_VXLAN_LEARNING", bool),
+        "link_netnsid": _attr(msg, "IFLA_LINK_NETNSID"),
     }
 
 
@@ -403,6 +417,31 @@ def add_veth(ipr, name, peer, peer_netns=None, same_netns=True, group=None):
             peer_spec["net_ns_pid"] = os.getpid()
     _call("veth %s: create with peer %s" % (name, peer), ipr.link, "add", ifname=name, kind="veth", peer=peer_spec,
           **marked)
+
+
+def add_vxlan(ipr, name, vni, local, remote, port, netns=None, group=None):
+    """A unicast vxlan (learning off: its one remote is its default destination) made from ipr's namespace, which
+    must hold `local`: its UDP socket stays there for good. With `netns` the device itself appears in that namespace
+    (IFLA_NET_NS_FD in the create request), so no moment exists where it sits unplaced in ipr's. `group`: the lab's
+    pending mark (see _ownership)."""
+    family = "6" if ipaddress.ip_address(local).version == 6 else ""
+    kwargs = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port, "vxlan_learning": 0,
+              "vxlan_local" + family: local, "vxlan_group" + family: remote}
+    if group is not None:
+        kwargs["group"] = group
+    if netns:
+        kwargs["net_ns_fd"] = netns
+    _call("vxlan %s: create" % name, ipr.link, "add", **kwargs)
+
+
+def all_addresses(ipr):
+    """Every address (IPv4 and IPv6, as text) of every interface in ipr's namespace."""
+    found = set()
+    for msg in ipr.get_addr():
+        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if address:
+            found.add(str(ipaddress.ip_address(address.split("%")[0])))
+    return found
 
 
 def delete_link(ipr, name):

@@ -26,11 +26,11 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*\Z")
 # Longest name per kind, in bytes. Interfaces: IFNAMSIZ. A lab name is part of the qemulab:<lab> alias and of
 # directory names; a VM name of its run directory, whose unix socket paths must stay under 108 bytes.
 NAME_MAX_BYTES = {"lab": 15, "vm": 32, "netns": 32, "bridge": IFNAME_MAX_BYTES, "tap": IFNAME_MAX_BYTES,
-                  "veth": IFNAME_MAX_BYTES, "interface": IFNAME_MAX_BYTES}
+                  "veth": IFNAME_MAX_BYTES, "vxlan": IFNAME_MAX_BYTES, "interface": IFNAME_MAX_BYTES}
 LAB_NAME_MAX_CHARS = NAME_MAX_BYTES["lab"]
 NETNS_NAME_MAX_BYTES = NAME_MAX_BYTES["netns"]
 _KIND_TEXT = {"lab": "a lab", "vm": "a VM", "netns": "a namespace", "bridge": "a bridge", "tap": "a tap",
-              "veth": "a veth", "interface": "an interface"}
+              "veth": "a veth", "vxlan": "a vxlan", "interface": "an interface"}
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # a bare number is MiB; "B" only after a unit ("1024B" would read as bytes, so it is refused)
