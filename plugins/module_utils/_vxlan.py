@@ -250,4 +250,3 @@ def run_vxlan_module(module):
     if module._diff:
         result["diff"] = {"before": before, "after": after}
     module.exit_json(**result)
-

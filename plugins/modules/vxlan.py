@@ -12,7 +12,7 @@ short_description: A unicast VXLAN port of a lab bridge, joining a segment to th
 version_added: 0.1.0
 description:
   - Makes a VXLAN device match the declaration (VNI, underlay addresses, UDP port, bridge, MTU), owned by a qemulab
-    lab: one port per other lab host on a segment that spans hosts. Learning is off; the one O(remote) is the
+    lab, one port per other lab host on a segment that spans hosts. Learning is off; the one O(remote) is the
     device's default destination.
   - The device is created from the namespace the module runs in, which must hold O(local) (checked before any
     change), and appears in the lab namespace O(netns). Linux keeps a VXLAN device's UDP socket in the namespace it
