@@ -156,6 +156,19 @@ class SimHost:
         return subprocess.run(["nsenter", "--target", str(self.pid), "--mount", "--net", "--"] + list(argv),
                               capture_output=True, text=True, check=check, timeout=timeout)
 
+    @contextlib.contextmanager
+    def unreachable(self):
+        """While the block runs, SSH to this host is refused (a lab host that is down or cut off), its processes keep
+        running: Ansible's control master is told to exit and a REJECT rule for TCP port 22 sits in the host's own
+        network namespace; both are undone afterwards."""
+        rule = ["-p", "tcp", "--dport", "22", "-j", "REJECT", "--reject-with", "tcp-reset"]
+        _run(["ssh", "-o", "ControlPath=" + self.control_path, "-O", "exit", "qlsim"], check=False, timeout=10)
+        _run(["ip", "netns", "exec", self.netns, "iptables", "-I", "INPUT"] + rule)
+        try:
+            yield self
+        finally:
+            _run(["ip", "netns", "exec", self.netns, "iptables", "-D", "INPUT"] + rule)
+
     def to_state(self):
         return {"index": self.index, "pid": self.pid, "mnt": self.mnt}
 

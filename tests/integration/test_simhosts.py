@@ -93,6 +93,13 @@ def test_two_simulated_hosts_over_ssh(tmp_path):
         assert not os.path.exists("/run/netns/qlsim-probe")
         assert all(_processes_in(mnt) for _pid, mnt, _netns in recorded)
 
+        # a host cut off: Ansible reports it unreachable and still reaches the other; afterwards it is back
+        with second.unreachable():
+            cut = run_playbook(PLAYBOOK, inventory=str(inventory), expect_failure=True)
+            assert cut.stats[second.name]["unreachable"] == 1 and cut.stats[first.name]["failures"] == 0
+            assert second.run(["true"]).returncode == 0  # still running, only out of reach
+        assert run_playbook(PLAYBOOK, inventory=str(inventory)).failed(second.name) == 0
+
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert "qlsim-%s-" % tag not in namespaces
     for pid, mnt, _netns in recorded:
