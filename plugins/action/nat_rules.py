@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side of qemulab.network.nat_rules: read the machine with one shell command, compare here, write only
-the difference, each write a fixed command fed on stdin (no rule, address or name is put into a shell line).
+the difference, each write a fixed command fed on stdin (no rule, address or name is put into a shell line; only
+`netns`, a name that passed the name rule, is, quoted, after `ip netns exec`).
 
 Under TCG a Python module run inside a guest costs seconds; these three commands cost a fraction of that, and a run
 that changes nothing makes only the first."""
@@ -11,15 +12,25 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.common.text.converters import to_bytes
+from ansible.module_utils.six.moves import shlex_quote
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
 from ansible_collections.qemulab.network.plugins.plugin_utils import _nat_rules
 
 ARGUMENT_SPEC = dict(
     rules=dict(type="list", elements="dict", default=[]),
     owner=dict(type="str", default="qemulab"),
     comment=dict(type="str", default="qemulab"),
+    netns=dict(type="str", default=""),
 )
+
+
+def in_netns(command, netns):
+    """`command` run in network namespace `netns` of the machine ("" its own); the name passed the name rule and is
+    quoted besides, so it is one word of the line whatever it holds."""
+    return "ip netns exec %s %s" % (shlex_quote(netns), command) if netns else command
 
 
 class ActionModule(ActionBase):
@@ -33,8 +44,11 @@ class ActionModule(ActionBase):
         if validation.error_messages:
             return dict(result, failed=True, msg="nat_rules: " + "; ".join(validation.error_messages))
         args = validation.validated_parameters
-        rules, owner = args["rules"], args["owner"]
+        rules, owner, netns = args["rules"], args["owner"], args["netns"]
         why = _nat_rules.check_rules(rules)
+        if not why and netns:
+            why = check_name(netns, "netns")
+            why = why and "netns: " + why
         if not why:
             why = _nat_rules.check_owner(owner, any(rule["type"] in ("static", "pool") for rule in rules))
             why = why and "owner: " + why
@@ -45,7 +59,10 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, changed=False, msg="nat_rules: " + why)
         wanted = _nat_rules.want(rules, owner, args["comment"])
 
-        probe = self._low_level_execute_command(_nat_rules.PROBE % _nat_rules.PROBE_MARK, sudoable=True)
+        probe = self._low_level_execute_command(
+            " && ".join(part if part.startswith("echo ") else in_netns(part, netns)
+                        for part in (_nat_rules.PROBE % _nat_rules.PROBE_MARK).split(" && ")),
+            sudoable=True)
         if probe["rc"] != 0:
             return dict(result, failed=True, changed=False,
                         msg="nat_rules: reading the nat table and lo failed (rc %s): %s; the machine needs iptables "
@@ -70,10 +87,11 @@ class ActionModule(ActionBase):
                               ("ip -batch -", drops)):
             if not data:
                 continue
-            done = self._low_level_execute_command(command, sudoable=True, in_data=data)
+            # bytes: the local connection (the lab host's way out) hands in_data to Popen.communicate as it is
+            done = self._low_level_execute_command(in_netns(command, netns), sudoable=True, in_data=to_bytes(data))
             if done["rc"] != 0:
                 return dict(result, failed=True,
                             msg="nat_rules: %s failed (rc %s): %s; its input was:\n%s" % (
-                                command, done["rc"], (done.get("stderr") or done.get("stdout") or "").strip(),
-                                data))
+                                in_netns(command, netns), done["rc"],
+                                (done.get("stderr") or done.get("stdout") or "").strip(), data))
         return result

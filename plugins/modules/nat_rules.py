@@ -46,6 +46,13 @@ options:
     description: Prefix of every rule's comment.
     type: str
     default: qemulab
+  netns:
+    description:
+      - Network namespace of the machine whose nat table and C(lo) are kept (each command runs under C(ip netns exec));
+        V("") is the machine's own. The lab host's way out (C(lab_uplink)) keeps its rules in the upstream
+        namespace so.
+    type: str
+    default: ""
 attributes:
   check_mode:
     description: Reads the machine and reports the change without writing it.
@@ -61,6 +68,13 @@ EXAMPLES = r"""
     rules:
       - {type: masquerade, inside: eth0, outside: eth1, inside_subnet: 10.79.1.0/24}
       - {type: static, inside: eth0, outside: eth1, inside_address: 10.79.1.10, outside_address: 10.79.2.10}
+
+- name: Masquerade a lab segment out of eth0 of namespace wan, in chains of the owner qemulab-lab1
+  qemulab.network.nat_rules:
+    rules:
+      - {type: masquerade, inside: qlu-1a2b3c4d-u, outside: eth0, inside_subnet: 10.79.2.0/24}
+    owner: qemulab-lab1
+    netns: wan
 
 - name: Remove every rule and address of the owner qemulab, and nothing else
   qemulab.network.nat_rules:

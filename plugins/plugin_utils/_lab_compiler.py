@@ -24,6 +24,7 @@ import ipaddress
 import os
 
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_render
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_uplink
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import (
     MISSING as _MISSING,
     as_int as _as_int,
@@ -242,11 +243,13 @@ class _Compiler(object):
 
         vms = self.plan_vms(lab_name, hypervisors or [hypervisor])
         host_ports = self.plan_host_ports(lab["lab_host_ports"], hv_owner)
+        uplink = _lab_uplink.plan(self, lab["lab_uplink"], hv_owner, lab_name, lab["lab_netns"] or "")
         bridges = self.plan_bridges()
         self.check_interface_names()
         self.check_user_nets(vms)
         self.resolve_routes(vms)
         self.resolve_nat(vms)
+        uplink = _lab_uplink.resolve(self, uplink, vms, hv_owner, lab_name)
         for vm in vms:
             for nic in vm["nics"]:
                 nic.pop("_iface", None)
@@ -276,6 +279,7 @@ class _Compiler(object):
             "bridges": bridges,
             "taps": taps,
             "host_ports": host_ports,
+            "uplink": uplink,
             "vms": vms,
             "errors": list(problems.messages),
             "cleanup_errors": list(problems.cleanup),

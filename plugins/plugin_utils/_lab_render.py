@@ -172,6 +172,9 @@ def render(plan):
                 "pings": [address for name in sorted(host_addresses) if name != vm["name"]
                           for address in host_addresses[name]] if vm["kind"] == "host" else [],
             }) for vm in vms),
+            # the way out (lab_uplink), made by the lab host: the lab_uplink role's arguments
+            "uplink": dict(plan["uplink"], lab=lab, netns=netns)
+            if plan.get("uplink") and hypervisor == plan["hypervisor"] else None,
             "teardown": {"lab": lab, "netns": netns},
         }
     return rendered

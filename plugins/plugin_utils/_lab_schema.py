@@ -277,6 +277,18 @@ def _items(scope):
     return read
 
 
+def _mapping(scope):
+    """One mapping whose keys are the fields of `scope`; the compiler reads each key."""
+    def read(value):
+        if not isinstance(value, Mapping):
+            return None, "%s is not a mapping; write {%s}" % (
+                describe(value), ", ".join(f.name for f in fields(scope) if not f.derived))
+        return dict(value), None
+    read.type_text = "dict"
+    read.item_scope = scope
+    return read
+
+
 def _netem_value(value):
     # the rules live with the code that applies them (module_utils/_netem.py); here every problem is listed
     want, problems = _netem.normalize(dict(value) if isinstance(value, Mapping) else value)
@@ -346,6 +358,11 @@ SCHEMA = (
           (NAME_RULE % NAME_MAX_BYTES["netns"]) + ", or `\"\"`"),
     Field("lab", "lab_host_ports", _items("host_port"), [],
           "veth pairs giving the lab host a port on a segment; see `lab_host_ports` items.", "see below"),
+    Field("lab", "lab_uplink", _mapping("uplink"), None,
+          "A way out of the lab to the lab host's upstream: a veth from a segment of the lab (`bridge`) to "
+          "`upstream_netns`, whose end there carries `address` and masquerades the segment out of `upstream`; with "
+          "`router`, that router masquerades its other segments onto `bridge`. See `lab_uplink` keys and "
+          "`docs/uplink.md`.", "`{bridge: br2, address: 10.20.20.254/24, upstream: eth0, router: rt1}`"),
     Field("lab", "lab_qemu_user", _qemu_user, "",
           "Run every VM's QEMU as this unprivileged user instead of root (the user must exist on the lab host: "
           "`useradd --system --no-create-home --shell /usr/sbin/nologin qemulab`). The lab's taps are created owned "
@@ -530,9 +547,33 @@ SCHEMA = (
     Field("host_port", "routes", _items("route"), [],
           "Routes of the lab host through the lab; `via` in the port's subnet.",
           "`[{to: 10.20.60.0/24, via: 10.20.10.1}]`"),
+
+    # -- lab_uplink keys -------------------------------------------------------------------------------------------
+    Field("uplink", "bridge", _name("bridge"), MISSING,
+          "The segment the way out joins: a bridge some VM NIC uses.", "`br2`"),
+    Field("uplink", "address", interface, MISSING,
+          "The lab host's address on `bridge` (IPv4 with prefix length, in the bridge's subnet, used by nobody "
+          "else): the gateway of the segment's VMs to the world. It lives in `upstream_netns`.",
+          "`10.20.20.254/24`"),
+    Field("uplink", "upstream", _name("interface"), MISSING,
+          "The interface of `upstream_netns` the lab's traffic leaves by (the lab host's link to the world); the "
+          "segment is masqueraded to its address. Checked to exist and to forward (`net.ipv4.conf.<upstream>."
+          "forwarding`) before anything changes.", "`eth0`", NAME_RULE % NAME_MAX_BYTES["interface"]),
+    Field("uplink", "upstream_netns", _name("netns"), "",
+          "The network namespace holding `upstream`; `\"\"` is the lab host's own (root) namespace.",
+          "`wan`", (NAME_RULE % NAME_MAX_BYTES["netns"]) + ", or `\"\"`"),
+    Field("uplink", "router", _name("vm"), None,
+          "A router with an addressed NIC on `bridge`: its default route points at `address` and it masquerades "
+          "its other addressed segments out of that NIC. Without it only the VMs on `bridge` get out.", "`rt1`"),
+    Field("uplink", "name", _name("veth"), None,
+          "The veth end on `bridge`, in the lab's namespace. Default: `qlu-<8 hex of the lab name>-l`.", "`uplink0`",
+          NAME_RULE % NAME_MAX_BYTES["veth"]),
+    Field("uplink", "peer", _name("veth"), None,
+          "The veth end in `upstream_netns`, which carries `address`; not a name used there. Default: "
+          "`qlu-<8 hex of the lab name>-u`.", "`uplink1`", NAME_RULE % NAME_MAX_BYTES["veth"]),
 )
 
-SCOPES = ("lab", "vm", "nic", "hostfwd", "route", "nat", "host_port")
+SCOPES = ("lab", "vm", "nic", "hostfwd", "route", "nat", "host_port", "uplink")
 
 
 def fields(scope):

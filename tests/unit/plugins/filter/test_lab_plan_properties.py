@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PLAN_KEYS = {"lab_name", "netns", "qemu_user", "lock_timeout", "run_dir", "hypervisor", "hypervisors", "bridges",
              "taps", "host_ports", "vms", "errors", "cleanup_errors", "hosts", "guests", "console_log_limit",
-             "capture_ring", "capture_ring_size"}
+             "capture_ring", "capture_ring_size", "uplink"}
 VM_KEYS = {"name", "kind", "hypervisor", "ssh_port", "memory_mb", "vcpus", "kernel", "initrd", "disk", "forwarding", "boot",
            "gateway", "routes", "nics", "mgmt_mac", "nat"}
 NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "mtu", "net", "hostfwd",

@@ -158,7 +158,7 @@ def run_action(args, check, probe_out, diff=True):
 
     def execute(cmd, sudoable=True, in_data=None):
         calls.append((cmd, in_data))
-        return {"rc": 0, "stdout": probe_out if cmd.startswith("iptables-save") else "", "stderr": ""}
+        return {"rc": 0, "stdout": probe_out if "iptables-save" in cmd else "", "stderr": ""}
     action._low_level_execute_command = execute
     ActionBase_run = ActionBase.run
     try:
@@ -180,7 +180,22 @@ def test_check_mode_reads_reports_the_change_and_its_diff_and_writes_nothing():
     assert same["changed"] is False and len(calls) == 1
 
 
+def test_in_a_namespace_every_command_runs_under_ip_netns_exec():
+    """The lab host's way out (lab_uplink) keeps its rules in the upstream namespace: the probe's two readings and
+    every write run there; the separator between them stays the shell's own echo."""
+    result, calls = run_action({"rules": [MASQ], "netns": "wan"}, False, probe(SAVED, lo(*ALL_HELD)))
+    assert result["changed"] is True
+    assert calls[0][0] == ("ip netns exec wan iptables-save -t nat && echo '%s' && ip netns exec wan ip -4 -j address "
+                           "show dev lo" % nat.PROBE_MARK)
+    assert [c for c, _ in calls[1:]] == ["ip netns exec wan iptables-restore --noflush", "ip netns exec wan ip -batch -"]
+    # "" is the machine's own namespace: the commands are exactly those without the option
+    _result, own = run_action({"rules": [MASQ], "netns": ""}, False, probe(SAVED, lo(*ALL_HELD)))
+    assert [c for c, _ in own] == [nat.PROBE % nat.PROBE_MARK, "iptables-restore --noflush", "ip -batch -"]
+
+
 @pytest.mark.parametrize("args,fragment", [
+    ({"rules": [MASQ], "netns": "wan; reboot"}, "netns: 'wan; reboot' is not a namespace name"),
+    ({"rules": [MASQ], "netns": "../x"}, "netns: "),
     ({"rules": [dict(MASQ, outside="eth1;reboot")]}, "rules[0].outside"),
     ({"rules": [dict(POOL, pool="10.0.0.9-10.0.0.1")]}, "rules[0].pool"),
     ({"rules": [dict(MASQ, type="nat64")]}, "rules[0]: type must be one of"),
