@@ -89,6 +89,22 @@ def _netdev_tap(index, nic, vhost, tap_fd, vhost_fd=None):
     return items
 
 
+def _netdev_vhost_user(index):
+    # the chardev of the same index connects to the datapath's socket (build_argv adds it)
+    return ["vhost-user", ("id", "net%d" % index), ("chardev", "vhu%d" % index)]
+
+
+def shared_memory(config):
+    """True when a NIC's datapath (vhost-user) maps guest memory: it must then be a shared memory backend."""
+    return any(nic["backend"] == "vhost-user" for nic in config["nics"])
+
+
+# QEMU 7.2's virtio-pci dereferences the KVM-only MSI-X irqfd table when a vhost-user NIC starts under TCG
+# (virtio_pci_one_vector_unmask -> kvm_virtio_pci_irqfd_use, SIGSEGV); with no MSI-X vectors it never goes there
+# and interrupts reach the guest through QEMU's own notifier handler (docs/dpdk.md).
+VHOST_USER_TCG_DEVICE = (("vectors", 0),)
+
+
 def _netdev_user(index, nic):
     items = ["user", ("id", "net%d" % index)]
     if nic.get("net"):
@@ -119,6 +135,11 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
         accel.append(("tb-size", config["tb_size"]))
     argv = [config["qemu_binary"], "-name", option_string(config["name"]), "-accel", option_string(*accel),
             "-m", option_string(config["memory"]), "-smp", option_string(config["vcpus"])]
+    if shared_memory(config):
+        # a vhost-user datapath maps guest RAM through the fds QEMU passes it: memfd, shared (docs/dpdk.md)
+        argv += ["-object", option_string("memory-backend-memfd", ("id", "ram"), ("size", "%dM" % config["memory"]),
+                                          ("share", "on")),
+                 "-machine", option_string(("memory-backend", "ram"))]
     # QEMU takes these three whole, commas included.
     if config.get("kernel"):
         argv += ["-kernel", config["kernel"]]
@@ -138,12 +159,18 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
         argv += ["-drive", option_string(*drive)]
     plugged = clone_layout(config)[1] if layout == "clone" else []
     for index, nic in enumerate(config["nics"]):
+        device = nic_device(index, nic)
         if nic["backend"] == "tap":
             netdev = _netdev_tap(index, nic, vhost.get(index, False), tap_fds.get(index), vhost_fds.get(index))
+        elif nic["backend"] == "vhost-user":
+            argv += ["-chardev", option_string("socket", ("id", "vhu%d" % index), ("path", nic["socket"]))]
+            netdev = _netdev_vhost_user(index)
+            if accelerator == "tcg":
+                device += list(VHOST_USER_TCG_DEVICE)
         else:
             netdev = _netdev_user(index, nic)
         if index >= len(plugged):
-            argv += ["-device", option_string(*nic_device(index, nic))]
+            argv += ["-device", option_string(*device)]
         argv += ["-netdev", option_string(*netdev)]
     for item in config.get("fw_cfg") or []:
         argv += ["-fw_cfg", option_string(("name", item["name"]), ("file", item["file"]))]

@@ -72,6 +72,9 @@ def clone_problem(config):
         return "its last NIC is not the user-mode management NIC the template has"
     if config["extra_args"]:
         return "extra_args may add devices a template does not have"
+    if any(nic["backend"] == "vhost-user" for nic in config["nics"]):
+        # the template's RAM is private anonymous memory; a vhost-user datapath needs it shared (a memfd backend)
+        return "a vhost-user NIC needs guest memory in a shared memory backend, which the template does not have"
     if len(config["disks"]) != 1 or config["disks"][0]["format"] != "qcow2" or config["disks"][0]["readonly"]:
         return "it has not exactly one writable qcow2 overlay disk"
     if not config["kernel"]:

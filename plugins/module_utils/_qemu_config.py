@@ -56,8 +56,10 @@ QEMU_VM_ARGUMENT_SPEC = dict(
     nics=dict(type="list", elements="dict", default=[], options=dict(
         model=dict(type="str", default="virtio-net-pci", choices=list(NIC_MODELS)),
         mac=dict(type="str"),
-        backend=dict(type="str", default="tap", choices=["tap", "user"]),
+        backend=dict(type="str", default="tap", choices=["tap", "user", "vhost-user"]),
         ifname=dict(type="str"),
+        # backend vhost-user: the unix socket a user-space datapath serves (qemulab.network.dpdk_datapath)
+        socket=dict(type="path"),
         netns=dict(type="str"),
         vhost=dict(type="str", default="auto", choices=["auto", "on", "off"]),
         hostfwd=dict(type="list", elements="dict", options=dict(
@@ -68,7 +70,7 @@ QEMU_VM_ARGUMENT_SPEC = dict(
         net=dict(type="str"),
         restrict=dict(type="bool", default=True),
         **dict((key, spec) for key, (spec, _prop, _models) in NIC_DEVICE_OPTIONS.items())
-    ), required_if=[("backend", "tap", ("ifname",))]),
+    ), required_if=[("backend", "tap", ("ifname",)), ("backend", "vhost-user", ("socket",))]),
     netns=dict(type="str", default=""),
     stop_timeout=dict(type="int", default=10),
     on_change=dict(type="str", default="restart", choices=["restart", "report"]),
@@ -98,6 +100,22 @@ def secret_contents(params):
 
 class QemuConfigError(Exception):
     """The requested VM cannot be built as asked; the message names the VM, the field and the fix."""
+
+
+def _vhost_user_socket(vm, index, nic, model, run_as):
+    """The datapath socket of a vhost-user NIC: an absolute path, a virtio-net NIC, a QEMU that can reach it."""
+    path = nic.get("socket")
+    if not path or not os.path.isabs(path) or "\n" in path:
+        raise QemuConfigError("VM %s: nics[%d] has backend vhost-user but socket %r is not an absolute path; give "
+                              "the socket its datapath serves (dpdk_datapath's sockets)" % (vm, index, path))
+    if model != "virtio-net-pci":
+        raise QemuConfigError("VM %s: nics[%d] has backend vhost-user and model %s; vhost-user serves virtio queues "
+                              "only, use model virtio-net-pci" % (vm, index, model))
+    if run_as not in (None, ""):
+        # the datapath runs as root and its socket is root's; an unprivileged QEMU could not connect
+        raise QemuConfigError("VM %s: nics[%d] has backend vhost-user, which needs QEMU to run as root; drop "
+                              "run_as for this VM" % (vm, index))
+    return path
 
 
 def parse_memory(value, vm="", field="memory"):
@@ -204,6 +222,8 @@ def normalise_config(params):
                                       % (name, index))
             entry.update({"ifname": nic["ifname"], "netns": nic.get("netns") if nic.get("netns") is not None
                           else netns, "vhost": nic.get("vhost") or "auto"})
+        elif backend == "vhost-user":
+            entry["socket"] = _vhost_user_socket(name, index, nic, entry["model"], params.get("run_as"))
         else:
             entry.update({"hostfwd": _forwards(name, index, nic), "net": _user_net(name, index, nic.get("net")),
                           "restrict": True if nic.get("restrict") is None else bool(nic["restrict"])})

@@ -112,10 +112,17 @@ options:
         description: MAC address.
         type: str
       backend:
-        description: C(tap) uses an existing tap; C(user) is QEMU user-mode networking.
+        description:
+          - C(tap) uses an existing tap; C(user) is QEMU user-mode networking.
+          - C(vhost-user) connects the NIC to a user-space datapath's socket (O(nics[].socket), served by
+            M(qemulab.network.dpdk_datapath)); guest memory then becomes a shared memfd backend, under TCG the
+            device gets no MSI-X vectors (QEMU 7.2 crashes otherwise, see docs/dpdk.md), and QEMU must run as root.
         type: str
-        choices: [tap, user]
+        choices: [tap, user, vhost-user]
         default: tap
+      socket:
+        description: The datapath's vhost-user socket (backend vhost-user); QEMU connects to it as the client.
+        type: path
       ifname:
         description:
           - Name of the tap (backend tap). It must already exist (qemulab.network.tap). The name rule of O(name), at

@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import os
 
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_dpdk
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_render
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_uplink
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import (
@@ -151,6 +152,8 @@ class _Compiler(object):
         # bridge -> list of (owner, field, IPv4Interface) on it; bridge -> [(owner, field, mtu)]
         self.segments = {}
         self.segment_mtus = {}
+        # user-space (vhost-user) segment -> [(owner, field)] of its NICs (_lab_dpdk)
+        self.dpdk_segments = {}
         self.bridge_order = []
         # VMs whose NICs could not all be read: their routes are not checked against segments, to avoid cascades
         self.unresolved = set()
@@ -255,6 +258,7 @@ class _Compiler(object):
                 nic.pop("_iface", None)
         self.assign_macs(lab_name, vms)
         self.check_capacity(vms, lab["lab_overcommit"], hv_owner)
+        _lab_dpdk.check(self, lab["lab_dpdk_cores"] or 1, hv_owner, hypervisor)
 
         taps = []
         for vm in vms:
@@ -476,6 +480,10 @@ class _Compiler(object):
                 self.claim_mac(nic["mac"], name, field + ".mac")
             if nic["backend"] == "user":
                 self.user_nic(name, field, raw, nic)
+                nics.append(nic)
+                continue
+            if nic["backend"] == "vhost-user":
+                _lab_dpdk.read_nic(self, name, field, raw, nic)
                 nics.append(nic)
                 continue
             nic["net"], nic["hostfwd"] = None, []

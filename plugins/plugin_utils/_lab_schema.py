@@ -374,6 +374,11 @@ SCHEMA = (
           "the lab host's memory or `/run`. Once it is full QEMU stops logging; the guest runs on and the console "
           "socket still carries everything. Digits with `K`, `M` or `G` (also `KiB`, `MB`, …, any case); a bare "
           "number is bytes. Changing it restarts the VMs.", "`16M`", "64 KiB to 1 GiB"),
+    Field("lab", "lab_dpdk_cores", _integer(1, 64, "a number of cores"), 1,
+          "Polling cores of each user-space (`backend: vhost-user`) segment's DPDK datapath; each is busy at 100 % "
+          "while the lab runs. The plan refuses such segments when the lab host has fewer than their cores plus "
+          "one CPUs (testpmd's main core, and the guests need a CPU that is not polled). See `docs/dpdk.md`.",
+          "`2`"),
     Field("lab", "lab_overcommit", _boolean, False,
           "Start the lab even when the VMs' memory (plus QEMU's own overhead per VM) exceeds the lab host's "
           "available memory, or a VM has more vCPUs than the host has CPUs. Off, the plan refuses such a lab with "
@@ -450,9 +455,11 @@ SCHEMA = (
           "supported so far).", "`localhost`"),
 
     # -- vm_nics items ---------------------------------------------------------------------------------------------
-    Field("nic", "backend", _choice(("tap", "user")), "tap",
+    Field("nic", "backend", _choice(("tap", "user", "vhost-user")), "tap",
           "`tap`: a port of `bridge` through `tap`. `user`: QEMU user-mode networking (SLIRP), a private network "
-          "of this VM alone, always `restrict=on` (`bridge`, `tap` and `vhost` are errors with it).", "`user`"),
+          "of this VM alone, always `restrict=on` (`bridge`, `tap` and `vhost` are errors with it). `vhost-user`: "
+          "a port of a segment switched in user space (DPDK `dpdk-testpmd` between exactly two such NICs named by "
+          "`bridge`; no `tap`, `virtio-net-pci` only; see `docs/dpdk.md`).", "`user`"),
     Field("nic", "bridge", _name("bridge"), None,
           "The segment (Linux bridge) this NIC plugs into; required with backend `tap`. Bridges are derived from "
           "the NICs: there is no separate bridge list.", "`br1`", NAME_RULE % NAME_MAX_BYTES["bridge"]),

@@ -55,7 +55,7 @@ def test_user_nic_defaults_to_its_own_network_and_slirps_first_address():
 
 
 @pytest.mark.parametrize("nic,fragment", [
-    ({"backend": "slirp"}, "a1: vm_nics[1].backend 'slirp' is not one of tap, user; use one of them"),
+    ({"backend": "slirp"}, "a1: vm_nics[1].backend 'slirp' is not one of tap, user, vhost-user; use one of them"),
     ({"backend": "user", "bridge": "br-a"}, "a1: vm_nics[1].bridge does not apply to a user-mode NIC"),
     ({"backend": "user", "vhost": "on"}, "a1: vm_nics[1].vhost does not apply to a user-mode NIC"),
     ({"backend": "user", "net": "10.0.2.0/24"}, "a1: vm_nics[1].net 10.0.2.0/24 overlaps 10.0.2.0/24, the management"),
