@@ -16,7 +16,7 @@ description:
     backend C(vhost-user). It adds O(hugepages) 2 MiB hugepages to the kernel's pool, mounts a hugetlbfs of its own
     there, and polls O(cores) CPU(s) at 100 % (plus testpmd's mostly idle main core).
   - A datapath that already runs with the same ports and cores is left alone; one with other settings is restarted
-    (its guests lose their link until they reconnect: start the datapath before the VMs).
+    (its guests lose their link until they reconnect, so start the datapath before the VMs).
   - With O(state=absent), the segment's testpmd is ended (by its recorded pid, only while it is still that
     segment's testpmd), the hugetlbfs unmounted, exactly the hugepages it added given back, and its directory and
     DPDK's runtime directory for it removed.

@@ -124,20 +124,8 @@ def _wait_shell(console_log, timeout=120):
     return False
 
 
-def _pids_mentioning(text):
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % entry, "rb") as f:
-                    if text.encode() in f.read():
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
-def _qemu_pids(path):
+def _pids(wanted):
+    """PIDs of the processes whose argv (a list of bytes) `wanted` accepts."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -146,9 +134,13 @@ def _qemu_pids(path):
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if b"qemu" in argv[0] and any(path.encode() in arg for arg in argv):
+            if wanted(argv):
                 pids.append(int(entry))
     return pids
+
+
+def _qemu_pids(path):
+    return _pids(lambda argv: b"qemu" in argv[0] and any(path.encode() in arg for arg in argv))
 
 
 @needs_testpmd
@@ -200,7 +192,7 @@ def test_two_vms_on_a_vhost_user_segment_ping_and_run_iperf3(playbook, tmp_path)
             os.kill(pid, signal.SIGKILL)
         gone = playbook(_datapath_play(lab, "absent"))
         prefix = "qemulab-%s-dp1" % lab
-        leftovers = _pids_mentioning(prefix)
+        leftovers = _pids(lambda argv: prefix.encode() in argv)
         shutil.rmtree(lab_dir, ignore_errors=True)
     assert stop.rc == 0, stop
     assert gone.rc == 0 and gone.changed() == 1, gone
