@@ -5,6 +5,7 @@ exactly the hugepages it added and leaves no process, mount or DPDK runtime dire
 
 The guests are driven over their serial console (qemulab-init leaves a root shell there): they have no other NIC.
 """
+import json
 import os
 import re
 import shutil
@@ -81,9 +82,9 @@ def _vm_task(lab, name, image, overlay, sock, mac, address, state="running"):
         append: "%(append)s qemulab.hostname=%(name)s qemulab.nics=%(mac)s"
         disks: [{file: %(overlay)s, format: qcow2}]
         nics: [{backend: vhost-user, socket: %(sock)s, mac: "%(mac)s"}]
-        fw_cfg: [{name: opt/qemulab/interfaces, content: %(interfaces)r}]
+        fw_cfg: [{name: opt/qemulab/interfaces, content: %(interfaces)s}]
 """ % dict(name=name, lab=lab, state=state, kernel=image["kernel"], initrd=image["initrd"], append=image["append"],
-           overlay=overlay, sock=sock, mac=mac, interfaces=_interfaces(address))
+           overlay=overlay, sock=sock, mac=mac, interfaces=json.dumps(_interfaces(address)))
 
 
 class Console:
