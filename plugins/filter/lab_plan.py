@@ -64,6 +64,13 @@ options:
         running QEMUs already hold) and C(cpus). Unset figures are not checked.
     type: dict
     default: {}
+  lab_hosts:
+    description:
+      - What each lab host offers, lab host name to the result of M(qemulab.network.lab_host_info) there
+        (C(mem_available_mib), C(cpus), C(addresses); C(unreachable) and C(msg) for a host that could not be
+        reached). When given it replaces O(host_resources) - each lab host's VMs are checked against its own figures
+        - and each C(lab_underlay_address) is checked against its host's C(addresses).
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -83,8 +90,12 @@ _value:
     - The plan - C(lab_name), C(netns) (empty when none), C(qemu_user) (empty for root), C(run_dir), C(hypervisor), C(bridges) (C(name), C(subnet)),
       C(taps) (C(name), C(bridge), C(vm)), C(host_ports) (C(name), C(peer), C(bridge), C(address), C(routes)),
       C(vms), C(errors) and C(hosts) - per lab host, the exact arguments of each module and role (C(links),
-      C(host_ports), C(host_port_routes), C(vms), C(guests), C(teardown); empty while there are errors), and
-      C(guests), every lab host's C(guests) by VM name.
+      C(host_ports), C(host_port_routes), C(vms), C(guests), C(vxlans), C(connections), C(teardown); empty while
+      there are errors), and C(guests), every lab host's C(guests) by VM name.
+    - For a lab over several lab hosts (docs/multi-host.md), each lab host's C(segments) (the segments it shares with
+      other lab hosts - C(bridge), C(hosts), C(mtu), C(tunnels) with C(hosts), C(vni), C(name)), C(vxlans)
+      (M(qemulab.network.vxlan)'s arguments per tunnel end) and C(connections) (VM to the connection variables that
+      reach it through its lab host).
     - Each VM - C(name), C(kind) (router or host), C(hypervisor), C(ssh_port), C(memory_mb), C(vcpus), C(kernel),
       C(initrd), C(disk) (null for the built guest image), C(forwarding), C(gateway), C(routes) (C(to), C(via),
       C(dev)), C(nics) (C(index), C(dev), C(backend), C(bridge), C(tap), C(mac), C(address), C(model), C(vhost),
@@ -97,11 +108,11 @@ from ansible_collections.qemulab.network.plugins.plugin_utils._lab_compiler impo
 
 
 def lab_plan(hostvars, groups, claims=None, lab_name=None, lab_netns=None, lab_host_ports=None, inventory_dir=None,
-             check_files=True, host_resources=None):
+             check_files=True, host_resources=None, lab_hosts=None):
     """The plan of the lab described by `hostvars` and `groups`; see DOCUMENTATION."""
     overrides = {"lab_name": lab_name, "lab_netns": lab_netns, "lab_host_ports": lab_host_ports,
                  "inventory_dir": inventory_dir}
-    return compile_lab(hostvars, groups, claims, overrides, check_files, host_resources)
+    return compile_lab(hostvars, groups, claims, overrides, check_files, host_resources, lab_hosts)
 
 
 class FilterModule(object):

@@ -58,11 +58,22 @@ claim:
   description: The lab's claim (C(<run_root>/<lab>/lab.json) - C(lab), C(inventory), C(netns)), or null.
   returned: always
   type: dict
+addresses:
+  description:
+    - The host's own IPv4 addresses (its network namespace, where its VXLAN tunnels have their sockets), each with
+      C(address), C(interface) and that interface's C(mtu); the plan checks C(lab_underlay_address) and
+      C(lab_underlay_mtu) against them. Null when they cannot be read (pyroute2 missing).
+  returned: always
+  type: list
+  elements: dict
 """
 
 import os
+import socket
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, netlink
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
     find_qemus,
@@ -83,6 +94,20 @@ def _meminfo_kib(field):
     return 0
 
 
+def _addresses():
+    """[{address, interface, mtu}] of this namespace's IPv4 addresses, or None without pyroute2."""
+    if not HAS_PYROUTE2:
+        return None
+    with netlink() as ipr:
+        links = dict((msg["index"], (msg.get_attr("IFLA_IFNAME"), msg.get_attr("IFLA_MTU"))) for msg in ipr.get_links())
+        found = []
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            name, mtu = links.get(msg["index"], (None, None))
+            found.append({"address": msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"), "interface": name,
+                          "mtu": mtu})
+    return sorted(found, key=lambda item: (item["interface"] or "", item["address"] or ""))
+
+
 def main():
     module = AnsibleModule(argument_spec=dict(lab=dict(type="str", required=True),
                                               run_root=dict(type="path", default="/run/qemulab")),
@@ -97,7 +122,7 @@ def main():
                 lab_kib += process_status(pid, "VmRSS") or 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,
-                     claim=claim)
+                     claim=claim, addresses=_addresses())
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import ipaddress
 import os
 
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_dpdk
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_placement
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_render
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_uplink
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import (
@@ -136,13 +137,15 @@ def _check_keys(mapping, known, owner, field, problems):
 
 
 class _Compiler(object):
-    def __init__(self, hostvars, groups, claims, overrides, check_files, host_resources):
+    def __init__(self, hostvars, groups, claims, overrides, check_files, host_resources, lab_hosts=None):
         self.hostvars = hostvars if _is_mapping(hostvars) else {}
         self.groups = groups if _is_mapping(groups) else {}
         self.claims = claims if _is_mapping(claims) else {}
         self.overrides = overrides
         self.check_files = check_files
         self.host_resources = host_resources if _is_mapping(host_resources) else {}
+        # lab host -> what lab_host_info read there (memory, CPUs, addresses); replaces host_resources when given
+        self.lab_hosts = dict(lab_hosts) if _is_mapping(lab_hosts) else {}
         self.problems = _Problems()
         self.claim_errors = []
         # address -> (owner, field) of its first user, for duplicates across VMs and host ports
@@ -185,7 +188,7 @@ class _Compiler(object):
         rule are problems (named `owner: label`) and give None."""
         decl = _field(scope, name)
         label = label or name
-        if scope in ("lab", "vm"):
+        if scope in ("lab", "vm", "hypervisor"):
             if (owner, name) in self.problems.unrenderable:
                 return None
             raw = _get(mapping, name, self.problems, owner)
@@ -249,6 +252,10 @@ class _Compiler(object):
         uplink = _lab_uplink.plan(self, lab["lab_uplink"], hv_owner, lab_name, lab["lab_netns"] or "")
         bridges = self.plan_bridges()
         self.check_interface_names()
+        # the way out (lab_uplink) is made on the first lab host, like the host ports
+        first_bridges = [uplink["bridge"]] if _is_mapping(uplink) and uplink.get("bridge") else []
+        placement, connections = self.place(lab, lab_name, hypervisors, hypervisor, vms, host_ports, bridges,
+                                            first_bridges)
         self.check_user_nets(vms)
         self.resolve_routes(vms)
         self.resolve_nat(vms)
@@ -257,7 +264,12 @@ class _Compiler(object):
             for nic in vm["nics"]:
                 nic.pop("_iface", None)
         self.assign_macs(lab_name, vms)
-        self.check_capacity(vms, lab["lab_overcommit"], hv_owner)
+        if self.lab_hosts:
+            for host in hypervisors or [hypervisor]:
+                self.check_capacity([vm for vm in vms if vm["hypervisor"] == host], lab["lab_overcommit"], host,
+                                    self.lab_hosts.get(host))
+        else:
+            self.check_capacity(vms, lab["lab_overcommit"], hv_owner)
         _lab_dpdk.check(self, lab["lab_dpdk_cores"] or 1, hv_owner, hypervisor)
 
         taps = []
@@ -292,7 +304,7 @@ class _Compiler(object):
         # claim is the lab host's state, not a defect of this plan: it is rendered (a bring-up still stops on the
         # error), so a forced cleanup's plays find their arguments.
         defects = [message for message in plan["errors"] if message not in self.claim_errors]
-        plan["hosts"] = {} if defects else _lab_render.render(plan)
+        plan["hosts"] = {} if defects else _lab_render.render(plan, placement, connections)
         # a guest's own arguments, found by its name wherever it runs (the plays on the guests look them up so)
         plan["guests"] = dict((name, guest) for host in plan["hosts"].values() for name, guest in host["guests"].items())
         return plan
@@ -393,9 +405,6 @@ class _Compiler(object):
             self.problems.add(name, "vm_hypervisor", "%s is not a host of group hypervisors (%s); name one of them"
                               % (_describe(value), ", ".join(hypervisors)))
             return default
-        if value != default:
-            self.problems.add(name, "vm_hypervisor", "%s: only one hypervisor (%s) is supported so far; place the "
-                              "VM on %s" % (value, default, default))
         return value
 
     def vm_port(self, name, hv, ports):
@@ -434,15 +443,17 @@ class _Compiler(object):
         vm["disk"] = given.get("vm_disk")
 
     # -- stage: derive (capacity) ----------------------------------------------------------------------------
-    def check_capacity(self, vms, overcommit, owner):
+    def check_capacity(self, vms, overcommit, owner, resources=None):
         """The VMs against the lab host's memory and CPUs, before anything starts.
 
-        `host_resources` (read on the lab host by the playbook): mem_available_mib (MemAvailable plus what this
-        lab's own running QEMUs hold, so a re-run is judged like the first run) and cpus."""
+        `host_resources` (read on the lab host by the playbook), or `resources` of one lab host of several:
+        mem_available_mib (MemAvailable plus what this lab's own running QEMUs hold, so a re-run is judged like the
+        first run) and cpus."""
+        resources = resources if _is_mapping(resources) else ({} if self.lab_hosts else self.host_resources)
         if overcommit or not vms:
             return
-        available = _as_int(self.host_resources.get("mem_available_mib"))
-        cpus = _as_int(self.host_resources.get("cpus"))
+        available = _as_int(resources.get("mem_available_mib"))
+        cpus = _as_int(resources.get("cpus"))
         if available is not None:
             wanted = sum(vm["memory_mb"] for vm in vms)
             overhead = QEMU_OVERHEAD_MIB * len(vms) + QEMU_SHARED_MIB
@@ -457,6 +468,42 @@ class _Compiler(object):
                 if vm["vcpus"] > cpus:
                     self.problems.add(vm["name"], "vm_vcpus", "%d is more than the %d CPUs of the lab host; give at "
                                       "most %d, or set lab_overcommit: true" % (vm["vcpus"], cpus, cpus))
+
+    # -- stage: derive (placement over lab hosts; _lab_placement) ---------------------------------------------
+    def place(self, lab, lab_name, hypervisors, hypervisor, vms, host_ports, bridges, first_bridges=()):
+        """The segments spread over lab hosts (VXLAN, MTU, underlay checks) and the guests reached through their lab
+        host: ({segments, underlay, port}, {vm: connection variables})."""
+        hosts = hypervisors or [hypervisor]
+        host_vars = {}
+        for host in hosts:
+            entry = self.host_vars(host) if hypervisors else {}
+            values = {"lab_underlay_address": self.read("hypervisor", "lab_underlay_address", entry, host)}
+            for key in ("ansible_connection", "ansible_host", "ansible_port", "ansible_user",
+                        "ansible_ssh_private_key_file", "ansible_ssh_common_args"):
+                value = _get(entry, key, self.problems, host) if hypervisors else _MISSING
+                if value is not _MISSING:
+                    values[key] = value
+            # without a hypervisors group the lab host is the controller itself
+            if not hypervisors:
+                values["ansible_connection"] = "local"
+            host_vars[host] = values
+        for host, info in sorted(self.lab_hosts.items()):
+            if host in hosts and _is_mapping(info) and info.get("unreachable"):
+                self.problems.add(host, "connection", "could not be reached (%s); fix the lab host's connection "
+                                  "variables or take its VMs elsewhere (vm_hypervisor)"
+                                  % _short(Exception(info.get("msg") or "unreachable")))
+                # the host's state, not a defect of the plan: rendered (a bring-up still stops), so a cleanup of the
+                # other hosts finds its arguments
+                self.claim_errors.append(self.problems.messages[-1])
+        placement = _lab_placement.Placement(self.problems, lab, hosts, host_vars, self.lab_hosts).plan(
+            lab_name, vms, host_ports, bridges, self.ifnames, first_bridges)
+        connections = {}
+        for vm in vms:
+            host = vm["hypervisor"]
+            if host and not _lab_placement.is_local(host_vars.get(host, {}), host):
+                connections[vm["name"]] = _lab_placement.guest_connection(lab_name, host, host_vars[host],
+                                                                         bool(vm["kernel"]))
+        return placement, connections
 
     def vm_nics(self, name, hv):
         problems = self.problems
@@ -913,6 +960,8 @@ def _norm_path(value):
     return os.path.normpath(value)
 
 
-def compile_lab(hostvars, groups, claims=None, overrides=None, check_files=True, host_resources=None):
+def compile_lab(hostvars, groups, claims=None, overrides=None, check_files=True, host_resources=None,
+                lab_hosts=None):
     """The plan of the lab described by `hostvars` and `groups` (see the lab_plan filter's documentation)."""
-    return _Compiler(hostvars, groups, claims or {}, overrides or {}, bool(check_files), host_resources).compile()
+    return _Compiler(hostvars, groups, claims or {}, overrides or {}, bool(check_files), host_resources,
+                     lab_hosts).compile()

@@ -129,8 +129,11 @@ def _addresses(nics):
     return [nic["address"].split("/")[0] for nic in nics if nic["bridge"] and nic["address"]]
 
 
-def render(plan):
-    """{lab host: arguments} for a plan without errors."""
+def render(plan, placement=None, connections=None):
+    """{lab host: arguments} for a plan without errors; `placement` (_lab_placement) says which segments span lab
+    hosts, `connections` how guests are reached through their lab host."""
+    placement = placement or {"segments": [], "underlay": {}, "port": None}
+    connections = connections or {}
     netns, lab = plan["netns"], plan["lab_name"]
     # A pulled cable (link: down) breaks paths on purpose: the verify stage's pings would fail, so none are planned.
     links_down = any(nic["link"] == "down" for vm in plan["vms"] for nic in vm["nics"])
@@ -142,9 +145,13 @@ def render(plan):
     for hypervisor in plan["hypervisors"]:
         vms = [vm for vm in plan["vms"] if vm["hypervisor"] == hypervisor]
         taps = [tap for tap in plan["taps"] if any(tap["vm"] == vm["name"] for vm in vms)]
-        used = set(tap["bridge"] for tap in taps)
-        bridges = [bridge for bridge in plan["bridges"] if bridge["name"] in used]
         ports = plan["host_ports"] if hypervisor == plan["hypervisor"] else []
+        vxlans = vxlan_ports(plan["lab_name"], netns, placement, hypervisor)
+        # a segment's bridge is on every lab host with a member of it: a tap, a host port or a tunnel's end
+        used = set(tap["bridge"] for tap in taps) | set(p["bridge"] for p in ports) | set(v["bridge"] for v in vxlans)
+        if plan.get("uplink") and hypervisor == plan["hypervisor"]:
+            used.add(plan["uplink"]["bridge"])
+        bridges = [bridge for bridge in plan["bridges"] if bridge["name"] in used]
         rendered[hypervisor] = {
             "lab": lab,
             "netns": netns,
@@ -157,9 +164,9 @@ def render(plan):
                               **dict(([("mtu", t["mtu"])] if t["mtu"] else [])
                                      + ([("up", False)] if not tap_up[t["name"]] else []))) for t in taps],
             },
-            "host_ports": [{"name": p["name"], "peer": p["peer"], "netns": netns, "bridge": p["bridge"],
-                            "peer_netns": netns, "peer_addresses": [p["address"]] if p["address"] else [],
-                            "lab": lab} for p in ports],
+            "host_ports": [dict({"name": p["name"], "peer": p["peer"], "netns": netns, "bridge": p["bridge"],
+                                 "peer_netns": netns, "peer_addresses": [p["address"]] if p["address"] else [],
+                                 "lab": lab}, **({"mtu": p["mtu"]} if p.get("mtu") else {})) for p in ports],
             "host_port_routes": [{"peer": p["peer"], "routes": p["routes"]} for p in ports],
             # what each host port pings when the lab is verified: every host's lab addresses
             "host_port_pings": [[p["peer"], address] for p in ports
@@ -175,6 +182,33 @@ def render(plan):
             # the way out (lab_uplink), made by the lab host: the lab_uplink role's arguments
             "uplink": dict(plan["uplink"], lab=lab, netns=netns)
             if plan.get("uplink") and hypervisor == plan["hypervisor"] else None,
+            # the segments this host shares with other lab hosts: qemulab.network.vxlan per tunnel end
+            "vxlans": vxlans,
+            # guests reached through this lab host (its SSH connection): their connection variables
+            "connections": dict((vm["name"], connections[vm["name"]]) for vm in vms if vm["name"] in connections),
+            # where the controller keeps this host's guest key and known_hosts for them ("" when none is needed)
+            "jump_dir": next((connections[vm["name"]]["ansible_ssh_private_key_file"].rsplit("/", 1)[0] for vm in vms
+                              if vm["name"] in connections), ""),
+            # the segments that span lab hosts, each with its hosts, MTU and tunnels (VNI, port name)
+            "segments": [segment for segment in placement["segments"] if hypervisor in segment["hosts"]],
             "teardown": {"lab": lab, "netns": netns},
         }
     return rendered
+
+
+def vxlan_ports(lab, netns, placement, hypervisor):
+    """qemulab.network.vxlan's arguments for this lab host's end of every tunnel of a segment it shares: the port is
+    enslaved to the segment's bridge in the lab's namespace, its UDP socket on the host's underlay address."""
+    ports = []
+    for segment in placement["segments"]:
+        for tunnel in segment["tunnels"]:
+            if hypervisor not in tunnel["hosts"]:
+                continue
+            remote = [host for host in tunnel["hosts"] if host != hypervisor][0]
+            port = {"lab": lab, "netns": netns, "name": tunnel["name"], "vni": tunnel["vni"],
+                    "local": placement["underlay"].get(hypervisor), "remote": placement["underlay"].get(remote),
+                    "port": placement["port"], "bridge": segment["bridge"], "remote_host": remote}
+            if segment["mtu"]:
+                port["mtu"] = segment["mtu"]
+            ports.append(port)
+    return ports

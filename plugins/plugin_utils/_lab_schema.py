@@ -41,6 +41,8 @@ NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 # Debian's useradd accepts these names (NAME_REGEX); a uid is accepted too.
 QEMU_USER_RE = re.compile(r"^([a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})\Z")
 DEFAULT_USER_NET = "10.0.3.0/24"
+# Bytes VXLAN adds to each frame on the underlay: outer IPv4 20, UDP 8, VXLAN 8, inner Ethernet 14.
+VXLAN_OVERHEAD = 50
 # A path handed to QEMU or read on the lab host: absolute, one line, no NUL.
 PATH_RE = re.compile(r"^/[^\0\n\r]*\Z")
 
@@ -316,7 +318,8 @@ _text.type_text = "str"
 class Field(object):
     """One inventory field.
 
-    scope: lab (lab-wide variables), vm (a VM's host variables), nic, hostfwd, route, nat, host_port (list items).
+    scope: lab (lab-wide variables), hypervisor (a lab host's host variables), vm (a VM's host variables), nic,
+    hostfwd, route, nat, host_port (list items).
     read: the value reader above. default: the value when unset (MISSING: required; a callable gets the VM's kind).
     """
 
@@ -403,6 +406,20 @@ SCHEMA = (
           "Megabytes (10^6 bytes) of recent packets each segment's ring keeps with `lab_capture_ring`: that many "
           "files of 1 MB, the oldest overwritten first; on disk at most this plus 64 KiB per file. Changing it "
           "restarts the recorders with empty rings.", "`16`"),
+    Field("lab", "lab_vxlan_port", _integer(1, 65535, "a UDP port"), 4789,
+          "UDP port of the VXLAN tunnels that join a segment spread over several lab hosts (see "
+          "`docs/multi-host.md`); open it between the lab hosts' underlay addresses.", "`4790`"),
+    Field("lab", "lab_underlay_mtu", _integer(MTU_MIN + VXLAN_OVERHEAD, MTU_MAX, "an MTU"), 1500,
+          "MTU of the path between the lab hosts' underlay addresses. VXLAN adds 50 bytes, so every NIC, tap, "
+          "host port and VXLAN port of a segment that spans lab hosts gets this less 50 (1450 by default) unless "
+          "its `mtu` is set lower; a larger `mtu` there is refused. Each lab host's underlay interface is checked "
+          "to carry it.", "`9000`"),
+
+    # -- per lab host: host variables of the hosts of group hypervisors -----------------------------------------
+    Field("hypervisor", "lab_underlay_address", address, None,
+          "The lab host's own address that its VXLAN tunnels use, one the other lab hosts reach; required on every "
+          "lab host a segment spans, unique among them, and checked to be an address of that host before anything "
+          "changes.", "`192.0.2.11`"),
 
     # -- per VM: the VM's host variables ---------------------------------------------------------------------------
     Field("vm", "inventory_hostname", _name("vm"), MISSING,
@@ -451,8 +468,10 @@ SCHEMA = (
           "NAT on a router: masquerade (PAT), dynamic NAT from a pool and static 1:1; see `vm_nat` items.",
           "`[{type: masquerade, inside: eth0, outside: eth1}]`"),
     Field("vm", "vm_hypervisor", _hypervisor, None,
-          "The lab host that runs this VM: a host of group `hypervisors` (default: the first one; only one is "
-          "supported so far).", "`localhost`"),
+          "The lab host that runs this VM: a host of group `hypervisors` (default: the first one). A segment whose "
+          "members sit on several lab hosts is joined by VXLAN between them, and a guest on a lab host reached over "
+          "SSH is reached through that host (see `docs/multi-host.md`). Topology files: `host:` on a node.",
+          "`labhost2`"),
 
     # -- vm_nics items ---------------------------------------------------------------------------------------------
     Field("nic", "backend", _choice(("tap", "user", "vhost-user")), "tap",
@@ -580,7 +599,7 @@ SCHEMA = (
           "`qlu-<8 hex of the lab name>-u`.", "`uplink1`", NAME_RULE % NAME_MAX_BYTES["veth"]),
 )
 
-SCOPES = ("lab", "vm", "nic", "hostfwd", "route", "nat", "host_port", "uplink")
+SCOPES = ("lab", "hypervisor", "vm", "nic", "hostfwd", "route", "nat", "host_port", "uplink")
 
 
 def fields(scope):

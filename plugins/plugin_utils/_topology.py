@@ -37,9 +37,9 @@ LABS_DIR = "/var/lib/qemulab/labs"
 # the seed's own value; the inventory plugin passes its interpreter's path instead, so --list shows a concrete one
 CONTROLLER_PYTHON = "{{ ansible_playbook_python }}"
 
-TOP_KEYS = ("plugin", "lab", "netns", "pool", "ssh_port_base", "defaults", "vars", "nodes", "segments")
+TOP_KEYS = ("plugin", "lab", "netns", "pool", "ssh_port_base", "defaults", "vars", "hypervisors", "nodes", "segments")
 NODE_KEYS = ("role", "memory", "vcpus", "image", "ssh_port", "forwarding", "routes", "gateway", "nat", "user_nics",
-             "vars")
+             "host", "vars")
 DEFAULT_KEYS = ("memory", "vcpus", "image")
 IMAGE_KEYS = ("kernel", "initrd", "disk")
 NIC_OPTIONS = ("model", "vhost", "mtu", "netem", "link")
@@ -50,7 +50,8 @@ ROLES = ("router", "host")
 # host variables a node's `vars` may not set: the topology derives them from the node's own fields
 DERIVED_VM_VARS = {"ansible_port": "ssh_port", "vm_nics": "segments (and user_nics)", "vm_routes": "routes",
                    "vm_gateway": "gateway", "vm_memory": "memory", "vm_vcpus": "vcpus", "vm_kernel": "image",
-                   "vm_initrd": "image", "vm_disk": "image", "vm_forwarding": "forwarding", "vm_nat": "nat"}
+                   "vm_initrd": "image", "vm_disk": "image", "vm_forwarding": "forwarding", "vm_nat": "nat",
+                   "vm_hypervisor": "host"}
 DERIVED_LAB_VARS = {"lab_name": "lab", "lab_netns": "netns", "lab_host_ports": "a segment member lab_host"}
 # Default SSH ports: a block of 100 in 20000-29999 picked by the lab's name, so labs of different names rarely
 # share one, below Linux's ephemeral range (32768-60999) so outgoing connections never hold them.
@@ -143,6 +144,17 @@ class _Topology(object):
             self.port_base = default_port_base(self.lab)
         self.read_defaults(data.get("defaults"))
         self.lab_vars = self.read_vars(data.get("vars"), "vars", DERIVED_LAB_VARS, "the top-level key")
+        # the lab hosts, each with its connection variables and lab_underlay_address (docs/multi-host.md); none: the
+        # controller itself
+        self.hypervisors = {}
+        if data.get("hypervisors") is not None:
+            hosts = self.mapping(data["hypervisors"], "hypervisors", "{labhost1: {ansible_host: ..., "
+                                 "lab_underlay_address: 192.0.2.11}}") or {}
+            for host, values in hosts.items():
+                values = self.mapping(values if values is not None else {}, "hypervisors.%s" % host,
+                                      "{ansible_host: ..., lab_underlay_address: ...}")
+                if values is not None:
+                    self.hypervisors[str(host)] = dict(values)
         self.read_nodes(data.get("nodes"))
         self.read_segments(data.get("segments"))
         return not self.problems.messages
@@ -210,6 +222,10 @@ class _Topology(object):
                 node["vars"]["vm_forwarding"] = raw["forwarding"]
             if raw.get("nat") is not None:
                 node["vars"]["vm_nat"] = raw["nat"]
+            # the lab host that runs the VM (docs/multi-host.md); the lab compiler checks it is one of hypervisors
+            if raw.get("host") is not None and self.schema("vm", "vm_hypervisor", raw["host"],
+                                                           where + ".host") is not None:
+                node["vars"]["vm_hypervisor"] = raw["host"]
             node["routes"] = self.read_routes(raw.get("routes"), where + ".routes")
             node["gateway"] = None
             if raw.get("gateway") is not None:
@@ -457,7 +473,8 @@ class _Topology(object):
             "ansible_python_interpreter": "/usr/bin/python3",
         }
         lab_vars.update(self.defaults)
-        host_vars = {HYPERVISOR: {"ansible_connection": "local", "ansible_python_interpreter": self.python}}
+        host_vars = dict(self.hypervisors) if self.hypervisors else {
+            HYPERVISOR: {"ansible_connection": "local", "ansible_python_interpreter": self.python}}
         for name, node in self.nodes.items():
             values = {"ansible_port": node["ssh_port"], "vm_nics": self.nics(name) + node["user_nics"]}
             routes = [{"to": r["to"], "via": r["via"]} for r in node["routes"]]
@@ -475,7 +492,8 @@ class _Topology(object):
             values.update(node["extra"])
             host_vars[name] = values
         return {
-            "groups": {"hypervisors": [HYPERVISOR], "lab": [], "routers": routers, "hosts": hosts},
+            "groups": {"hypervisors": list(self.hypervisors) or [HYPERVISOR], "lab": [], "routers": routers,
+                       "hosts": hosts},
             "children": {"lab": ["routers", "hosts"]},
             "group_vars": {"all": all_vars, "lab": lab_vars},
             "host_vars": host_vars,

@@ -490,13 +490,22 @@ def test_without_hypervisors_the_lab_wide_variables_come_from_group_all():
     assert plan["hosts"]["localhost"]["teardown"] == {"lab": "unit", "netns": "qlab-unit"}
 
 
-def test_a_second_hypervisor_is_refused_for_now():
+def test_a_second_hypervisor_is_planned_once_its_segments_have_underlay_addresses():
+    """Issue 17 lifted the single-hypervisor rule: a VM on a second lab host is planned there, and the segment it
+    shares with the first host needs both hosts' underlay addresses (docs/multi-host.md)."""
     hostvars, groups = small_lab()
     groups["hypervisors"].append("rack2")
     hostvars["rack2"] = {}
     hostvars["b1"]["vm_hypervisor"] = "rack2"
-    assert only_error(hostvars, groups).startswith("b1: vm_hypervisor rack2: only one hypervisor (localhost) is "
-                                                   "supported so far")
+    assert errors_of(hostvars, groups) == [
+        "%s: lab_underlay_address is not set, but segment br-b spans lab hosts localhost, rack2; give the address "
+        "this host's VXLAN tunnels use, one the other lab hosts reach, like 192.0.2.11" % host
+        for host in ("localhost", "rack2")]
+    hostvars["localhost"]["lab_underlay_address"] = "192.0.2.11"
+    hostvars["rack2"]["lab_underlay_address"] = "192.0.2.12"
+    plan = lab_plan(hostvars, groups)
+    assert plan["errors"] == []
+    assert [vm["name"] for vm in plan["hosts"]["rack2"]["vms"]] == ["b1"]
 
 
 def test_every_problem_is_listed_not_just_the_first():

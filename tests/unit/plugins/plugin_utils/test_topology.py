@@ -115,7 +115,7 @@ def test_member_overrides_and_given_subnets():
      "grow.qemulab.yml: nodes.r2.memory '5X' is not a memory size; give MiB as an integer or a size like 512M or 1G"),
     (lambda d: d["nodes"]["r2"].update(colour="red"),
      "grow.qemulab.yml: nodes.r2.colour is not a known key; use only role, memory, vcpus, image, ssh_port, "
-     "forwarding, routes, gateway, nat, user_nics, vars"),
+     "forwarding, routes, gateway, nat, user_nics, host, vars"),
     (lambda d: d["nodes"]["r2"].update(vars={"vm_nics": []}),
      "grow.qemulab.yml: nodes.r2.vars.vm_nics is derived from the node's field segments (and user_nics); set that "
      "instead"),

@@ -1,0 +1,159 @@
+"""The seed lab split over two simulated lab hosts (issue 17, docs/multi-host.md), through one lab.yml.
+
+Host 1 runs rt1, h1, htest and br1's host port; host 2 runs rt2, rt3, rt4, h2. Segments br2 (rt1-rt2) and br3
+(rt1-rt3) span both hosts and are joined by VXLAN between their underlay addresses (192.0.2.0/24, on the simulated
+hosts' own underlay; the root namespace has none). The guests on both hosts are reached by Ansible through their lab
+host's SSH (the config and verify stages run on all seven), and the test checks:
+
+- h1's own traceroute to h2 is rt1, rt2, rt4, h2: across the VXLAN of br2;
+- each host holds its own share: its VMs' QEMUs, its taps, its VXLAN ports (one per spanning segment);
+- a second run changes nothing on any host or guest;
+- a cleanup while host 2 cannot be reached names host 2, fails, and leaves host 1 clean; a cleanup then removes host 2's
+  share; nothing of the lab is left on either host (namespaces, interfaces, QEMU processes, files) or on the
+  controller (its copies of the hosts' guest keys).
+
+What runs is inventories/seed with only what lets it run beside anything else changed: lab name, namespace, a free
+block of SSH ports, 256M per guest and the placement.
+"""
+import json
+import os
+import secrets
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, run_playbook
+from simhosts import _pids_in_mount_ns, simulated_hosts
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "bench"))
+from _harness import port_block  # noqa: E402  (consecutive free 127.0.0.1 ports)
+
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
+
+LAB_YML = os.path.join(REPO_ROOT, "lab.yml")
+SEED = os.path.join(REPO_ROOT, "inventories", "seed")
+JUMP_ROOT = "/var/lib/qemulab/jump"
+ON_HOST2 = ("rt2", "rt3", "rt4", "h2")
+# h1 -> h2 by the seed's routes: rt1 (h1's gateway), rt2 (across br2's VXLAN), rt4, h2
+H1_TO_H2 = ["10.20.10.1", "10.20.20.2", "10.20.40.1", "10.20.60.2"]
+
+
+def _inventory(directory, hosts, lab, ports, hidden=None):
+    """inventories/seed copied to `directory`, split over `hosts`; `hidden` (a host) gets a ProxyCommand that
+    reaches nothing, as a lab host that is down would."""
+    if os.path.exists(directory):
+        shutil.rmtree(directory)
+    shutil.copytree(SEED, directory)
+    with open(os.path.join(directory, "hosts.yml")) as f:
+        data = yaml.safe_load(f)
+    hypervisors = {}
+    for host in hosts:
+        hostvars = host.hostvars()
+        if host is hidden:
+            hostvars["ansible_ssh_common_args"] = hostvars["ansible_ssh_common_args"].replace(
+                "ip netns exec %s " % host.netns, "ip netns exec %s-gone " % host.netns)
+        hypervisors[host.name] = hostvars
+    data["all"]["children"]["hypervisors"] = {"hosts": hypervisors}
+    with open(os.path.join(directory, "hosts.yml"), "w") as f:
+        yaml.safe_dump(data, f)
+    lab_wide = os.path.join(directory, "group_vars", "all.yml")
+    with open(lab_wide) as f:
+        values = yaml.safe_load(f)
+    values.update({"lab_name": lab, "lab_netns": "ql-" + lab})
+    with open(lab_wide, "w") as f:
+        yaml.safe_dump(values, f)
+    guests = os.path.join(directory, "group_vars", "lab.yml")
+    with open(guests) as f:
+        values = yaml.safe_load(f)
+    values["vm_memory"] = "256M"
+    with open(guests, "w") as f:
+        yaml.safe_dump(values, f)
+    for index, vm in enumerate(("rt1", "rt2", "rt3", "rt4", "h1", "h2", "htest")):
+        path = os.path.join(directory, "host_vars", vm + ".yml")
+        with open(path) as f:
+            values = yaml.safe_load(f)
+        values["ansible_port"] = ports + index
+        if vm in ON_HOST2:
+            values["vm_hypervisor"] = hosts[1].name
+        with open(path, "w") as f:
+            yaml.safe_dump(values, f)
+    return directory
+
+
+def _guest(host, lab, port, command):
+    """`command` in a guest, over SSH from inside its lab host (where its forward is)."""
+    return host.run(["ssh", "-i", "/var/lib/qemulab/ssh/id_ed25519", "-p", str(port), "-o", "BatchMode=yes",
+                     "-o", "UserKnownHostsFile=/var/lib/qemulab/labs/%s/known_hosts" % lab,
+                     "-o", "StrictHostKeyChecking=yes", "root@127.0.0.1", command], timeout=90)
+
+
+def _qemus(host):
+    found = []
+    for pid in _pids_in_mount_ns(host.mnt):
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0]).startswith(b"qemu-system"):
+            found.append(pid)
+    return found
+
+
+def _share(host, lab):
+    """What of the lab is on `host`: its namespaces, the lab namespace's links, QEMUs, run and state files."""
+    netns = "ql-" + lab
+    spaces = host.run(["ip", "netns", "list"]).stdout.split()
+    links = host.run(["ip", "-n", netns, "-o", "link", "show"]).stdout if netns in spaces else ""
+    names = sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines())
+    files = host.run(["sh", "-c", "ls -d /run/qemulab/%s /var/lib/qemulab/labs/%s 2>/dev/null; true" % (lab, lab)])
+    return {"netns": [s for s in spaces if s == netns], "links": [n for n in names if n != "lo"],
+            "qemus": _qemus(host), "files": files.stdout.split(), "host_links": sorted(
+                line.split(":")[1].strip().split("@")[0] for line in host.run(["ip", "-o", "link"]).stdout.splitlines())}
+
+
+def test_the_seed_split_over_two_lab_hosts(tmp_path):
+    tag = "m" + secrets.token_hex(3)
+    lab = "qlmh" + secrets.token_hex(3)
+    ports = port_block(7)
+    with simulated_hosts(2, tag) as hosts:
+        first, second = hosts
+        inventory = _inventory(str(tmp_path / "inv"), hosts, lab, ports)
+        try:
+            up = run_playbook(LAB_YML, inventory=inventory, timeout=900)
+            assert up.rc == 0, up
+            one, two = _share(first, lab), _share(second, lab)
+            vx_one = [n for n in one["links"] if n.startswith("vx-")]
+            vx_two = [n for n in two["links"] if n.startswith("vx-")]
+            # one VXLAN port per spanning segment (br2, br3), the same names on both ends
+            assert len(vx_one) == 2 and vx_one == vx_two, (one, two)
+            assert len(one["qemus"]) == 3 and len(two["qemus"]) == 4, (one, two)
+            assert "vport11" in one["links"] and "vport11" not in two["links"]
+            assert "vport61" in two["links"] and "veth0" in one["links"] and "veth0" not in two["links"]
+            # the underlay carries the tunnels; neither host's own namespace got a lab interface
+            assert not [n for n in one["host_links"] + two["host_links"] if n.startswith(("vx-", "vport", "br"))]
+
+            trace = _guest(first, lab, ports + 4, "traceroute -n -q 1 -w 3 -N 1 -m 8 %s" % H1_TO_H2[-1])
+            assert trace.returncode == 0, trace
+            hops = [line.split()[1] for line in trace.stdout.splitlines()[1:] if line.split()[1:2]]
+            assert hops == H1_TO_H2, trace.stdout
+
+            again = run_playbook(LAB_YML, inventory=inventory, timeout=600)
+            assert sum(again.changed(host) for host in again.stats) == 0, [
+                (name, host) for name, host, res in again.tasks() if res.get("changed")]
+
+            hidden = _inventory(str(tmp_path / "hidden"), hosts, lab, ports, hidden=second)
+            partial = run_playbook(LAB_YML, inventory=hidden, tags="cleanup", expect_failure=True, timeout=600)
+            assert any("lab host(s) %s" % second.name in message for message in partial.failure_messages()), partial
+            assert _share(first, lab)["qemus"] == [] and _share(first, lab)["netns"] == []
+            assert len(_share(second, lab)["qemus"]) == 4, "the hidden host was left alone"
+        finally:
+            down = run_playbook(LAB_YML, inventory=inventory, tags="cleanup", timeout=600)
+        assert down.rc == 0, down
+        for host in hosts:
+            share = _share(host, lab)
+            assert (share["netns"], share["links"], share["qemus"], share["files"]) == ([], [], [], []), (
+                host.name, share)
+        assert not os.path.exists(os.path.join(JUMP_ROOT, lab))
