@@ -12,7 +12,7 @@ short_description: Run commands on a qemulab guest through its serial console so
 description:
   - Connects to the unix socket QEMU serves the VM's serial console on (C(/run/qemulab/<lab>/<vm>/console.sock)),
     logs in when the console shows a login prompt, and runs each command in a fresh C(sh) with unique markers
-    around its output and exit status. Made for guests without SSH or Python (a Yocto C(core-image-minimal)):
+    around its output and exit status. Made for guests without SSH or Python (a Yocto C(core-image-minimal));
     M(ansible.builtin.raw), M(ansible.builtin.script) and file transfer work; modules need Python on the guest.
   - QEMU serves one client at a time; QEMU's console log keeps being written while this plugin is attached, and
     whatever the guest prints meanwhile (command output included) goes there too.
@@ -61,7 +61,7 @@ options:
     default: ''
     vars:
       - name: ansible_qemulab_console_password
-  timeout:
+  shell_timeout:
     description:
       - Seconds to wait for a shell on the console (a guest still booting is waited for), and for each transfer
         step.
@@ -83,7 +83,7 @@ notes:
     removed wherever it lands - also one a program printed itself. Use M(ansible.builtin.fetch) or
     I(fetch_file) for exact bytes.
   - C(stderr) comes back separately, after the command has ended.
-  - Pipelining and become are not supported: the console is the guest's root shell or logs in as I(user).
+  - Pipelining and become are not supported; the console is the root shell of the guest, or logs in as I(user).
 """
 
 EXAMPLES = r"""
@@ -125,6 +125,8 @@ LINE_CHARS = 900
 BATCH_LINES = 3
 # Characters a printf format in single quotes shows as themselves; every other byte goes as \ooo.
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 ,._/-=:+@^{}[]()<>;|&*!?#~$\"`")
+# Ctrl-U: the tty's (and busybox line editing's) kill-line character.
+KILL_LINE = "\x15"
 # Bytes read from the guest per fetch step (its base64 is 4/3 of that).
 FETCH_BYTES = 24576
 
@@ -232,7 +234,9 @@ class ConsoleSession:
         deadline = time.monotonic() + self.timeout
         logins = 0
         while time.monotonic() < deadline:
-            self.send("\r")
+            # Ctrl-U first: it drops a half line left in the tty (a client cut off mid-line). "\n", not "\r": a getty
+            # that read the login name ending in \n leaves ICRNL off, and then a \r would be part of the next line.
+            self.send(KILL_LINE + "\n")
             self._read(min(1.5, max(0.1, deadline - time.monotonic())))
             tail = clean(self.raw)[-200:].rstrip(b"\n")
             if _LOGIN_RE.search(tail):
@@ -255,7 +259,7 @@ class ConsoleSession:
                 continue
             token = self.token()
             self.raw = b""
-            self.send("printf '%%s%%s\\n' QLS %s\n" % token)
+            self.send(KILL_LINE + "printf '%%s%%s\\n' QLS %s\n" % token)
             try:
                 self.expect(re.compile(b"QLS" + token.encode() + b"\n"), min(5, max(1, deadline - time.monotonic())),
                             "shell")
@@ -271,10 +275,11 @@ class ConsoleSession:
                                                                                     errors="surrogate_or_replace")))
 
     def close(self):
-        """Give the console its echo back for the next person who attaches."""
+        """Give the console its echo back for the next person who attaches; waited for, since QEMU drops what it has
+        not yet passed to the guest when the client goes."""
         try:
-            self.send("stty echo 2>/dev/null\n")
-        except OSError:
+            self.line_acked("stty echo 2>/dev/null", 10)
+        except (OSError, ConsoleError):
             pass
 
     # --- commands and files -----------------------------------------------------------------------------------
@@ -370,7 +375,7 @@ class Connection(ConnectionBase):
         self._session = None
         self._sock = None
 
-    def _socket_path(self):
+    def _console_path(self):
         path = self.get_option("socket")
         if path:
             return path
@@ -383,12 +388,12 @@ class Connection(ConnectionBase):
     def _connect(self):
         if self._connected:
             return self
-        path = self._socket_path()
+        path = self._console_path()
         display.vvv("CONSOLE %s" % path, host=self._play_context.remote_addr)
         try:
             self._sock = open_socket(path)
             self._session = ConsoleSession(self._sock, self.get_option("user"), self.get_option("password") or "",
-                                           self.get_option("timeout"), self.get_option("command_timeout"))
+                                           self.get_option("shell_timeout"), self.get_option("command_timeout"))
             self._session.open()
         except ConsoleError as exc:
             self.close()

@@ -193,6 +193,25 @@ def test_a_second_session_finds_the_shell_the_first_left(tmp_path):
         fake.close()
 
 
+@needs_busybox
+def test_a_half_line_left_behind_and_a_getty_without_icrnl_do_not_confuse_it(tmp_path):
+    """A getty that read the login name ending in \\n leaves ICRNL off, and a client cut off mid-line leaves its
+    half line in the tty: the next session still finds the shell."""
+    fake = FakeConsole(tmp_path, [BUSYBOX, "sh", "-c", "stty -icrnl; exec busybox sh -i"],
+                       fake_env(tmp_path, PS1="# "))
+    try:
+        session = ConsoleSession(fake.ours, timeout=20, command_timeout=20)
+        session.open()
+        assert session.run("echo one") == (0, b"one\n", b"")
+        session.send("stty ech")  # what a client cut off while closing left
+        again = ConsoleSession(fake.ours, timeout=20, command_timeout=20)
+        again.open()
+        assert again.run("echo two") == (0, b"two\n", b"")
+        again.close()
+    finally:
+        fake.close()
+
+
 def test_a_link_in_place_of_the_socket_is_refused(tmp_path):
     real = str(tmp_path / "real.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -210,3 +229,15 @@ def test_a_link_in_place_of_the_socket_is_refused(tmp_path):
 def test_a_missing_socket_names_the_path(tmp_path):
     with pytest.raises(ConsoleError, match="console.sock.*is the VM running"):
         console.open_socket(str(tmp_path / "console.sock"))
+
+
+def test_documentation_parses_and_names_a_variable_per_option():
+    import yaml
+    doc = yaml.safe_load(console.DOCUMENTATION)
+    assert doc["name"] == "console"
+    assert all(option["vars"] for option in doc["options"].values())
+    assert {"socket", "user", "password", "shell_timeout", "command_timeout"} <= set(doc["options"])
+    texts = doc["description"] + doc["notes"] + [line for option in doc["options"].values()
+                                                 for line in (option["description"] if isinstance(
+                                                     option["description"], list) else [option["description"]])]
+    assert all(isinstance(text, str) for text in texts), "a ': ' in a line made it a mapping"
