@@ -383,6 +383,7 @@ class _Compiler(object):
                 "disk": None,
                 "forwarding": forwarding if forwarding is not None else kind == "router",
                 "boot": self.read("vm", "vm_boot", hv, name),
+                "connection": self.read("vm", "vm_connection", hv, name) or "ssh",
                 "gateway": None,
                 "routes": [],
                 "nics": self.vm_nics(name, hv),
@@ -833,6 +834,11 @@ class _Compiler(object):
             if vm["kind"] != "router" or not vm["forwarding"]:
                 problems.add(name, "vm_nat", "is set on a VM that does not forward; NAT runs on a router (group "
                              "routers, vm_forwarding true)")
+                continue
+            if vm["connection"] == "console":
+                # nat_rules reads iptables-save and ip -j and feeds stdin: neither a Yocto busybox nor the console has
+                problems.add(name, "vm_nat", "is set on a VM with vm_connection console; NAT is configured over SSH "
+                             "(vm_connection ssh)")
                 continue
             devs = dict((nic["dev"], nic) for nic in vm["nics"] if nic.get("_iface"))
             for _index, field, raw in self.item_mappings("nat", value, name, "vm_nat"):

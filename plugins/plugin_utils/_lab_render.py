@@ -175,7 +175,7 @@ def render(plan, placement=None, connections=None):
             "nic_links": [link for vm in vms for link in nic_links(vm, netns)],
             "guests": dict((vm["name"], {
                 "nics": vm["nics"], "routes": vm["routes"], "gateway": vm["gateway"],
-                "forwarding": vm["forwarding"], "nat": vm["nat"],
+                "forwarding": vm["forwarding"], "nat": vm["nat"], "connection": vm["connection"],
                 "pings": [address for name in sorted(host_addresses) if name != vm["name"]
                           for address in host_addresses[name]] if vm["kind"] == "host" else [],
             }) for vm in vms),
