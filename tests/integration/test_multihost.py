@@ -103,6 +103,21 @@ def _share(host, lab):
                 line.split(":")[1].strip().split("@")[0] for line in host.run(["ip", "-o", "link"]).stdout.splitlines())}
 
 
+def _assert_unchanged(run):
+    assert sum(run.changed(host) for host in run.stats) == 0, [
+        (name, host) for name, host, res in run.tasks() if res.get("changed")]
+
+
+def _assert_nothing_left(cleanup, hosts, lab):
+    """The cleanup passed and left nothing of the lab on any host, nor the controller's copies of their keys."""
+    assert cleanup.rc == 0, cleanup
+    for host in hosts:
+        share = _share(host, lab)
+        assert (share["netns"], share["links"], share["qemus"], share["files"]) == ([], [], [], []), (
+            host.name, share)
+    assert not os.path.exists(os.path.join(JUMP_ROOT, lab))
+
+
 def test_the_seed_split_over_two_lab_hosts(tmp_path):
     tag = "m" + secrets.token_hex(3)
     lab = "qlmh" + secrets.token_hex(3)
@@ -130,8 +145,7 @@ def test_the_seed_split_over_two_lab_hosts(tmp_path):
             assert hops == H1_TO_H2, trace.stdout
 
             again = run_playbook(LAB_YML, inventory=inventory, timeout=600)
-            assert sum(again.changed(host) for host in again.stats) == 0, [
-                (name, host) for name, host, res in again.tasks() if res.get("changed")]
+            _assert_unchanged(again)
 
             # host 2 out of reach (its SSH refused, its processes running) while the lab is cleaned
             with second.unreachable():
@@ -142,12 +156,7 @@ def test_the_seed_split_over_two_lab_hosts(tmp_path):
             assert len(_share(second, lab)["qemus"]) == 4, "the hidden host was left alone"
         finally:
             down = run_playbook(LAB_YML, inventory=inventory, tags="cleanup", timeout=600)
-        assert down.rc == 0, down
-        for host in hosts:
-            share = _share(host, lab)
-            assert (share["netns"], share["links"], share["qemus"], share["files"]) == ([], [], [], []), (
-                host.name, share)
-        assert not os.path.exists(os.path.join(JUMP_ROOT, lab))
+        _assert_nothing_left(down, hosts, lab)
 
 
 RING_PLACEMENT = {"r1": 0, "h1": 0, "r2": 1, "r3": 1, "h3": 1, "r4": 2, "r5": 2}
@@ -177,13 +186,7 @@ def test_the_ring_over_three_lab_hosts(tmp_path):
             assert [len(share["qemus"]) for share in shares] == [2, 3, 2], shares
             assert [len([n for n in share["links"] if n.startswith("vx-")]) for share in shares] == [2, 2, 2], shares
             again = run_playbook(LAB_YML, inventory=inventory, timeout=600)
-            assert sum(again.changed(host) for host in again.stats) == 0, [
-                (name, host) for name, host, res in again.tasks() if res.get("changed")]
+            _assert_unchanged(again)
         finally:
             down = run_playbook(LAB_YML, inventory=inventory, tags="cleanup", timeout=600)
-        assert down.rc == 0, down
-        for host in hosts:
-            share = _share(host, lab)
-            assert (share["netns"], share["links"], share["qemus"], share["files"]) == ([], [], [], []), (
-                host.name, share)
-        assert not os.path.exists(os.path.join(JUMP_ROOT, lab))
+        _assert_nothing_left(down, hosts, lab)
