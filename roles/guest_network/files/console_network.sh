@@ -63,8 +63,10 @@ write_file "$conf" "$itext" || exit 1
 for dev in $nics; do
     ip link set dev "$dev" down && ip addr flush dev "$dev" || { rm -f "$conf"; exit 1; }
 done
-ifup -f -i "$conf" $nics
-rc=$?
+rc=0
+for dev in $nics; do
+    ifup -f -i "$conf" "$dev" || rc=$?  # busybox's ifup takes one interface a call
+done
 rm -f "$conf"
 [ $rc = 0 ] || { echo "ifup -f $nics failed (rc $rc)" >&2; exit 1; }
 live_ok || { echo "after ifup the guest still differs from the plan:" >&2; ip -4 addr >&2; ip -4 route >&2; exit 1; }
