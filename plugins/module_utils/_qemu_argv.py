@@ -40,12 +40,6 @@ def vm_paths(run_dir):
 GO_PORT = "org.qemulab.go"
 
 
-def clone_layout(config):
-    """(NICs on the command line, NICs plugged in after a restore) of a VM in the clone layout: only the management
-    NIC (the last one, as the lab renders it) is a device a template can have; the lab NICs differ per VM."""
-    return config["nics"][-1:], config["nics"][:-1]
-
-
 def nic_device(index, nic):
     """The -device (or QMP device_add) properties of NIC `index`: model, its netdev, MAC and the model's options."""
     device = [nic["model"], ("netdev", "net%d" % index)]
@@ -122,9 +116,9 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
     {disk index: [fds]} for files we opened for it (an unprivileged QEMU gets its disks as an fd set: QEMU picks
     the fd whose access mode matches each open it makes, so a writable disk comes read-write and read-only).
 
-    layout "clone" (a clone template, and a clone restored from one): the devices a migration stream carries are
-    the template's, so only the management NIC is a -device (the other NICs' netdevs are here, their devices are
-    plugged in after the restore: _qemu_clone), plus the go port and vmgenid; incoming_fd: the saved state."""
+    layout "clone" (a clone template, and a clone restored from one): the boot layout plus the go port and vmgenid,
+    devices a migration stream carries like the NICs (a template has the same NIC devices as its clones:
+    _qemu_clone); incoming_fd: the saved state."""
     vhost = vhost or {}
     tap_fds = tap_fds or {}
     disk_fds = disk_fds or {}
@@ -157,7 +151,6 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
         if disk.get("readonly"):
             drive.append(("readonly", "on"))
         argv += ["-drive", option_string(*drive)]
-    plugged = clone_layout(config)[1] if layout == "clone" else []
     for index, nic in enumerate(config["nics"]):
         device = nic_device(index, nic)
         if nic["backend"] == "tap":
@@ -169,9 +162,7 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
                 device += list(VHOST_USER_TCG_DEVICE)
         else:
             netdev = _netdev_user(index, nic)
-        if index >= len(plugged):
-            argv += ["-device", option_string(*device)]
-        argv += ["-netdev", option_string(*netdev)]
+        argv += ["-device", option_string(*device), "-netdev", option_string(*netdev)]
     for item in config.get("fw_cfg") or []:
         argv += ["-fw_cfg", option_string(("name", item["name"]), ("file", item["file"]))]
     if config.get("rng"):

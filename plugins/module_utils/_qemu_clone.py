@@ -2,16 +2,20 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Clones: lab VMs restored from a booted template instead of booting.
 
-A template is the default guest image booted once with only what every clone shares (memory, vCPUs, the management
-NIC, the go port), stopped by its init before anything that makes it one VM rather than another (qemulab-init's
-qemulab.template=1), saved with QMP `migrate` to a file, its disk frozen as the backing file of every clone's
-overlay. It lives beside its image (<image dir>/templates/<key>/), built under a lock in .build-<key>-<pid> and
-renamed into place when complete, like the image; pruned with it.
+A template is the default guest image booted once with what every clone of one NIC layout shares (memory, vCPUs,
+its NIC devices with placeholder MACs, the management NIC, the go port), stopped by its init before anything that
+makes it one VM rather than another (qemulab-init's qemulab.template=1), saved with QMP `migrate` to a file, its
+disk frozen as the backing file of every clone's overlay. It lives beside its image (<image dir>/templates/<key>/),
+built under a lock in .build-<key>-<pid> and renamed into place when complete, like the image; pruned with it.
 
-A clone is QEMU started with the template's devices and `-incoming fd:` on the saved state; while it is paused its
-lab NICs are plugged in (their netdevs are on its command line, so taps are passed as today), then it runs and
-hears its own settings on the go port: hostname, NIC MACs, the time. Its fw_cfg files are its own (QEMU serves the
-new command line's; the guest loads its fw_cfg driver only after "go").
+A clone is QEMU started with the template's devices (its own MACs and backends: taps are passed as at a boot) and
+`-incoming fd:` on the saved state; it runs and hears its own settings on the go port: hostname, NIC MACs, the
+time. The guest moves each NIC from its placeholder MAC to the clone's (the stream carries the template's). Its
+fw_cfg files are its own (QEMU serves the new command line's; the guest loads its fw_cfg driver only after "go").
+
+One template per NIC layout rather than one per machine with the lab NICs hot-plugged into each clone: measured
+on the seed lab (bench/README.md "Clones against boots"), a clone waited 2-9 s for its hot-plugged NICs while
+seven started together (the guest's ACPI hotplug handling under TCG), against one more template build per layout.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,8 +33,8 @@ import subprocess
 import time
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import (
+    NIC_DEVICE_OPTIONS,
     build_argv,
-    clone_layout,
     nic_device,
     vm_paths,
 )
@@ -48,12 +52,14 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_process impo
 from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient, QMPError
 
 # Bumped when what a template holds changes in a way its inputs do not show.
-TEMPLATE_FORMAT = 1
+TEMPLATE_FORMAT = 2
 STATE = "state"
 DISK = "disk.qcow2"
 MANIFEST = "manifest.json"
-# The template's management NIC MAC: the guest sets the clone's own on that NIC after "go" (the stream carries it).
+# The template's MACs (management NIC, lab NIC <index>): the guest sets the clone's own on each NIC after "go"
+# (the migration stream carries the template's).
 TEMPLATE_MGMT_MAC = "52:54:00:00:00:01"
+TEMPLATE_NIC_MAC = "52:54:00:00:01:%02x"
 READY_TIMEOUT = 300.0
 
 
@@ -70,6 +76,8 @@ def clone_problem(config):
     """Why `config` (normalised) cannot be a clone of a template, or None. The reasons are the status table's."""
     if not config["nics"] or config["nics"][-1]["backend"] != "user":
         return "its last NIC is not the user-mode management NIC the template has"
+    if len(config["nics"]) > 256:
+        return "it has more NICs than a template's placeholder MACs number"
     if config["extra_args"]:
         return "extra_args may add devices a template does not have"
     if any(nic["backend"] == "vhost-user" for nic in config["nics"]):
@@ -82,13 +90,27 @@ def clone_problem(config):
     return None
 
 
+def _lab_nic_devices(config):
+    """The lab NICs' devices as the migration stream sees them: model and device options, not the MAC."""
+    return [[item for item in nic_device(index, nic) if not (isinstance(item, tuple) and item[0] == "mac")]
+            for index, nic in enumerate(config["nics"][:-1])]
+
+
 def template_config(config, base_disk, run_dir):
-    """The template's configuration for clones of `config`: the same machine, without the VM's own parts."""
+    """The template's configuration for clones of `config`: the same machine and NIC devices, without the VM's own
+    parts (its MACs, taps, forwards, files). A lab NIC's backend in the template is a restricted user-mode network
+    that nothing uses: a migration carries devices, not their backends."""
     template = copy.deepcopy(config)
-    mgmt = dict(clone_layout(config)[0][0])
+    nics = []
+    for index, nic in enumerate(config["nics"][:-1]):
+        placeholder = dict((key, value) for key, value in nic.items() if key == "model" or key in NIC_DEVICE_OPTIONS)
+        placeholder.update(mac=TEMPLATE_NIC_MAC % index, backend="user", restrict=True, hostfwd=[])
+        nics.append(placeholder)
+    mgmt = dict(config["nics"][-1])
     mgmt.update(mac=TEMPLATE_MGMT_MAC, hostfwd=[], restrict=True)
-    template.update(name="template", lab="", run_dir=run_dir, nics=[mgmt], fw_cfg=[], run_as=None, netns="",
-                    append="qemulab.template=1 qemulab.mgmt=%s" % TEMPLATE_MGMT_MAC, extra_args=[],
+    template.update(name="template", lab="", run_dir=run_dir, nics=nics + [mgmt], fw_cfg=[], run_as=None, netns="",
+                    append="qemulab.template=1 qemulab.mgmt=%s qemulab.nics=%s"
+                    % (TEMPLATE_MGMT_MAC, ",".join(nic["mac"] for nic in nics)), extra_args=[],
                     disks=[{"file": os.path.join(run_dir, DISK), "interface": config["disks"][0]["interface"],
                             "format": "qcow2", "readonly": False}])
     template["base_disk"] = os.path.abspath(base_disk)
@@ -97,8 +119,9 @@ def template_config(config, base_disk, run_dir):
 
 def template_key(config, base_disk, accelerator, qemu_version):
     """Everything the migration stream depends on: the QEMU binary and version, the accelerator, the machine's
-    memory, vCPUs and translation cache, the kernel, initrd and disk it booted, the management NIC's model, the
-    devices rng adds, the disk's interface. Paths name the image (its key is in them)."""
+    memory, vCPUs and translation cache, the kernel, initrd and disk it booted, the lab NICs' devices (models and
+    options, in order) and the management NIC's model, the devices rng adds, the disk's interface. Paths name the
+    image (its key is in them)."""
     mgmt = config["nics"][-1] if config["nics"] else {}
     inputs = {
         "format": TEMPLATE_FORMAT,
@@ -112,6 +135,7 @@ def template_key(config, base_disk, accelerator, qemu_version):
         "initrd": config["initrd"],
         "base_disk": os.path.abspath(base_disk),
         "disk_interface": config["disks"][0]["interface"] if config["disks"] else None,
+        "lab_nics": _lab_nic_devices(config),
         "mgmt_model": mgmt.get("model"),
         "rng": bool(config.get("rng")),
     }
@@ -291,9 +315,8 @@ def _settings_line(config, clock=time.time):
 
 
 def start_clone(config, pid, timeout=30.0):
-    """After QEMU loaded the template's state (paused): plug in the lab NICs, run, say go with the VM's settings."""
+    """After QEMU loaded the template's state (paused): run, say go with the VM's settings."""
     paths = vm_paths(config["run_dir"])
-    plugged = clone_layout(config)[1]
     with QMPClient(paths["qmp_socket"], timeout=timeout, peer_check=_served_by((pid,))) as qmp:
         deadline = time.time() + timeout
         while True:
@@ -304,11 +327,6 @@ def start_clone(config, pid, timeout=30.0):
                 raise CloneError("VM %s: restoring the template left QEMU %s, not paused; see %s"
                                  % (config["name"], status, paths["log"]))
             time.sleep(0.02)
-        for index, nic in enumerate(plugged):
-            device = nic_device(index, nic)
-            arguments = dict(device[1:])
-            # romfile "": a NIC's option ROM is for booting from it, which a running guest never does
-            qmp.command("device_add", driver=device[0], id="nic%d" % index, romfile="", **arguments)
         go = _connect(paths["go_socket"], timeout)
         try:
             qmp.command("cont")

@@ -3,10 +3,10 @@
 """Each NIC of a running QEMU as QEMU itself sees it, read through QMP (QEMU's object model, QOM).
 
 Pure functions of a QMP client (_qmp.QMPClient or anything with its `command`):
-- the devices: `qom-list` of /machine/peripheral (devices with an id: a clone's hot-plugged lab NICs are nicN) and
-  /machine/peripheral-anon (devices without one), `qom-get` of each child's type, mac and netdev;
-- the MAC the NIC filters on now: `query-rx-filter`'s main-mac (a guest that sets its MAC, as a clone's management NIC
-  does after its restore, changes this, not the device's `mac` property);
+- the devices: `qom-list` of /machine/peripheral (devices with an id, e.g. one plugged in with device_add) and
+  /machine/peripheral-anon (devices without one: a lab VM's NICs), `qom-get` of each child's type, mac and netdev;
+- the MAC the NIC filters on now: `query-rx-filter`'s main-mac (a guest that sets its MAC, as a clone's NICs do after
+  its restore, changes this, not the device's `mac` property);
 - the link: QEMU 7.2 has no QMP read of a NIC's link state (set_link only writes it; `info network` does not print
   it), so for a virtio-net PCI device it is read where the guest reads it, the status word of the device's
   configuration space (VIRTIO_NET_S_LINK_UP), through its legacy I/O BAR (`query-pci`, then the monitor's `i`);

@@ -239,11 +239,12 @@ options:
       - A clone template's directory (made by M(qemulab.network.vm_template)). When the VM starts, it is restored
         from that template instead of booting, if it can come out exactly as a boot would; otherwise it boots and
         RV(boot_reason) says why. Exactly means the template was made for this VM's machine (QEMU and its version,
-        accelerator, memory, vCPUs, kernel, initrd, image, management NIC model, rng), the VM's last NIC is its
-        user-mode management NIC, it has no O(extra_args), and its one disk is a qcow2 overlay over the template's
-        disk that holds no data of its own yet (so its memory and its disk are of the same moment).
-      - The lab NICs are plugged in while the restored VM is paused; the guest then hears its own settings (the
-        O(append) values, the time) on a virtio-serial port. Only the default guest image's init does that.
+        accelerator, memory, vCPUs, kernel, initrd, image, its NICs' models and device options, rng), the VM's
+        last NIC is its user-mode management NIC, it has no O(extra_args), and its one disk is a qcow2 overlay over
+        the template's disk that holds no data of its own yet (so its memory and its disk are of the same moment).
+      - The restored VM has the template's NIC devices with its own MACs and backends; the guest hears its own
+        settings (the O(append) values, the time) on a virtio-serial port and moves each NIC from the template's MAC
+        to its own. Only the default guest image's init does that.
       - Not part of the configuration compared for O(on_change), since a clone and a booted VM run the same machine.
     type: path
   rng:

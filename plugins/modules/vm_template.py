@@ -11,13 +11,15 @@ module: vm_template
 short_description: Booted clone templates of the default guest image, made once and restored by every lab VM
 version_added: 0.3.0
 description:
-  - For each VM of O(vms) that can be a clone, makes sure a template for its machine exists beside the image
-    (C(<image dir>/templates/<key>/)), that is the default guest image booted once with only what clones share, stopped by
+  - For each VM of O(vms) that can be a clone, makes sure a template for its machine and NIC layout exists beside the
+    image (C(<image dir>/templates/<key>/)), that is the default guest image booted once with only what clones share
+    (its NIC devices carry placeholder MACs and no backend the lab uses), stopped by
     its init before it becomes any one VM, its state saved with QMP C(migrate) and its disk frozen as the backing
     file of every clone's overlay. M(qemulab.network.qemu_vm) with O(qemulab.network.qemu_vm#module:clone_from)
     restores lab VMs from it.
   - The key covers everything the saved state depends on (QEMU binary and version, accelerator, memory, vCPUs,
-    translation cache, kernel, initrd, image disk, management NIC model, rng); a change makes a new template.
+    translation cache, kernel, initrd, image disk, the NICs' models and device options, rng); a change makes a new
+    template. Templates that are missing are built at the same time, each in its own QEMU.
   - Built under a lock in C(.build-<key>-<pid>) and renamed into place when complete, like the image; a second run
     waits for the first and uses its template. Removed with its image (M(qemulab.network.guest_image) pruning).
   - A VM that cannot be a clone (see RV(vms)) and a template that fails to build are not errors; those VMs boot,
@@ -65,6 +67,7 @@ templates:
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
@@ -131,19 +134,28 @@ def main():
     if machines and not module.check_mode:
         os.makedirs(directory, mode=0o755, exist_ok=True)
         remove_stale_builds(directory)
-    for key, (config, accel, inputs) in sorted(machines.items()):
+
+    def find_or_build(key):
+        config, accel, inputs = machines[key]
         found = read_template(directory, key)
         if found is None and not module.check_mode:
-            try:
-                with BuildLock(directory, key):
-                    found = read_template(directory, key)  # another run may have built it while we waited
-                    if found is None:
-                        found = build_template(config, base_disk, accel, key, inputs)
-                        found["built"] = True
-            except CloneError as exc:
-                failed[key] = str(exc)
-                warnings.append("%s; those VMs boot instead" % exc)
-                continue
+            with BuildLock(directory, key):
+                found = read_template(directory, key)  # another run may have built it while we waited
+                if found is None:
+                    found = build_template(config, base_disk, accel, key, inputs)
+                    found["built"] = True
+        return found
+
+    # One thread per template: a build is a QEMU booting and being saved, which this process only waits for.
+    with ThreadPoolExecutor(max_workers=max(1, len(machines))) as pool:
+        futures = dict((key, pool.submit(find_or_build, key)) for key in sorted(machines))
+    for key, future in sorted(futures.items()):
+        try:
+            found = future.result()
+        except CloneError as exc:
+            failed[key] = str(exc)
+            warnings.append("%s; those VMs boot instead" % exc)
+            continue
         if found is None:  # check mode
             templates[key] = {"dir": os.path.join(directory, key), "built": True}
             continue

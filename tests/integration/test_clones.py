@@ -1,11 +1,11 @@
 """Clones (docs/clones.md) on real guests: the link lab of linklab.py brought up with vm_launch's default
-(vm_launch_boot: clone), every VM restored from one booted template of its machine.
+(vm_launch_boot: clone), every VM restored from the booted template of its machine and NIC layout.
 
     h1 (10.71.1.10) -- lkbra -- (10.71.1.1) r1 (10.71.2.1) -- lkbrb -- h2 (10.71.2.20)
 
 One bring-up, then in order: each VM was restored (its QEMU loaded the template's state: -incoming, boot "clone")
 and came out as itself (hostname, the inventory's MACs on ethN, its own management MAC, its own SSH host key, the
-right time, a reseeded RNG), routes across r1; a re-run changes nothing; a VM whose QEMU ends is started again from
+right time, a reseeded RNG) configured by its ip commands, routes across r1; a re-run changes nothing; a VM whose QEMU ends is started again from
 its own disk (booted, not cloned: the disk is newer than any template, and the status says so); cleanup leaves
 nothing."""
 import json
@@ -43,8 +43,9 @@ def test_every_vm_is_a_clone_that_comes_out_as_itself(clone_lab):
         assert record["boot"] == "clone", (vm, record.get("boot_reason"))
         argv = record["argv"]
         assert "-incoming" in argv and argv[argv.index("-incoming") + 1].startswith("fd:"), argv
-        # only the management NIC is on the command line; the lab NICs were plugged in after the restore
-        assert sum(1 for arg in argv if arg.startswith("virtio-net-pci,")) == 1, argv
+        # every NIC is a device on the command line with the VM's own MAC (its template has the same devices)
+        nic_macs = [arg.split("mac=")[1].split(",")[0] for arg in argv if arg.startswith("virtio-net-pci,")]
+        assert nic_macs[:-1] == [MACS[(vm, i)] for i in range(2 if vm == "r1" else 1)], argv
         templates.add(record["config"]["disks"][0]["file"])
     assert len(templates) == len(lab.VMS)  # each its own overlay
 
@@ -64,6 +65,20 @@ def test_every_vm_is_a_clone_that_comes_out_as_itself(clone_lab):
 
     out = lab.ok("h1", "ping -c 3 -W 2 %s" % ADDRESSES[("h2", 0)])
     assert " 0% packet loss" in out, out
+
+
+def test_every_vm_came_up_configured_by_its_ip_commands(clone_lab):
+    """The init applied the lab's configuration as busybox ip commands (fw_cfg opt/qemulab/ip), not with ifup -a,
+    and got it exactly right: the bring-up's config stage found nothing to change on any guest."""
+    lab = clone_lab
+    for vm in lab.VMS:
+        assert lab.ok(vm, "test -s /run/qemulab-ip && test ! -e /run/network/ifup.log && echo by-ip") == "by-ip", vm
+        steps = [line.split()[1] for line in lab.ok(vm, "cat /run/qemulab-init.times").splitlines()]
+        assert steps[-3:] == ["fw_cfg", "network", "sshd"] and "go" in steps, (vm, steps)
+        for task in ("Apply addresses, routes and forwarding to the running guest",
+                     "Write the guest's interfaces file in the seed's format", "Persist IP forwarding"):
+            res = lab.up.result("qemulab.network.guest_network : " + task, vm)
+            assert res.get("skipped") is True, (vm, task, res)
 
 
 def test_a_rerun_changes_nothing(clone_lab):

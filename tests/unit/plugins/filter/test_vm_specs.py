@@ -59,8 +59,9 @@ def test_specs_for_the_default_image_and_an_own_kernel():
     assert rt1["kernel"] == "/img/vmlinux" and rt1["initrd"] == "/img/initrd.img"
     assert rt1["append"].endswith("qemulab.hostname=rt1 qemulab.mgmt=52:54:00:00:00:01 "
                                   "qemulab.nics=12:34:56:ab:cd:71,12:34:56:ab:cd:72")
-    assert [i["name"] for i in rt1["fw_cfg"]] == ["opt/qemulab/interfaces", "opt/qemulab/sysctl"]
+    assert [i["name"] for i in rt1["fw_cfg"]] == ["opt/qemulab/interfaces", "opt/qemulab/ip", "opt/qemulab/sysctl"]
     assert "up route add -net 10.20.60.0/24 gw 10.20.20.2 dev eth1" in rt1["fw_cfg"][0]["content"]
+    assert "route add 10.20.60.0/24 via 10.20.20.2 dev eth1\n" in rt1["fw_cfg"][1]["content"]
     assert rt1["nics"][-1]["hostfwd"] == [{"host_port": 2201, "guest_port": 22, "protocol": "tcp"}]
     # the namespace and the QEMU user come rendered with each VM, not from vm_launch's settings
     assert rt1["netns"] == "qemulab-seed" and rt1["run_as"] is None
@@ -94,7 +95,7 @@ def test_the_skip_agrees_with_qemu_vm_on_the_same_arguments(tmp_path, monkeypatc
     config = _qemu_config.normalise_config(params)
     os.makedirs(config["run_dir"])
     _qemu_process.write_fw_cfg(config, dict((i["name"], i["content"]) for i in spec["fw_cfg"]),
-                               ["opt/qemulab/interfaces", "opt/qemulab/sysctl"])
+                               [i["name"] for i in spec["fw_cfg"]])
     monkeypatch.setattr(_qemu_task, "read_state", lambda run_dir: {"pid": 1, "status": "running",
                                                                    "stored": {"config": config}})
 

@@ -33,36 +33,46 @@ def vm(tmp_path, **changes):
     return normalise_config(params)
 
 
-def test_a_clone_has_only_the_management_nic_as_a_device_and_the_templates_extra_devices(tmp_path):
+def test_a_clone_has_a_boots_devices_with_its_own_macs_and_the_templates_extra_devices(tmp_path):
     config = vm(tmp_path)
     argv = build_argv(config, "tcg", tap_fds={0: 10, 1: 11}, layout="clone", incoming_fd=12)
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
     netdevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-netdev"]
-    assert [d.split(",")[0] for d in devices] == ["virtio-net-pci", "virtio-rng-pci", "virtio-serial-pci",
-                                                   "virtserialport", "vmgenid"]
-    assert "mac=52:54:00:aa:00:01" in devices[0]
-    # every NIC's backend is there (taps as fds), the lab NICs' devices come later over QMP
+    assert [d.split(",")[0] for d in devices] == ["virtio-net-pci", "e1000", "virtio-net-pci", "virtio-rng-pci",
+                                                   "virtio-serial-pci", "virtserialport", "vmgenid"]
+    assert [d.split("mac=")[1].split(",")[0] for d in devices[:3]] == [
+        "52:54:00:00:01:01", "52:54:00:00:01:02", "52:54:00:aa:00:01"]
+    # every NIC's backend is its own (taps as fds)
     assert [n.split(",")[1] for n in netdevs] == ["id=net0", "id=net1", "id=net2"]
     assert "fd=10" in netdevs[0] and "fd=11" in netdevs[1]
     assert argv[argv.index("-incoming") + 1] == "fd:12"
-    assert "name=org.qemulab.go" in devices[3]
+    assert "name=org.qemulab.go" in devices[5]
+    boot = build_argv(config, "tcg", tap_fds={0: 10, 1: 11})
+    assert [a for a in argv if a not in boot] == [a for a in argv[argv.index("virtio-serial-pci") - 1:]
+                                                  if a not in boot]  # a boot's argv plus the clone's devices
 
 
 def test_the_template_is_the_vms_machine_without_its_own_parts(tmp_path):
     config = vm(tmp_path)
     template = _qemu_clone.template_config(config, "/img/disk.ext4", str(tmp_path / "build"))
-    assert len(template["nics"]) == 1 and template["nics"][0]["backend"] == "user"
-    assert template["nics"][0]["mac"] == _qemu_clone.TEMPLATE_MGMT_MAC and template["nics"][0]["hostfwd"] == []
+    # the same NIC devices, with placeholder MACs and backends nothing uses: no tap, no forward
+    assert [n["model"] for n in template["nics"]] == ["virtio-net-pci", "e1000", "virtio-net-pci"]
+    assert [n["mac"] for n in template["nics"]] == ["52:54:00:00:01:00", "52:54:00:00:01:01",
+                                                    _qemu_clone.TEMPLATE_MGMT_MAC]
+    assert all(n["backend"] == "user" and n["restrict"] and n["hostfwd"] == [] for n in template["nics"])
+    assert template["nics"][1]["mtu"] == 1400
     assert template["fw_cfg"] == [] and "qemulab.template=1" in template["append"]
+    # the guest finds the placeholders on the template's command line, to move each NIC to the clone's MAC
+    assert "qemulab.nics=52:54:00:00:01:00,52:54:00:00:01:01" in template["append"]
     assert "rt1" not in json.dumps(template)  # neither its name, hostname, run directory nor disk
     clone = build_argv(config, "tcg", tap_fds={0: 10, 1: 11}, layout="clone")
     made = build_argv(template, "tcg", layout="clone")
 
     def machine(argv):  # the device list and the machine options, the parts a migration stream must match (a
-        out = []        # NIC's netdev name and MAC are not in it)
+        out = []        # NIC's MAC is not in it: the guest sets the clone's)
         for i, arg in enumerate(argv):
             if arg in ("-device", "-m", "-smp", "-accel"):
-                out.append((arg, argv[i + 1].split(",netdev=")[0]))
+                out.append((arg, ",".join(p for p in argv[i + 1].split(",") if not p.startswith("mac="))))
         return out
     assert machine(clone) == machine(made)
 
@@ -72,7 +82,10 @@ def test_the_key_moves_with_what_the_state_depends_on_and_nothing_else(tmp_path)
     key = _qemu_clone.template_key(base, "/img/disk.ext4", "tcg", "7.2.22")[0]
     same = [vm(tmp_path, name="rt2", run_dir=str(tmp_path / "run" / "rt2"), append="qemulab.hostname=rt2",
                fw_cfg=[]),
-            vm(tmp_path, nics=[{"model": "virtio-net-pci", "mac": "52:54:00:aa:00:09", "backend": "user"}])]
+            # other MACs, taps and forwards on the same NIC devices (an e1000 has no MTU property: its guest sets it)
+            vm(tmp_path, nics=[{"model": "virtio-net-pci", "mac": "52:54:00:00:02:01", "backend": "tap", "ifname": "x1"},
+                               {"model": "e1000", "mac": "52:54:00:00:02:02", "backend": "user", "mtu": 1300},
+                               {"model": "virtio-net-pci", "mac": "52:54:00:aa:00:09", "backend": "user"}])]
     for other in same:
         assert _qemu_clone.template_key(other, "/img/disk.ext4", "tcg", "7.2.22")[0] == key
     different = [(vm(tmp_path, memory=512), "tcg", "7.2.22", "/img/disk.ext4"),
@@ -80,6 +93,12 @@ def test_the_key_moves_with_what_the_state_depends_on_and_nothing_else(tmp_path)
                  (vm(tmp_path, tb_size=32), "tcg", "7.2.22", "/img/disk.ext4"),
                  (vm(tmp_path, rng=False), "tcg", "7.2.22", "/img/disk.ext4"),
                  (vm(tmp_path, kernel="/other/vmlinuz"), "tcg", "7.2.22", "/img/disk.ext4"),
+                 # another NIC layout: one NIC less, another model, another device option
+                 (vm(tmp_path, nics=vm(tmp_path)["nics"][1:]), "tcg", "7.2.22", "/img/disk.ext4"),
+                 (vm(tmp_path, nics=[dict(n, model="rtl8139") if n["model"] == "e1000" else n
+                                     for n in vm(tmp_path)["nics"]]), "tcg", "7.2.22", "/img/disk.ext4"),
+                 (vm(tmp_path, nics=[dict(n, mtu=1300) if n.get("ifname") == "vport11" else n
+                                     for n in vm(tmp_path)["nics"]]), "tcg", "7.2.22", "/img/disk.ext4"),
                  (base, "kvm", "7.2.22", "/img/disk.ext4"),
                  (base, "tcg", "8.0.0", "/img/disk.ext4"),
                  (base, "tcg", "7.2.22", "/img2/disk.ext4")]

@@ -1,5 +1,6 @@
-"""_qemu_qom against a fake QMP client that answers as QEMU 7.2 did for a clone: a hot-plugged lab NIC `nic0`
-(/machine/peripheral) and the anonymous management NIC whose MAC the guest changed; a disk that has no netdev."""
+"""_qemu_qom against a fake QMP client that answers as QEMU 7.2 did for a VM with a lab NIC plugged in with an id
+`nic0` (/machine/peripheral) and the anonymous management NIC whose MAC the guest changed; a disk that has no
+netdev."""
 import pytest
 
 from ansible_collections.qemulab.network.plugins.module_utils import _qemu_qom
