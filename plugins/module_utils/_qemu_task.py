@@ -157,7 +157,7 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
     result = dict(changed=changed, changes=changes, run_dir=paths["run_dir"], qmp_socket=paths["qmp_socket"],
                   console_socket=paths["console_socket"], console_log=paths["console_log"], log=paths["log"],
                   pid=have["pid"], state=have["status"], argv=(have["stored"] or {}).get("argv", []),
-                  nics=nics_result(config, {}, {}), user=user["name"])
+                  nics=nics_result(config, {}, {}), user=user["name"], started=False)
     if warnings:
         result["warnings"] = warnings
     if running and not changes and (have["stored"] or {}).get("nics"):
@@ -272,7 +272,7 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
                        "accelerator_reason": result["accelerator_reason"], "nics": result["nics"],
                        "boot": result["boot"], "boot_reason": result["boot_reason"]})
         write_json_atomic(paths["fingerprint"], stored, mode=0o600)
-        result.update(pid=pid, argv=argv)
+        result.update(pid=pid, argv=argv, started=True)
     if remove_dir:
         release_consoles(config["run_dir"], config["name"])
         shutil.rmtree(config["run_dir"])

@@ -338,6 +338,10 @@ accelerator_reason:
   description: Why that accelerator was chosen.
   returned: when the VM was started or is running
   type: str
+started:
+  description: Whether this task started the VM's QEMU (a first start, a restart); its guest has nothing a run set.
+  returned: always
+  type: bool
 boot:
   description: C(clone) when the VM was (or would be) restored from O(clone_from)'s template, C(boot) when it boots.
   returned: when the VM was started or is running
