@@ -61,7 +61,7 @@ say "addresses and routes of $nics"
 conf="${TMPDIR:-/tmp}/qemulab-interfaces.$$"
 write_file "$conf" "$itext" || exit 1
 for dev in $nics; do
-    ip link set dev "$dev" down && ip addr flush dev "$dev" || { rm -f "$conf"; exit 1; }
+    if ! { ip link set dev "$dev" down && ip addr flush dev "$dev"; }; then rm -f "$conf"; exit 1; fi
 done
 rc=0
 for dev in $nics; do
