@@ -17,7 +17,8 @@ description:
   - QEMU serves one client at a time; QEMU's console log keeps being written while this plugin is attached, and
     whatever the guest prints meanwhile (command output included) goes there too.
   - The lab host must be the controller (the socket is reached on this machine).
-author: qemulab
+author:
+  - qemulab developers (@qemulab)
 version_added: 1.1.0
 options:
   socket:
@@ -270,9 +271,9 @@ class ConsoleSession:
             self.line_acked("stty -echo 2>/dev/null; dmesg -n 1 2>/dev/null")
             self.raw = b""
             return
+        shown = to_text(clean(self.raw)[-300:], errors="surrogate_or_replace")
         raise ConsoleError("no shell on the console within %d s (still booting? no getty on ttyS0? QEMU serves one "
-                           "client at a time: is a socat still attached?); it last showed: %r" % (self.timeout, to_text(clean(self.raw)[-300:],
-                                                                                    errors="surrogate_or_replace")))
+                           "client at a time: is a socat still attached?); it last showed: %r" % (self.timeout, shown))
 
     def close(self):
         """Give the console its echo back for the next person who attaches; waited for, since QEMU drops what it has

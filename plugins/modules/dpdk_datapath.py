@@ -57,8 +57,10 @@ options:
     default: present
 attributes:
   check_mode:
+    description: Says what it would start or stop; changes nothing.
     support: full
   diff_mode:
+    description: The datapath's state (running, ports, cores) before and after.
     support: full
 """
 

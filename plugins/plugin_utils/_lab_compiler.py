@@ -502,8 +502,8 @@ class _Compiler(object):
         for vm in vms:
             host = vm["hypervisor"]
             if host and not _lab_placement.is_local(host_vars.get(host, {}), host):
-                connections[vm["name"]] = _lab_placement.guest_connection(lab_name, host, host_vars[host],
-                                                                         bool(vm["kernel"]))
+                connections[vm["name"]] = _lab_placement.guest_connection(
+                    lab_name, host, host_vars[host], bool(vm["kernel"]))
         return placement, connections
 
     def vm_nics(self, name, hv):

@@ -87,9 +87,9 @@ def guest_connection(lab, host, hostvars, own_image):
     127.0.0.1, the key and known_hosts are the controller's copies of that host's (JUMP_ROOT/<lab>/<host>/)."""
     directory = "%s/%s/%s" % (JUMP_ROOT, lab, host)
     known_hosts = directory + ("/known_hosts.own" if own_image else "/known_hosts")
+    proxy = shlex.quote("ProxyCommand=" + proxy_command(host, hostvars))
     args = "-o UserKnownHostsFile=%s -o StrictHostKeyChecking=%s -o %s" % (
-        known_hosts, "accept-new" if own_image else "yes", shlex.quote("ProxyCommand=" + proxy_command(host,
-                                                                                                      hostvars)))
+        known_hosts, "accept-new" if own_image else "yes", proxy)
     return {"ansible_host": "127.0.0.1", "ansible_ssh_private_key_file": directory + "/id_ed25519",
             "ansible_ssh_common_args": args}
 
