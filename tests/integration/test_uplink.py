@@ -26,7 +26,8 @@ import pytest
 from conftest import REPO_ROOT, VENV_PYTHON, run_playbook
 from faultlab import GUEST_KEY, LAB_STATE_DIR, LAB_YML, _RunnableLab, failure_text, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
+# In the first lane: the second carries the multi-host labs, and the two lanes end closer together this way.
+pytestmark = [pytest.mark.integration]
 
 WORLD, WAN = "198.51.100.1", "198.51.100.2"
 UPLINK = "10.72.2.254"
