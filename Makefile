@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 # Debian packages the collection, its roles and its tests use on the lab host.
 APT_PACKAGES := qemu-system-x86 qemu-utils iproute2 debootstrap busybox-static e2fsprogs \
 	openssh-client graphviz python3-venv python3-dev gcc cpio zstd kmod socat iperf3 tcpdump \
-	iputils-ping procps psmisc rsync git iptables shellcheck openssh-server
+	iputils-ping procps psmisc rsync git iptables shellcheck openssh-server dpdk-dev
 
 .PHONY: setup apt venv collection lab cleanup status graph docs test test-first-lane test-second-lane test-alone \
 	test-unit test-integration sanity lint molecule bench clean
