@@ -145,7 +145,12 @@ class Run:
                                 "other_config:dpdk-socket-mem=256", "other_config:pmd-cpu-mask=0x2",
                                 "other_config:dpdk-lcore-mask=0x1",
                                 "other_config:vhost-sock-dir=" + run], check=True, env=env)
-        self.start("ovs-vswitchd", ["/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk", "unix:" + dbsock,
+        # The netdev datapath makes persistent taps (ovs-netdev, one per bridge) in vswitchd's network namespace:
+        # a namespace of this run's own, deleted at the end with them, keeps them out of the host's.
+        self.netns = "qlvhu%d" % os.getpid()
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        self.start("ovs-vswitchd", ["ip", "netns", "exec", self.netns,
+                                    "/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk", "unix:" + dbsock,
                                     "--pidfile=" + run + "/vswitchd.pid", "--unixctl=" + run + "/vswitchd.ctl",
                                     "--log-file=" + run + "/vswitchd.log"], env=env)
         vsctl = vsctl[:2] + ["--timeout=60"]
