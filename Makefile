@@ -59,20 +59,21 @@ docs: setup
 # Everything, in two lanes at once and then what must run alone: the integration suite keeps about one of two cores
 # busy (guests boot and answer while Ansible waits), so the second lane's unit tests, sanity, lint, self-contained
 # integration modules and molecule run beside it. pytest.ini's markers say which module may run where. Each lane's
-# output is printed whole when it ends (--output-sync). `make test-integration` still runs the whole suite in one go.
+# output is printed whole when it ends (--output-sync), with its slowest tests (--durations: what to move between
+# lanes). `make test-integration` still runs the whole suite in one go.
 test: setup
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-first-lane test-second-lane
 	$(MAKE) --no-print-directory test-alone
 
 test-first-lane: setup
-	$(BIN)/pytest -q tests/integration -m "not second_lane and not alone"
+	$(BIN)/pytest -q --durations=15 tests/integration -m "not second_lane and not alone"
 
 # QEMULAB_TEST_LANE: the console-tmpfs sweep at a session's end (tests/integration/conftest.py) is the first lane's.
 test-second-lane: setup
 	$(MAKE) --no-print-directory test-unit
 	$(MAKE) --no-print-directory sanity
 	$(MAKE) --no-print-directory lint
-	QEMULAB_TEST_LANE=second $(BIN)/pytest -q tests/integration -m second_lane
+	QEMULAB_TEST_LANE=second $(BIN)/pytest -q --durations=15 tests/integration -m second_lane
 	$(MAKE) --no-print-directory molecule
 
 test-alone: setup
