@@ -7,7 +7,8 @@
     resolve  once routes and NAT are known: the uplink router's default route and masquerade, the VMs' default
              routes towards the way out, and what the lab host does: a veth from `bridge` to `upstream_netns`, its
              end there holding `address`, and a masquerade of the segment out of `upstream` in chains the lab owns
-             (`qemulab-<lab>-pre`/`-post`, the nat_rules action's owner), so cleanup removes exactly those
+             (`qemulab-<lab>-pre`/`-post`, the nat_rules action's owner), so cleanup removes exactly those; the
+             veth carries the segment's MTU when the plan sets one (VXLAN's 50 bytes on a segment spanning hosts)
 
 Every problem names the lab host, the field, the value and the fix (the compiler's `_Problems`).
 
@@ -140,7 +141,7 @@ def resolve(compiler, up, vms, where, lab_name):
                       if theirs["_iface"].network == nic["_iface"].network]
             if shared:
                 vm["gateway"] = shared[0]
-    return {
+    result = {
         "bridge": up["bridge"], "address": str(iface), "subnet": str(iface.network), "upstream": up["upstream"],
         "upstream_netns": up["upstream_netns"], "router": up["router"], "name": up["name"], "peer": up["peer"],
         "owner": owner(lab_name),
@@ -148,3 +149,15 @@ def resolve(compiler, up, vms, where, lab_name):
         "rules": [{"type": "masquerade", "inside": up["peer"], "outside": up["upstream"],
                    "inside_subnet": str(iface.network)}],
     }
+    mtu = segment_mtu(vms, up["bridge"])
+    if mtu is not None:
+        result["mtu"] = mtu
+    return result
+
+
+def segment_mtu(vms, bridge):
+    """The MTU the plan gives segment `bridge`'s NICs (the placement lowers it by VXLAN's 50 bytes when the segment
+    spans lab hosts), or None when it leaves the default: the veth on that bridge must not send larger frames, which
+    the tunnel would drop."""
+    mtus = [nic["mtu"] for vm in vms for nic in vm["nics"] if nic.get("bridge") == bridge and nic.get("mtu")]
+    return min(mtus) if mtus else None

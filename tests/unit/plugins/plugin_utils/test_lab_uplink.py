@@ -118,3 +118,31 @@ def test_a_router_with_another_default_route_is_refused():
     errors = compile_lab(hostvars, groups)["errors"]
     assert errors == ["r1: vm_gateway 10.1.2.7 is the router's default route, but lab_uplink.router sends it out "
                       "through 10.1.2.254; drop vm_gateway (and any `to: default` route) of r1"]
+
+
+def two_hosts(b1_host):
+    """The lab over two lab hosts (hv1 first, holding the way out), b1 on `b1_host`."""
+    hostvars, groups = lab()
+    hostvars["hv1"] = dict(hostvars.pop("localhost"), ansible_connection="local", lab_underlay_address="192.0.2.11")
+    hostvars["hv2"] = {"ansible_connection": "local", "lab_underlay_address": "192.0.2.12"}
+    hostvars["b1"]["vm_hypervisor"] = b1_host
+    groups.update(all=["hv1", "hv2", "r1", "a1", "b1"], hypervisors=["hv1", "hv2"])
+    return hostvars, groups
+
+
+def test_the_veth_of_a_segment_spanning_lab_hosts_carries_the_mtu_vxlan_leaves():
+    plan = compile_lab(*two_hosts("hv2"))
+    assert plan["errors"] == []
+    # br-b spans hv1 (r1, the way out) and hv2 (b1): 1500 less VXLAN's 50 bytes, like its NICs and bridge
+    assert plan["hosts"]["hv1"]["uplink"]["mtu"] == 1450
+    assert plan["guests"]["b1"]["nics"][0]["mtu"] == 1450
+    assert plan["hosts"]["hv2"]["uplink"] is None
+
+
+def test_the_veth_of_a_segment_on_one_lab_host_keeps_the_default_mtu():
+    plan = compile_lab(*two_hosts("hv1"))
+    assert plan["errors"] == [] and "mtu" not in plan["hosts"]["hv1"]["uplink"]
+    # a larger underlay leaves a larger overlay
+    hostvars, groups = two_hosts("hv2")
+    hostvars["hv1"]["lab_underlay_mtu"] = 9000
+    assert compile_lab(hostvars, groups)["hosts"]["hv1"]["uplink"]["mtu"] == 8950
