@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 BUILD := $(ROOT)/.build
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/qemulab/network
 export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
+# The ssh plugin's control sockets: its default (~/.ansible/cp) ignores ansible.cfg's `home`, so runs through make keep
+# them in the checkout too (a ControlPath must stay under 108 bytes: checkout path + ~45).
+export ANSIBLE_SSH_CONTROL_PATH_DIR := $(BUILD)/ansible/cp
 export PATH := $(BIN):$(PATH)
 
 # Debian packages the collection, its roles and its tests use on the lab host.

@@ -133,6 +133,8 @@ def _ansible_env(timing_path):
     env = dict(os.environ)
     env.update({
         "ANSIBLE_CONFIG": os.path.join(REPO_ROOT, "ansible.cfg"),
+        # ssh control sockets in the checkout, not ~/.ansible/cp (the ssh plugin's default ignores `home`)
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(REPO_ROOT, ".build", "ansible", "cp"),
         "ANSIBLE_CALLBACK_PLUGINS": os.path.join(BENCH_DIR, "callback_plugins"),
         "ANSIBLE_CALLBACKS_ENABLED": "bench_timing",
         "QEMULAB_BENCH_TIMING": timing_path,

@@ -184,6 +184,8 @@ def playbook_env(env=None):
     run_env = dict(os.environ)
     run_env.update({
         "ANSIBLE_CONFIG": os.path.join(REPO_ROOT, "ansible.cfg"),
+        # the ssh plugin's control sockets: its default, ~/.ansible/cp, ignores ansible.cfg's `home`
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(REPO_ROOT, ".build", "ansible", "cp"),
         "ANSIBLE_STDOUT_CALLBACK": "results_json",
         "ANSIBLE_CALLBACK_PLUGINS": os.path.join(REPO_ROOT, "tests", "integration", "callback_plugins"),
         "ANSIBLE_NOCOLOR": "1",
