@@ -19,6 +19,7 @@ import subprocess
 import time
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import read_json, write_json_atomic
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import CURRENT as RUN_PATHS
 
 # The keys of a NIC's `netem` mapping, in the order tc is given them.
 KEYS = ("delay", "jitter", "loss", "duplicate", "reorder", "corrupt", "rate")
@@ -36,7 +37,7 @@ _PERCENT_RE = re.compile(r"^\s*%s\s*%%\s*\Z" % _NUMBER)
 _RATE_RE = re.compile(r"^\s*%s\s*(bit|kbit|mbit|gbit)\s*\Z" % _NUMBER, re.IGNORECASE)
 PERCENT_DIGITS = 3
 
-NETEM_CACHE = "/var/cache/qemulab/netem.json"
+NETEM_CACHE = RUN_PATHS.netem_cache
 # One command, no inventory value: a fresh namespace's own loopback takes the qdisc and vanishes with it.
 PROBE_ARGV = ["unshare", "--net", "--", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
 

@@ -39,10 +39,11 @@ import json
 import os
 
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import read_loopback_alias
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import CURRENT as RUN_PATHS
 
 ALIAS_PREFIX = "qemulab:"
-# Beside the per-lab run directories /run/qemulab/<lab>/; no valid lab name starts with "_", so none collides.
-NETNS_MARKER_DIR = "/run/qemulab/_netns"
+# Beside the per-lab run directories (/run/qemulab/<lab>/ for root; _run_paths decides).
+NETNS_MARKER_DIR = RUN_PATHS.netns_markers
 
 OWNERSHIP_ARGUMENT_SPEC = dict(
     lab=dict(type="str", default="default"),

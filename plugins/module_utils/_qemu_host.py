@@ -23,8 +23,9 @@ import time
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import option_string
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import QemuConfigError
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import read_json, write_json_atomic
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import CURRENT as RUN_PATHS
 
-ACCEL_CACHE = "/var/cache/qemulab/accel.json"
+ACCEL_CACHE = RUN_PATHS.accel_cache
 
 
 def missing_files(config):

@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import os
 
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import ROOT as ROOT_PATHS
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_dpdk
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_placement
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_render
@@ -45,7 +46,8 @@ except ImportError:  # only Ansible's templating produces undefined values, and 
 
 from ansible.module_utils.six.moves.collections_abc import Mapping
 
-RUN_ROOT = "/run/qemulab"
+# The lab host's paths as root (_run_paths); a rootless lab host's come from its own facts (docs/rootless.md).
+RUN_ROOT = ROOT_PATHS.run
 # QEMU's user-mode network of the management NIC (the guest's mgmt0 is 10.0.2.15/24 there)
 MGMT_NET = ipaddress.ip_network("10.0.2.0/24")
 # Resident memory QEMU needs beyond its guests' RAM under TCG, measured with bench/qemu_overhead.py (2026-11-27:
