@@ -7,6 +7,7 @@ host's SSH (the config and verify stages run on all seven), and the test checks:
 
 - h1's own traceroute to h2 is rt1, rt2, rt4, h2: across the VXLAN of br2;
 - each host holds its own share: its VMs' QEMUs, its taps, its VXLAN ports (one per spanning segment);
+- capture.yml of br4 (rt2-rt4, both on host 2) captures there, holding h1's pings to h2, and not on host 1;
 - a second run changes nothing on any host or guest;
 - a cleanup while host 2 cannot be reached names host 2, fails, and leaves host 1 clean; a cleanup then removes host 2's
   share; nothing of the lab is left on either host (namespaces, interfaces, QEMU processes, files) or on the
@@ -14,11 +15,18 @@ host's SSH (the config and verify stages run on all seven), and the test checks:
 
 What runs is inventories/seed with only what lets it run beside anything else changed: lab name, namespace, a free
 block of SSH ports, 256M per guest and the placement.
+
+The three-host ring is three routers, one per host (every pair of hosts shares one segment), checked the same way
+with verify_paths.yml (each router traced through its own lab host) and a capture of a segment two of the hosts
+have. The guest image built once and copied to a lab host without it is checked on two simulated hosts with the
+guest_image role alone (no lab).
 """
+import glob
 import os
 import secrets
 import shutil
 import sys
+import time
 
 import pytest
 import yaml
@@ -32,6 +40,8 @@ from _harness import port_block  # noqa: E402  (consecutive free 127.0.0.1 ports
 pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
 LAB_YML = os.path.join(REPO_ROOT, "lab.yml")
+VERIFY_PATHS = os.path.join(REPO_ROOT, "playbooks", "verify_paths.yml")
+CAPTURE = os.path.join(REPO_ROOT, "playbooks", "capture.yml")
 SEED = os.path.join(REPO_ROOT, "inventories", "seed")
 JUMP_ROOT = "/var/lib/qemulab/jump"
 ON_HOST2 = ("rt2", "rt3", "rt4", "h2")
@@ -103,6 +113,27 @@ def _share(host, lab):
                 line.split(":")[1].strip().split("@")[0] for line in host.run(["ip", "-o", "link"]).stdout.splitlines())}
 
 
+def _captured(host, lab):
+    """{capture file: ICMP packets in it} of the lab on `host` (its own /var/lib/qemulab)."""
+    found = {}
+    listing = host.run(["sh", "-c", "ls /var/lib/qemulab/labs/%s/captures/*.pcapng 2>/dev/null; true" % lab])
+    for path in listing.stdout.split():
+        read = host.run(["tcpdump", "-n", "-r", path, "icmp"])
+        found[path] = len(read.stdout.splitlines())
+    return found
+
+
+def _capture_where(inventory, lab, hosts, segment, pinger):
+    """capture.yml of `segment` while `pinger` (a command started on a guest, in the background) sends ICMP: the
+    ICMP packets each host's capture holds ({} for a host that captured nothing)."""
+    started = pinger()
+    assert started.returncode == 0, started
+    run = run_playbook(CAPTURE, inventory=inventory, extra_vars={"segment": segment, "seconds": 3, "filter": "icmp"},
+                       timeout=300)
+    assert run.rc == 0, run
+    return [_captured(host, lab) for host in hosts]
+
+
 def _assert_unchanged(run):
     assert sum(run.changed(host) for host in run.stats) == 0, [
         (name, host) for name, host, res in run.tasks() if res.get("changed")]
@@ -144,6 +175,11 @@ def test_the_seed_split_over_two_lab_hosts(tmp_path):
             hops = [line.split()[1] for line in trace.stdout.splitlines()[1:] if line.split()[1:2]]
             assert hops == H1_TO_H2, trace.stdout
 
+            # br4 (rt2-rt4) is only on host 2: the capture runs there, and h1 -> h2 crosses it
+            one_cap, two_cap = _capture_where(inventory, lab, hosts, "br4", lambda: _guest(
+                first, lab, ports + 4, "ping -c 120 -i 0.5 %s < /dev/null > /dev/null 2>&1 &" % H1_TO_H2[-1]))
+            assert one_cap == {} and len(two_cap) == 1 and list(two_cap.values())[0] > 0, (one_cap, two_cap)
+
             again = run_playbook(LAB_YML, inventory=inventory, timeout=600)
             _assert_unchanged(again)
 
@@ -159,34 +195,107 @@ def test_the_seed_split_over_two_lab_hosts(tmp_path):
         _assert_nothing_left(down, hosts, lab)
 
 
-RING_PLACEMENT = {"r1": 0, "h1": 0, "r2": 1, "r3": 1, "h3": 1, "r4": 2, "r5": 2}
+def _ring(lab, hosts, ports):
+    """Three routers in a ring, one per lab host, and the lab host's port on r1's own segment: every pair of hosts
+    shares one segment (br1 r1-r2, br2 r2-r3, br3 r3-r1), so each host has two tunnels."""
+    return {"plugin": "qemulab.network.topology", "lab": lab, "netns": "ql-" + lab, "pool": "10.61.0.0/16",
+            "ssh_port_base": ports, "defaults": {"memory": "256M"},
+            "hypervisors": dict((host.name, host.hostvars()) for host in hosts),
+            "nodes": dict(("r%d" % (index + 1), {"role": "router", "host": host.name})
+                          for index, host in enumerate(hosts)),
+            "segments": [["r1", "r2"], ["r2", "r3"], ["r3", "r1"], ["r1", "lab_host"]]}
 
 
 def test_the_ring_over_three_lab_hosts(tmp_path):
-    """topologies/ring.qemulab.yml over three simulated lab hosts: r1, h1 and the lab host's port on the first; r2, r3,
-    h3 on the second; r4, r5 on the third. Every pair of hosts shares one segment of the ring (r1-r2, r3-r4, r5-r1),
-    so each host has two tunnels; the verify stage's pings (h1 <-> h3, the lab host's port -> both) cross them. A
+    """A ring of three routers over three simulated lab hosts: up with one lab.yml; verify_paths.yml traces every
+    planned path hop by hop (from each router, through its own lab host, and from the lab host's port: across the
+    tunnels); a capture of br1 runs on the two hosts that have it, each holding r1's pings, and not on the third; a
     second run changes nothing; cleanup leaves nothing on any host."""
     tag = "r" + secrets.token_hex(3)
     lab = "qlrg" + secrets.token_hex(3)
-    with open(os.path.join(REPO_ROOT, "topologies", "ring.qemulab.yml")) as f:
-        data = yaml.safe_load(f)
+    ports = port_block(3)
     with simulated_hosts(3, tag) as hosts:
-        data.update({"lab": lab, "netns": "ql-" + lab, "ssh_port_base": port_block(7),
-                     "hypervisors": dict((host.name, host.hostvars()) for host in hosts)})
-        for node, index in RING_PLACEMENT.items():
-            data["nodes"][node]["host"] = hosts[index].name
         inventory = str(tmp_path / "ring.qemulab.yml")
         with open(inventory, "w") as f:
-            yaml.safe_dump(data, f)
+            yaml.safe_dump(_ring(lab, hosts, ports), f)
         try:
             up = run_playbook(LAB_YML, inventory=inventory, timeout=900)
             assert up.rc == 0, up
             shares = [_share(host, lab) for host in hosts]
-            assert [len(share["qemus"]) for share in shares] == [2, 3, 2], shares
+            assert [len(share["qemus"]) for share in shares] == [1, 1, 1], shares
             assert [len([n for n in share["links"] if n.startswith("vx-")]) for share in shares] == [2, 2, 2], shares
+
+            traced = run_playbook(VERIFY_PATHS, inventory=inventory, timeout=600)
+            assert traced.rc == 0, traced
+            assert sum(1 for _name, host, res in traced.tasks() if host in ("r1", "r2", "r3")
+                       and res.get("stdout") and not res.get("skipped")) == 3, "every router traced its paths"
+
+            # limited broadcast out of r1's eth0 (br1): flooded to both hosts of br1 through their tunnel
+            caps = _capture_where(inventory, lab, hosts, "br1", lambda: _guest(
+                hosts[0], lab, ports, "ping -b -I eth0 -c 120 -i 0.5 255.255.255.255 < /dev/null > /dev/null 2>&1 &"))
+            assert [len(cap) for cap in caps] == [1, 1, 0], caps
+            assert all(count > 0 for cap in caps[:2] for count in cap.values()), caps
+
             again = run_playbook(LAB_YML, inventory=inventory, timeout=600)
             _assert_unchanged(again)
         finally:
             down = run_playbook(LAB_YML, inventory=inventory, tags="cleanup", timeout=600)
         _assert_nothing_left(down, hosts, lab)
+
+
+GUEST_IMAGE_ONLY = """
+- name: The guest image on every lab host
+  hosts: hypervisors
+  gather_facts: false
+  roles:
+    - role: qemulab.network.guest_image
+      vars:
+        guest_image_prune: false
+"""
+
+
+def _image_sums(host, directory):
+    listing = host.run(["sh", "-c", "cd %s && sha256sum vmlinuz vmlinux initrd.img disk.ext4 manifest.json" % directory],
+                       timeout=120)
+    assert listing.returncode == 0, listing
+    return dict(line.split()[::-1] for line in listing.stdout.splitlines())
+
+
+def test_the_guest_image_is_built_once_and_copied_to_a_lab_host_without_it(tmp_path):
+    """Host 1 has the image (the machine's cache); host 2 has a cache of its own without it. The role packs it on host
+    1, carries it through the controller and publishes it on host 2 under the same key, byte for byte; nothing is
+    built there, a second run changes nothing, and no copy in transit is left on a host or the controller."""
+    tag = "c" + secrets.token_hex(3)
+    own_cache = "/var/cache/qemulab/copytest-%s/images" % tag
+    with simulated_hosts(2, tag) as hosts:
+        inventory = {"hypervisors": {"hosts": dict((host.name, host.hostvars()) for host in hosts)}}
+        inventory["hypervisors"]["hosts"][hosts[1].name]["guest_image_cache_dir"] = own_cache
+        path = str(tmp_path / "hosts.yml")
+        with open(path, "w") as f:
+            yaml.safe_dump({"all": {"children": inventory}}, f)
+        # the copies in transit (the controller's and the hosts': all this machine's /tmp)
+        parcels = set(glob.glob("/tmp/qemulab-image.*"))
+        try:
+            started = time.monotonic()
+            first = run_playbook(GUEST_IMAGE_ONLY, inventory=path, timeout=900)
+            seconds = time.monotonic() - started
+            assert first.rc == 0, [(name, host, res.get("msg")) for name, host, res in first.tasks() if res.get("failed")]
+            key = first.result("qemulab.network.guest_image : Build or reuse the guest image", hosts[0].name)["key"]
+            published = [res for name, host, res in first.tasks(hosts[1].name)
+                         if name.endswith("Publish the copy in the image cache if it is the image")]
+            assert len(published) == 1 and published[0]["changed"], published
+            assert not [name for name, host, res in first.tasks() if name.endswith("Build the image on the lab host "
+                                                                                     "that gives it") and not res.get("skipped")]
+            assert _image_sums(hosts[1], "%s/%s" % (own_cache, key)) == _image_sums(
+                hosts[0], "/var/cache/qemulab/images/%s" % key)
+            # the disk stays sparse on host 2
+            assert int(hosts[1].run(["stat", "-c", "%b", "%s/%s/disk.ext4" % (own_cache, key)]).stdout) * 512 < (
+                1 << 30)
+            again = run_playbook(GUEST_IMAGE_ONLY, inventory=path, timeout=600)
+            _assert_unchanged(again)
+            assert set(glob.glob("/tmp/qemulab-image.*")) == parcels
+            assert glob.glob(own_cache + "/.build-*") == []
+            print("the run that copied the image took %.1f s" % seconds)
+        finally:
+            shutil.rmtree(os.path.dirname(own_cache), ignore_errors=True)
+
