@@ -3,7 +3,8 @@
 """A built guest image carried from one lab host's cache to another's, instead of building it there.
 
     pack     on the lab host that has the image: its files (kernel, uncompressed kernel, initrd, sparse disk,
-             manifest; not the clone templates beside them) in one sparse tar, and the sha256 of each
+             manifest; not the clone templates beside them) in one sparse tar, and the sha256 of each (of its
+             size and non-zero blocks with their offsets: `sha256_file`)
     publish  on a lab host that lacks it: under the image's build lock, the tar is checked to hold exactly those
              plain files, unpacked into `.build-<key>-<pid>` (what a crashed build leaves, so pruning removes it),
              each file's sha256 compared with what pack read, the manifest's key with the key this host computed
@@ -43,10 +44,29 @@ def check_key(key):
 
 
 def sha256_file(path):
+    """sha256 over the file's size and each block of CHUNK bytes that is not all zeros, with its offset: the content
+    decides it, not which zeros are holes (the 2 GiB disk is mostly holes, and tar -xS makes its own), and holes are
+    skipped unread (SEEK_DATA), so the disk costs its data, not its size."""
     h = hashlib.sha256()
+    zeros = bytes(CHUNK)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
+        size = os.fstat(f.fileno()).st_size
+        h.update(b"size %d\n" % size)
+        offset = 0
+        while offset < size:
+            try:
+                offset = os.lseek(f.fileno(), offset, os.SEEK_DATA)
+            except OSError:
+                break  # ENXIO: only a hole is left
+            offset -= offset % CHUNK
+            f.seek(offset)
+            block = f.read(CHUNK)
+            if not block:
+                break
+            if block != zeros[:len(block)]:
+                h.update(b"block %d %d\n" % (offset, len(block)))
+                h.update(block)
+            offset += len(block)
     return h.hexdigest()
 
 

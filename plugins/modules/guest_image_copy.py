@@ -13,7 +13,9 @@ version_added: 0.1.0
 description:
   - With O(state=packed), on a lab host that has the image O(key) in O(cache_dir): its files (C(vmlinuz),
     C(vmlinux), C(initrd.img), the sparse C(disk.ext4), C(manifest.json); not the clone templates beside them) go into
-    one sparse tar at O(archive), and RV(files) returns the sha256 of each. The cache does not change.
+    one sparse tar at O(archive), and RV(files) returns a sha256 of each (over its size and its non-zero blocks with
+    their offsets: the content decides it, not which zeros are holes, and holes are not read). The cache does not
+    change.
   - With O(state=present), on a lab host whose own inputs give the same O(key): unless the image is there already,
     under the same build lock as qemulab.network.guest_image (C(.lock-<key>)), the tar is checked to hold exactly
     those plain files, unpacked into C(.build-<key>-<pid>), each file's sha256 compared with O(files), the manifest's

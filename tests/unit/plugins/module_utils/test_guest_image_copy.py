@@ -127,3 +127,20 @@ def test_pack_refuses_an_image_that_is_not_finished_and_a_key_that_is_not_one(tm
         copy.pack(str(source), "../../etc", str(tmp_path / "x.tar"))
     assert not os.path.exists(tmp_path / "x.tar")
 
+
+
+def test_the_digest_is_the_content_whichever_zeros_are_holes(tmp_path):
+    sparse, dense, other = tmp_path / "sparse", tmp_path / "dense", tmp_path / "other"
+    with open(sparse, "wb") as f:
+        f.write(b"head")
+        f.seek(5 * copy.CHUNK + 7)
+        f.write(b"tail")
+    data = b"head" + bytes(5 * copy.CHUNK + 3) + b"tail"
+    dense.write_bytes(data)
+    assert os.path.getsize(sparse) == os.path.getsize(dense)
+    assert copy.sha256_file(str(sparse)) == copy.sha256_file(str(dense))
+    # a byte anywhere, or a longer run of zeros at the end, is another content
+    other.write_bytes(data[:copy.CHUNK + 1] + b"x" + data[copy.CHUNK + 2:])
+    assert copy.sha256_file(str(other)) != copy.sha256_file(str(dense))
+    other.write_bytes(data + bytes(1))
+    assert copy.sha256_file(str(other)) != copy.sha256_file(str(dense))
