@@ -1,0 +1,188 @@
+"""A user without root keeps a lab's namespaces alive with lab_userns (docs/rootless.md), through a real
+ansible-playbook run as that user.
+
+A throwaway system user is made for the module (home and runtime directory in a temporary directory) and removed
+afterwards with everything it ran: the test ends by pid any process the user still has, and fails if there was one.
+The holder must outlive the Ansible run that started it, be found again by the next run (changed=0, same pid), hold a
+user and a network namespace that are not the host's and that the user can enter with nsenter, and be ended by
+state=absent with nothing left in the user's run directory. A record whose pid now belongs to another process of the
+user (a recycled pid) must be neither taken for the holder nor signalled.
+"""
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
+VENV = os.path.join(REPO_ROOT, ".venv", "bin")
+COLLECTIONS = os.path.join(REPO_ROOT, ".build", "collections")
+LAB = "rl"
+
+pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
+
+PLAYBOOK = """
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - qemulab.network.lab_userns:
+        lab: "{{ lab }}"
+        state: "{{ state }}"
+      register: result
+    - ansible.builtin.copy:
+        content: "{{ result | to_json }}"
+        dest: "{{ out }}"
+        mode: "0600"
+"""
+
+
+def user_pids(user):
+    """The user's live processes (an ended one waiting to be reaped by init is not running)."""
+    out = subprocess.run(["ps", "-u", user, "-o", "pid=,stat="], capture_output=True, text=True, check=False).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if line.split() and not line.split()[1].startswith("Z")]
+
+
+@pytest.fixture
+def rootless_user():
+    """(name, home, runtime dir) of a new system user with no privileges; removed with all its processes after."""
+    base = tempfile.mkdtemp(prefix="qemulab-rootless-")
+    os.chmod(base, 0o755)
+    name = "qlr" + secrets.token_hex(4)
+    home, runtime = os.path.join(base, "home"), os.path.join(base, "runtime")
+    subprocess.run(["useradd", "--system", "--create-home", "--home-dir", home, "--shell", "/usr/sbin/nologin",
+                    name], check=True)
+    entry = pwd.getpwnam(name)
+    os.mkdir(runtime, 0o700)
+    os.chown(runtime, entry.pw_uid, entry.pw_gid)
+    with open(os.path.join(base, "play.yml"), "w") as f:
+        f.write(PLAYBOOK)
+    leftovers = []
+    try:
+        yield name, home, runtime, base
+    finally:
+        leftovers = user_pids(name)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while user_pids(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+    assert not leftovers, "processes of the test user were left running: %s" % leftovers
+
+
+def as_user(user, home, runtime, argv, **kwargs):
+    """Run argv as the user with a clean environment (no sudo, no capabilities)."""
+    env = ["env", "-i", "HOME=" + home, "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+           "XDG_RUNTIME_DIR=" + runtime, "ANSIBLE_COLLECTIONS_PATH=" + COLLECTIONS,
+           "ANSIBLE_HOME=" + os.path.join(home, ".ansible"), "ANSIBLE_PYTHON_INTERPRETER=" + os.path.join(VENV, "python")]
+    return subprocess.run(["runuser", "-u", user, "--"] + env + argv, capture_output=True, text=True,
+                          cwd=home, timeout=180, check=False, **kwargs)
+
+
+def play(user, home, runtime, base, state):
+    out = os.path.join(home, "result-%s.json" % secrets.token_hex(3))
+    proc = as_user(user, home, runtime, [os.path.join(VENV, "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                                         os.path.join(base, "play.yml"), "-e", "lab=%s state=%s out=%s"
+                                         % (LAB, state, out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out) as f:
+        return json.load(f)
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pid, timeout=5):
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def files_under(path):
+    return [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+
+
+def test_holder_outlives_the_run_is_found_again_and_ends_with_absent(rootless_user):
+    user, home, runtime, base = rootless_user
+    uid = pwd.getpwnam(user).pw_uid
+
+    first = play(user, home, runtime, base, "present")
+    assert first["changed"] is True and first["stale"] is False
+    pid = first["holder"]["pid"]
+    assert alive(pid), "the holder ended with the Ansible run that started it"
+    assert os.stat("/proc/%d" % pid).st_uid == uid
+    record = os.path.join(runtime, "qemulab", "_userns", LAB + ".json")
+    assert first["record"] == record and os.path.isfile(record)
+    assert os.stat(os.path.join(runtime, "qemulab")).st_mode & 0o777 == 0o700
+    for kind in ("user", "net"):
+        assert os.stat("/proc/%d/ns/%s" % (pid, kind)).st_ino != os.stat("/proc/self/ns/%s" % kind).st_ino
+
+    second = play(user, home, runtime, base, "present")
+    assert second["changed"] is False and second["holder"] == first["holder"]
+
+    # the user enters the namespaces as root inside, sees only the lab namespace's own loopback, and can make a bridge
+    inside = as_user(user, home, runtime, first["enter"] + ["sh", "-c", "id -u; ip link add qlbr0 type bridge; "
+                                                            "ip -o link show | cut -d: -f2"])
+    assert inside.returncode == 0, inside.stderr
+    lines = inside.stdout.split()
+    assert lines[0] == "0" and sorted(lines[1:]) == ["lo", "qlbr0"]
+
+    gone = play(user, home, runtime, base, "absent")
+    assert gone["changed"] is True and gone["holder"] is None
+    assert wait_gone(pid)
+    assert files_under(runtime) == []
+    assert user_pids(user) == []
+    again = play(user, home, runtime, base, "absent")
+    assert again["changed"] is False
+
+
+def test_a_recycled_pid_is_neither_taken_for_the_holder_nor_signalled(rootless_user):
+    user, home, runtime, base = rootless_user
+    first = play(user, home, runtime, base, "present")
+    holder = first["holder"]
+    # another process of the user: the record is rewritten to name it, as if the holder's pid had been reused
+    other = subprocess.Popen(["runuser", "-u", user, "--", "sleep", "300"], start_new_session=True)
+    started = []  # what this test ends itself: the sleeper and the holder whose record it overwrote
+    try:
+        time.sleep(0.3)
+        sleeper = [pid for pid in user_pids(user) if pid != holder["pid"]]
+        assert len(sleeper) == 1
+        started.append(sleeper[0])
+        with open(first["record"], "w") as f:
+            json.dump(dict(holder, pid=sleeper[0]), f)
+        os.kill(holder["pid"], signal.SIGTERM)  # the holder itself is gone
+        assert wait_gone(holder["pid"])
+
+        replaced = play(user, home, runtime, base, "present")
+        assert replaced["changed"] is True and replaced["stale"] is True
+        started.append(replaced["holder"]["pid"])
+        assert replaced["holder"]["pid"] not in (holder["pid"], sleeper[0])
+        assert alive(sleeper[0]), "a recycled pid was signalled"
+
+        with open(first["record"], "w") as f:
+            json.dump(dict(replaced["holder"], pid=sleeper[0]), f)
+        dropped = play(user, home, runtime, base, "absent")
+        assert dropped["changed"] is True
+        assert alive(sleeper[0]), "absent signalled a process that is not the holder"
+        assert alive(replaced["holder"]["pid"]), "a holder no record names was ended"
+        assert files_under(runtime) == []
+    finally:
+        for pid in started:
+            os.kill(pid, signal.SIGKILL)
+        other.wait(timeout=10)
+        for pid in started:
+            wait_gone(pid)
