@@ -40,6 +40,27 @@ def vm_paths(run_dir):
 GO_PORT = "org.qemulab.go"
 
 
+def serial_args(ports):
+    """The serial links' chardevs and UARTs: port i is the guest's ttyS<i+1> (isa-serial index i+1: the legacy
+    I/O port and IRQ the guest kernel probes), ttyS0 stays the console. A listening end serves its socket without
+    waiting; the other end connects and retries every second (reconnect), so either QEMU may start first and a
+    restarted peer is found again. A port without a socket (a clone template's) gets a null backend: a migration
+    carries the UART, not what it is connected to."""
+    argv = []
+    for index, port in enumerate(ports or []):
+        chardev = "serial%d" % (index + 1)
+        if not port.get("socket"):
+            argv += ["-chardev", option_string("null", ("id", chardev))]
+        elif port["server"]:
+            argv += ["-chardev", option_string("socket", ("id", chardev), ("path", port["socket"]), ("server", "on"),
+                                               ("wait", "off"))]
+        else:
+            argv += ["-chardev", option_string("socket", ("id", chardev), ("path", port["socket"]),
+                                               ("reconnect", 1))]
+        argv += ["-device", option_string("isa-serial", ("chardev", chardev), ("index", index + 1))]
+    return argv
+
+
 def nic_device(index, nic):
     """The -device (or QMP device_add) properties of NIC `index`: model, its netdev, MAC and the model's options."""
     device = [nic["model"], ("netdev", "net%d" % index)]
@@ -184,6 +205,7 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
                  "-chardev", option_string("socket", ("id", "console"), ("path", paths["console_socket"]),
                                            ("server", "on"), ("wait", "off"), ("logfile", paths["console_log"])),
                  "-serial", "chardev:console", "-D", paths["log"]]
+    argv += serial_args(config.get("serial_ports"))
     if config.get("sandbox"):
         argv += ["-sandbox", option_string(*SANDBOX)]
     argv += config.get("extra_args") or []

@@ -108,7 +108,10 @@ def template_config(config, base_disk, run_dir):
         nics.append(placeholder)
     mgmt = dict(config["nics"][-1])
     mgmt.update(mac=TEMPLATE_MGMT_MAC, hostfwd=[], restrict=True)
+    # the serial links' UARTs are devices of the stream like the NICs; their backends are the clone's own
+    serials = [{"socket": None} for _port in config.get("serial_ports") or []] or None
     template.update(name="template", lab="", run_dir=run_dir, nics=nics + [mgmt], fw_cfg=[], run_as=None, netns="",
+                    serial_ports=serials,
                     append="qemulab.template=1 qemulab.mgmt=%s qemulab.nics=%s"
                     % (TEMPLATE_MGMT_MAC, ",".join(nic["mac"] for nic in nics)), extra_args=[],
                     disks=[{"file": os.path.join(run_dir, DISK), "interface": config["disks"][0]["interface"],
@@ -120,8 +123,8 @@ def template_config(config, base_disk, run_dir):
 def template_key(config, base_disk, accelerator, qemu_version):
     """Everything the migration stream depends on: the QEMU binary and version, the accelerator, the machine's
     memory, vCPUs and translation cache, the kernel, initrd and disk it booted, the lab NICs' devices (models and
-    options, in order) and the management NIC's model, the devices rng adds, the disk's interface. Paths name the
-    image (its key is in them)."""
+    options, in order) and the management NIC's model, the devices rng adds, the disk's interface, the number of
+    serial link UARTs. Paths name the image (its key is in them)."""
     mgmt = config["nics"][-1] if config["nics"] else {}
     inputs = {
         "format": TEMPLATE_FORMAT,
@@ -139,6 +142,9 @@ def template_key(config, base_disk, accelerator, qemu_version):
         "mgmt_model": mgmt.get("model"),
         "rng": bool(config.get("rng")),
     }
+    if config.get("serial_ports"):
+        # only when there are any: the templates of VMs without serial links keep their keys
+        inputs["serial_ports"] = len(config["serial_ports"])
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     return digest, inputs
 
@@ -366,7 +372,8 @@ def clone_plan(config, template_dir, accelerator, qemu_version):
     key, inputs = template_key(config, template["manifest"]["inputs"].get("base_disk", ""), accelerator,
                                qemu_version())
     if key != template["manifest"]["key"]:
-        differ = sorted(k for k in inputs if inputs[k] != template["manifest"]["inputs"].get(k))
+        made = template["manifest"]["inputs"]
+        differ = sorted(k for k in set(inputs) | set(made) if inputs.get(k) != made.get(k))
         return None, "the template at %s was made for another machine (%s differ)" % (template_dir, ", ".join(differ))
     fresh, why = fresh_overlay_over(config["disks"][0]["file"], template["disk"])
     if not fresh:

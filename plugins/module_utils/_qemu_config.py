@@ -28,10 +28,14 @@ NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 # unbounded log, and is restarted to bound it).
 CONFIG_FIELDS = ("name", "lab", "run_dir", "kernel", "initrd", "append", "disks", "memory", "vcpus", "accelerator",
                  "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg", "run_as", "rng",
-                 "console_log_limit")
+                 "console_log_limit", "serial_ports")
 # Fields added after labs were already running: left out of the fingerprint while unset, so an upgrade does not
 # restart every VM.
-OPTIONAL_FIELDS = ("run_as",)
+OPTIONAL_FIELDS = ("run_as", "serial_ports")
+# Serial links: ttyS1-ttyS3 (the guest kernel's legacy UARTs beside the console's ttyS0); a link's number names its
+# socket file.
+SERIAL_PORTS_MAX = 3
+SERIAL_LINK_MAX = 999
 # fw_cfg items are matched by name and file: their contents are read only at boot, so new contents are written for
 # the next boot without restarting the VM (the lab's config stage changes the running guest itself).
 FW_CFG_NAME_RE = re.compile(r"^opt/[A-Za-z0-9._/-]{1,51}$")
@@ -88,6 +92,12 @@ QEMU_VM_ARGUMENT_SPEC = dict(
     console_log_limit=dict(type="raw", default=_validate.CONSOLE_LOG_LIMIT_DEFAULT),
     # Not a CONFIG_FIELD: a clone and a booted VM of one configuration run the same machine.
     clone_from=dict(type="path"),
+    # the guest's ttyS1, ttyS2, ... joined to another VM's by a unix socket (_qemu_argv.serial_args)
+    serial_ports=dict(type="list", elements="dict", default=[], options=dict(
+        peer=dict(type="str", required=True),
+        link=dict(type="int", required=True),
+        server=dict(type="bool", required=True),
+    )),
 )
 
 
@@ -187,6 +197,31 @@ def _user_net(vm, index, net):
     return net
 
 
+def _serial_ports(params, run_dir):
+    """The serial links as the argv takes them: each with the socket path its end listens on or connects to (the
+    listening VM's run directory, a sibling of this one: both VMs are in the lab's run directory)."""
+    name = params["name"]
+    ports = []
+    for index, port in enumerate(params.get("serial_ports") or []):
+        problem = _validate.check_name(port.get("peer"), "vm")
+        if problem:
+            raise QemuConfigError("VM %s: serial_ports[%d].peer: %s" % (name, index, problem))
+        if port["peer"] == name:
+            raise QemuConfigError("VM %s: serial_ports[%d].peer is the VM itself; join the port to another VM"
+                                  % (name, index))
+        link = int(port["link"])
+        if not 0 <= link <= SERIAL_LINK_MAX:
+            raise QemuConfigError("VM %s: serial_ports[%d].link %d is not a link number; give 0 to %d"
+                                  % (name, index, link, SERIAL_LINK_MAX))
+        owner = run_dir if port["server"] else os.path.join(os.path.dirname(run_dir), port["peer"])
+        ports.append({"peer": port["peer"], "link": link, "server": bool(port["server"]),
+                      "socket": os.path.join(owner, "serial%d.sock" % link)})
+    if len(ports) > SERIAL_PORTS_MAX:
+        raise QemuConfigError("VM %s: serial_ports has %d ports; the guest has ttyS1 to ttyS%d for them, join at most "
+                              "%d" % (name, len(ports), SERIAL_PORTS_MAX, SERIAL_PORTS_MAX))
+    return ports or None
+
+
 def normalise_config(params):
     """The VM's desired configuration as a plain, comparable dict (defaults filled, values normalised)."""
     problems = check_names(params)
@@ -262,6 +297,7 @@ def normalise_config(params):
         "console_log_limit": parse_console_log_limit(
             params["console_log_limit"] if params.get("console_log_limit") is not None
             else _validate.CONSOLE_LOG_LIMIT_DEFAULT, name),
+        "serial_ports": _serial_ports(params, run_dir),
     }
 
 

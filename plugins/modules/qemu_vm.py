@@ -269,6 +269,32 @@ options:
         C(state=absent), also for a tmpfs a killed run left. Changing it restarts the VM.
     type: raw
     default: 4M
+  serial_ports:
+    description:
+      - Serial links to other VMs, in order - the guest's C(ttyS1), C(ttyS2), C(ttyS3) (C(ttyS0) stays the console);
+        at most three. Each is a null-modem cable between two QEMU processes, a unix socket C(serial<link>.sock) in
+        the run directory of the VM whose end has O(serial_ports[].server=true).
+      - The listening end serves the socket without waiting for its peer; the other end connects to it in its
+        peer's run directory (a sibling of O(run_dir)) and retries every second, so either VM may start first and
+        a restarted peer is found again. Bytes written while no peer is connected are lost, as on an unplugged
+        cable.
+      - The UARTs are part of a clone template's devices (their number is in its key, see O(clone_from)).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      peer:
+        description: The VM at the other end; the name rule of O(name), not this VM.
+        type: str
+        required: true
+      link:
+        description: The link's number in the lab, from 0 to 999; names the socket C(serial<link>.sock).
+        type: int
+        required: true
+      server:
+        description: This end listens on the socket (in O(run_dir)); the peer's end has C(false).
+        type: bool
+        required: true
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -309,6 +335,17 @@ EXAMPLES = r"""
         format: qcow2
     nics:
       - {ifname: vport41}
+
+- name: Routers rt1 and rt2 joined by a serial cable, rt1's ttyS1 to rt2's ttyS1 (rt2's task says server false)
+  qemulab.network.qemu_vm:
+    name: rt1
+    lab: seed
+    kernel: /var/cache/qemulab/images/abc/vmlinuz
+    disks:
+      - file: /var/lib/qemulab/labs/seed/rt1.qcow2
+        format: qcow2
+    serial_ports:
+      - {peer: rt2, link: 0, server: true}
 
 - name: Stop it and remove its run files
   qemulab.network.qemu_vm:

@@ -291,6 +291,22 @@ def _mapping(scope):
     return read
 
 
+def _pair(read_one, what, example):
+    """Exactly two values, each read by `read_one` (a serial link's ends, its addresses)."""
+    def read(value):
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            return None, "%s is not a list of two %s; write [%s]" % (describe(value), what, example)
+        out = []
+        for item in value:
+            one, why = read_one(item)
+            if why:
+                return None, why
+            out.append(one)
+        return out, None
+    read.type_text = "list of two %s" % what
+    return read
+
+
 def _netem_value(value):
     # the rules live with the code that applies them (module_utils/_netem.py); here every problem is listed
     want, problems = _netem.normalize(dict(value) if isinstance(value, Mapping) else value)
@@ -361,6 +377,10 @@ SCHEMA = (
           (NAME_RULE % NAME_MAX_BYTES["netns"]) + ", or `\"\"`"),
     Field("lab", "lab_host_ports", _items("host_port"), [],
           "veth pairs giving the lab host a port on a segment; see `lab_host_ports` items.", "see below"),
+    Field("lab", "lab_serial_links", _items("serial_link"), [],
+          "Serial lines between VMs, with IP over them (PPP, SLIP) or without (raw); see `lab_serial_links` items "
+          "and `docs/serial-links.md`.", "`[{between: [rt1, rt2], protocol: ppp, addresses: [10.99.0.1, "
+          "10.99.0.2]}]`"),
     Field("lab", "lab_uplink", _mapping("uplink"), None,
           "A way out of the lab to the lab host's upstream: a veth from a segment of the lab (`bridge`) to "
           "`upstream_netns`, whose end there carries `address` and masquerades the segment out of `upstream`; with "
@@ -530,6 +550,20 @@ SCHEMA = (
           "the lab host, so the guest's routes through it go away; `up` restores it. Applies to the running lab "
           "without restarting the VM (`--tags links`).", "`down`"),
 
+    # -- lab_serial_links items -------------------------------------------------------------------------------------
+    Field("serial_link", "between", _pair(_name("vm"), "VM names", "rt1, rt2"), MISSING,
+          "The two VMs the null-modem cable joins, both lab VMs, not one twice. Each VM's links are its `ttyS1`, "
+          "`ttyS2`, `ttyS3` in list order (`ttyS0` stays its console), at most three per VM. The first one's QEMU "
+          "serves the cable's unix socket in its run directory, the second's connects (and reconnects), so either "
+          "may start first.", "`[rt1, rt2]`"),
+    Field("serial_link", "protocol", _choice(("ppp", "slip", "raw")), MISSING,
+          "What runs on the line: `ppp` (pppd, no authentication, fixed addresses, interface `ppp<n>`), `slip` "
+          "(`slattach -p slip`, interface `sl<n>`) or `raw` (just the cable, no IP; the guest's `/dev/ttyS<n>` is "
+          "yours).", "`slip`"),
+    Field("serial_link", "addresses", _pair(address, "IPv4 addresses", "10.99.0.1, 10.99.0.2"), None,
+          "`ppp` and `slip` only (required there): the first VM's and the second VM's address on the "
+          "point-to-point link; on no segment of the lab and used by nobody else.", "`[10.99.0.1, 10.99.0.2]`"),
+
     Field("hostfwd", "host_port", _port, MISSING,
           "Port on the lab host's 127.0.0.1; unique in the lab and not a VM's `ansible_port`.", "`8080`",
           "1024-65535"),
@@ -605,7 +639,7 @@ SCHEMA = (
           "`qlu-<8 hex of the lab name>-u`.", "`uplink1`", NAME_RULE % NAME_MAX_BYTES["veth"]),
 )
 
-SCOPES = ("lab", "hypervisor", "vm", "nic", "hostfwd", "route", "nat", "host_port", "uplink")
+SCOPES = ("lab", "hypervisor", "vm", "nic", "hostfwd", "route", "nat", "host_port", "uplink", "serial_link")
 
 
 def fields(scope):

@@ -21,7 +21,7 @@ PLAN_KEYS = {"lab_name", "netns", "qemu_user", "lock_timeout", "run_dir", "hyper
              "capture_ring", "capture_ring_size", "uplink"}
 VM_KEYS = {"name", "kind", "hypervisor", "ssh_port", "memory_mb", "vcpus", "kernel", "initrd", "disk", "forwarding", "boot",
            "connection",
-           "gateway", "routes", "nics", "mgmt_mac", "nat"}
+           "gateway", "routes", "nics", "mgmt_mac", "nat", "serial"}
 NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "mtu", "net", "hostfwd",
             "netem", "link"}
 # the one name rule (_validate.NAME_RE) with the lab's length limit
@@ -319,6 +319,9 @@ STRATEGIES = {
                                              "lag"]),
                             st.sampled_from(["40ms", "500us", "2%", "0%", "101%", "10mbit", "10mbps", "x"])
                             | st.text(max_size=8), max_size=4),
+    # a serial link's ends and addresses: pairs, and lists of other lengths
+    "list of two VM names": st.lists(NAMES | st.sampled_from(["vm0", "vm1", "vm2"]), max_size=3),
+    "list of two IPv4 addresses": st.lists(IPV4 | st.sampled_from(["10.99.0.1", "10.99.0.2"]), max_size=3),
 }
 # every scope of the schema: the lab-wide variables, a VM's, and the items of their lists
 MUTABLE_SCOPES = ("lab", "vm", "nic", "hostfwd", "route", "nat", "host_port")
