@@ -27,6 +27,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._run_paths import 
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_dpdk
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_placement
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_render
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_serial
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_uplink
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import (
     MISSING as _MISSING,
@@ -254,6 +255,7 @@ class _Compiler(object):
         uplink = _lab_uplink.plan(self, lab["lab_uplink"], hv_owner, lab_name, lab["lab_netns"] or "")
         bridges = self.plan_bridges()
         self.check_interface_names()
+        _lab_serial.plan(self, lab["lab_serial_links"], hv_owner, vms)
         # the way out (lab_uplink) is made on the first lab host, like the host ports
         first_bridges = [uplink["bridge"]] if _is_mapping(uplink) and uplink.get("bridge") else []
         placement, connections = self.place(lab, lab_name, hypervisors, hypervisor, vms, host_ports, bridges,

@@ -23,6 +23,8 @@ __metaclass__ = type
 
 import ipaddress
 
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_serial
+
 INTERFACES_HEADER = ("# /etc/network/interfaces -- configuration file for ifup(8), ifdown(8)\n"
                      "# Written by qemulab from the lab inventory; the next lab run puts back what it says.\n")
 # The management NIC's forward: 127.0.0.1:<ansible_port> to the guest's sshd.
@@ -130,7 +132,9 @@ def qemu_vm(vm, plan):
                     "content": guest_interfaces_file(vm["nics"], vm["routes"], vm["gateway"])},
                    {"name": "opt/qemulab/ip", "content": guest_ip_commands(vm["nics"], vm["routes"], vm["gateway"])},
                    {"name": "opt/qemulab/sysctl", "content": guest_sysctl_file(vm["forwarding"])}]
+        + ([{"name": "opt/qemulab/serial", "content": _lab_serial.guest_file(vm)}] if vm.get("serial") else [])
         if built_image else [],
+        "serial_ports": _lab_serial.serial_ports(vm),
         "run_as": plan["qemu_user"] or None,
         "console_log_limit": plan["console_log_limit"],
         "ssh_port": vm["ssh_port"],
@@ -199,6 +203,7 @@ def render(plan, placement=None, connections=None):
             "guests": dict((vm["name"], {
                 "nics": vm["nics"], "routes": vm["routes"], "gateway": vm["gateway"],
                 "forwarding": vm["forwarding"], "nat": vm["nat"], "connection": vm["connection"],
+                "serial": _lab_serial.guest_file(vm),
                 "pings": [address for name in sorted(host_addresses) if name != vm["name"]
                           for address in host_addresses[name]] if vm["kind"] == "host" else [],
             }) for vm in vms),
