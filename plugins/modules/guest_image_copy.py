@@ -11,17 +11,18 @@ module: guest_image_copy
 short_description: Carry a built guest image from one lab host's image cache to another's
 version_added: 0.1.0
 description:
-  - With O(state=packed), on a lab host that has the image O(key) in O(cache_dir): its files (C(vmlinuz),
+  - With O(state=packed), on a lab host that has the image O(key) in O(cache_dir), its files (C(vmlinuz),
     C(vmlinux), C(initrd.img), the sparse C(disk.ext4), C(manifest.json); not the clone templates beside them) go into
     one sparse tar at O(archive), and RV(files) returns a sha256 of each (over its size and its non-zero blocks with
-    their offsets: the content decides it, not which zeros are holes, and holes are not read). The cache does not
+    their offsets, so the content decides it, not which zeros are holes, and holes are not read). The cache does not
     change.
-  - With O(state=present), on a lab host whose own inputs give the same O(key): unless the image is there already,
+  - With O(state=present), on a lab host whose own inputs give the same O(key), unless the image is there already,
     under the same build lock as qemulab.network.guest_image (C(.lock-<key>)), the tar is checked to hold exactly
     those plain files, unpacked into C(.build-<key>-<pid>), each file's sha256 compared with O(files), the manifest's
     key with O(key) and with the hash of the inputs it lists; only then is it renamed to O(cache_dir)C(/<key>), as a
-    finished build is. A copy that does not match is removed and the module fails: it is never used.
-  - The qemulab.network.guest_image role uses it so a lab over several lab hosts builds its image once (docs/multi-host.md).
+    finished build is. A copy that does not match is removed and the module fails; it is never used.
+  - The qemulab.network.guest_image role uses it so a lab over several lab hosts builds its image once
+    (docs/multi-host.md).
 author:
   - qemulab developers (@qemulab)
 requirements:
