@@ -18,9 +18,8 @@ import re
 
 from ansible_collections.qemulab.network.plugins.module_utils import _validate
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import NIC_DEVICE_OPTIONS
-from ansible_collections.qemulab.network.plugins.module_utils._run_paths import CURRENT as RUN_PATHS
 
-RUN_ROOT = RUN_PATHS.run
+RUN_ROOT = "/run/qemulab"
 NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 
 # Fields that change what QEMU runs; state, timeouts and on_change do not.
