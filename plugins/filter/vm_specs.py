@@ -31,7 +31,7 @@ def qemu_vm_specs(vms, settings):
 
     Nothing of the inventory is reshaped here; only what the lab host decides is added: the built image's files,
     the run and state directories, the accelerator and its translation cache, extra QEMU arguments, and whether
-    the guest gets its configuration at boot. settings: lab, run_root, state_dir, default_kernel, default_initrd,
+    the guest gets its configuration at boot, and where its vhost-user NICs' sockets lie. settings: lab, run_root, state_dir, default_kernel, default_initrd,
     default_disk, default_append, custom_append, accelerator, tb_size, extra_args, boot_config.
     """
     specs = []
@@ -56,6 +56,11 @@ def qemu_vm_specs(vms, settings):
             "fw_cfg": list(vm.get("fw_cfg") or []) if settings.get("boot_config") else [],
             "overlay": overlay,
         })
+        if vm.get("nics"):
+            # a vhost-user NIC's socket (its datapath's, dpdk_datapath) is rendered relative to the run root
+            spec["nics"] = [dict(nic, socket="%s/%s" % (settings["run_root"], nic["socket"]))
+                            if nic.get("backend") == "vhost-user" and not str(nic.get("socket") or "/").startswith("/")
+                            else nic for nic in vm["nics"]]
         specs.append(spec)
     return specs
 

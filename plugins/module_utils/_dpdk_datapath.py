@@ -2,7 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """One user-space datapath per vhost-user segment: dpdk-testpmd forwarding between exactly two vhost-user ports.
 
-Layout of a segment's directory ``<run_dir>/dpdk/<segment>/``: ``huge/`` (a hugetlbfs mounted for this datapath
+Layout of a segment's directory ``<run_root>/<lab>.dpdk/<segment>/`` (beside the lab's run directory, not in it:
+every directory in there is a VM's, and qemu_vms removes them all; a lab name holds no '.', so no lab is called
+``<lab>.dpdk``): ``huge/`` (a hugetlbfs mounted for this datapath
 alone), ``<port>.sock`` (the vhost-user sockets testpmd serves, QEMU connects as client), ``testpmd.log`` and
 ``state.json`` (pid, hugepages this datapath added to the kernel's pool, cores, ports). Stopping ends that pid (only
 when it is still this segment's testpmd), unmounts ``huge/``, gives back exactly the hugepages it added and removes
@@ -28,6 +30,7 @@ DPDK_RUNTIME = "/var/run/dpdk"
 TESTPMD = "dpdk-testpmd"
 # 2 MiB pages testpmd's EAL preallocates (-m 128) plus room for its vhost and ring allocations.
 HUGEPAGES_DEFAULT = 80
+HUGEPAGE_MIB = 2
 TESTPMD_MEMORY_MB = 128
 # a small mbuf pool: testpmd's default (~155,000 mbufs, 338 MB) does not fit a lab's few hugepages
 MBUFS = 8192
@@ -40,8 +43,25 @@ class DatapathError(Exception):
     """The datapath cannot be started or stopped as asked; the message names the segment and the fix."""
 
 
+def lab_dir(run_dir):
+    """The directory of a lab's datapaths, beside its run directory `run_dir` (<run_root>/<lab>)."""
+    return os.path.normpath(run_dir) + ".dpdk"
+
+
 def segment_dir(run_dir, segment):
-    return os.path.join(run_dir, "dpdk", segment)
+    return os.path.join(lab_dir(run_dir), segment)
+
+
+def segments(run_dir):
+    """The segments whose datapath directory exists (running or left by a killed run)."""
+    directory = lab_dir(run_dir)
+    return sorted(name for name in os.listdir(directory) if os.path.isdir(os.path.join(directory, name))) \
+        if os.path.isdir(directory) else []
+
+
+def reserved_hugepages(run_dir):
+    """The hugepages this lab's datapaths added to the kernel's pool (their state files say so)."""
+    return sum(int((read_state(run_dir, segment) or {}).get("hugepages") or 0) for segment in segments(run_dir))
 
 
 def file_prefix(run_dir, segment):
@@ -174,7 +194,7 @@ def start(run_dir, segment, ports, cores, hugepages=HUGEPAGES_DEFAULT, binary=TE
     directory = segment_dir(run_dir, segment)
     huge = os.path.join(directory, "huge")
     os.makedirs(huge, mode=0o700, exist_ok=True)
-    os.chmod(os.path.dirname(directory), 0o700)
+    os.chmod(lab_dir(run_dir), 0o700)
     state = {"segment": segment, "ports": list(ports), "cores": cores, "hugepages": 0, "pid": None,
              "sockets": socket_paths(run_dir, segment, ports)}
     _write_state(run_dir, segment, state)
@@ -253,6 +273,10 @@ def stop(run_dir, segment):
     except OSError:
         pass
     shutil.rmtree(directory, ignore_errors=True)
+    try:
+        os.rmdir(lab_dir(run_dir))  # the lab's datapath directory goes with its last datapath
+    except OSError:
+        pass
     return True
 
 

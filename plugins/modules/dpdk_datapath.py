@@ -12,14 +12,15 @@ short_description: Run or stop the user-space (DPDK) datapath of one vhost-user 
 version_added: 0.1.0
 description:
   - With O(state=present), C(dpdk-testpmd) forwards between the two vhost-user ports of O(ports), serving one unix
-    socket per port in C(<run_root>/<lab>/dpdk/<segment>/<port>.sock) for M(qemulab.network.qemu_vm) NICs with
+    socket per port in C(<run_root>/<lab>.dpdk/<segment>/<port>.sock) for M(qemulab.network.qemu_vm) NICs with
     backend C(vhost-user). It adds O(hugepages) 2 MiB hugepages to the kernel's pool, mounts a hugetlbfs of its own
     there, and polls O(cores) CPU(s) at 100 % (plus testpmd's mostly idle main core).
   - A datapath that already runs with the same ports and cores is left alone; one with other settings is restarted
     (its guests lose their link until they reconnect, so start the datapath before the VMs).
   - With O(state=absent), the segment's testpmd is ended (by its recorded pid, only while it is still that
     segment's testpmd), the hugetlbfs unmounted, exactly the hugepages it added given back, and its directory and
-    DPDK's runtime directory for it removed.
+    DPDK's runtime directory for it removed. Without O(segment), every datapath of the lab is stopped so, except those
+    O(keep) names (the lab playbook's cleanup, and its bring-up for segments no longer in the inventory).
   - Refused before anything changes when the host has fewer than O(cores) + 1 CPUs, or C(dpdk-testpmd) (Debian
     package C(dpdk-dev)) is missing. See docs/dpdk.md for what was measured and why testpmd.
 author:
@@ -30,11 +31,17 @@ options:
     type: str
     required: true
   segment:
-    description: The segment's name (the NICs' C(bridge) in the inventory); the rule of a bridge name.
+    description:
+      - The segment's name (the NICs' C(bridge) in the inventory); the rule of a bridge name.
+      - Required with O(state=present); with O(state=absent) and no segment, all the lab's datapaths but O(keep).
     type: str
-    required: true
+  keep:
+    description: With O(state=absent) and no O(segment), the segments whose datapaths stay.
+    type: list
+    elements: str
+    default: []
   ports:
-    description: Exactly two port names (the rule of a tap name), one socket each, in the order QEMU's NICs use them.
+    description: Exactly two port names (the rule of a VM name), one socket each, in the order QEMU's NICs use them.
     type: list
     elements: str
     default: []
@@ -77,6 +84,12 @@ EXAMPLES = r"""
     lab: dpdk
     segment: br9
     state: absent
+
+- name: Stop every datapath of the lab but br9's
+  qemulab.network.dpdk_datapath:
+    lab: dpdk
+    keep: [br9]
+    state: absent
 """
 
 RETURN = r"""
@@ -88,6 +101,11 @@ pid:
   description: testpmd's pid (0 when stopped, or in check mode before a start).
   returned: always
   type: int
+stopped:
+  description: The segments whose datapaths were (in check mode, would be) stopped.
+  returned: always
+  type: list
+  elements: str
 """
 
 import os
@@ -97,21 +115,66 @@ from ansible_collections.qemulab.network.plugins.module_utils import _dpdk_datap
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
 
 
+def _present(module, run_dir, where):
+    """One segment's datapath as asked: left alone when it runs so, else (re)started."""
+    p = module.params
+    have = datapath.read_state(run_dir, p["segment"])
+    keep = datapath.wanted_matches(have, p["ports"], p["cores"])
+    stop = bool(have is not None or os.path.isdir(datapath.segment_dir(run_dir, p["segment"]))) and not keep
+    start = not keep
+    before = {"running": bool(have.get("running")), "ports": have.get("ports", []), "cores": have.get("cores")} \
+        if have else {}
+    after = {"running": True, "ports": list(p["ports"]), "cores": p["cores"]}
+    pid = int(have["pid"]) if keep else 0
+    if start and not module.check_mode:
+        try:
+            if stop:
+                datapath.stop(run_dir, p["segment"])
+            pid = datapath.start(run_dir, p["segment"], p["ports"], p["cores"], p["hugepages"])["pid"]
+        except (datapath.DatapathError, OSError) as exc:
+            module.fail_json(msg="%s: %s" % (where, exc))
+    module.exit_json(changed=start, sockets=datapath.socket_paths(run_dir, p["segment"], p["ports"]), pid=pid,
+                     stopped=[p["segment"]] if stop else [], diff={"before": before, "after": after})
+
+
+def _absent(module, run_dir, where):
+    """The named segment's datapath stopped, or every one of the lab's but those `keep` names."""
+    p = module.params
+    if p["segment"]:
+        names = [p["segment"]] if os.path.isdir(datapath.segment_dir(run_dir, p["segment"])) else []
+    else:
+        names = [name for name in datapath.segments(run_dir) if name not in p["keep"]]
+    before = dict((name, datapath.read_state(run_dir, name) or {}) for name in names)
+    if names and not module.check_mode:
+        for name in names:
+            try:
+                datapath.stop(run_dir, name)
+            except (datapath.DatapathError, OSError) as exc:
+                module.fail_json(msg="%s: %s" % (where, exc))
+    module.exit_json(changed=bool(names), sockets={}, pid=0, stopped=names, diff={
+        "before": dict((name, {"running": bool(state.get("running")), "ports": state.get("ports", []),
+                               "cores": state.get("cores")}) for name, state in before.items()),
+        "after": {}})
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(lab=dict(type="str", required=True), segment=dict(type="str", required=True),
+        argument_spec=dict(lab=dict(type="str", required=True), segment=dict(type="str"),
+                           keep=dict(type="list", elements="str", default=[]),
                            ports=dict(type="list", elements="str", default=[]),
                            cores=dict(type="int", default=1),
                            hugepages=dict(type="int", default=datapath.HUGEPAGES_DEFAULT),
                            run_root=dict(type="path", default="/run/qemulab"),
                            state=dict(type="str", choices=["present", "absent"], default="present")),
+        required_if=[("state", "present", ("segment",))],
         supports_check_mode=True,
     )
     p = module.params
-    where = "dpdk_datapath: lab %s segment %s" % (p["lab"], p["segment"])
-    problems = [("lab", check_name(p["lab"], "lab")), ("segment", check_name(p["segment"], "bridge"))]
+    where = "dpdk_datapath: lab %s segment %s" % (p["lab"], p["segment"] or "(all)")
+    problems = [("lab", check_name(p["lab"], "lab"))]
+    problems += [("segment", check_name(name, "bridge")) for name in [p["segment"]] + p["keep"] if name]
     if p["state"] == "present":
-        problems += [("ports", check_name(port, "tap")) for port in p["ports"]]
+        problems += [("ports", check_name(port, "vm")) for port in p["ports"]]
         if len(p["ports"]) != 2 or len(set(p["ports"])) != 2:
             problems.append(("ports", "%r: testpmd forwards between exactly two ports; give two distinct names"
                              % (p["ports"],)))
@@ -122,30 +185,10 @@ def main():
         if why:
             module.fail_json(msg="%s: %s: %s" % (where, field, why))
     run_dir = os.path.join(p["run_root"], p["lab"])
-
-    # read, plan
-    have = datapath.read_state(run_dir, p["segment"])
-    present = p["state"] == "present"
-    keep = present and datapath.wanted_matches(have, p["ports"], p["cores"])
-    stop = bool(have is not None or os.path.isdir(datapath.segment_dir(run_dir, p["segment"]))) and not keep
-    start = present and not keep
-    before = {"running": bool(have and have.get("running")), "ports": (have or {}).get("ports", []),
-              "cores": (have or {}).get("cores")} if have else {}
-    after = {"running": True, "ports": list(p["ports"]), "cores": p["cores"]} if present else {}
-    sockets = datapath.socket_paths(run_dir, p["segment"], p["ports"]) if present else {}
-    pid = int(have["pid"]) if keep else 0
-
-    # act
-    if (start or stop) and not module.check_mode:
-        try:
-            if stop:
-                datapath.stop(run_dir, p["segment"])
-            if start:
-                pid = datapath.start(run_dir, p["segment"], p["ports"], p["cores"], p["hugepages"])["pid"]
-        except (datapath.DatapathError, OSError) as exc:
-            module.fail_json(msg="%s: %s" % (where, exc))
-    module.exit_json(changed=bool(start or stop), sockets=sockets, pid=pid,
-                     diff={"before": before, "after": after})
+    if p["state"] == "present":
+        _present(module, run_dir, where)
+    else:
+        _absent(module, run_dir, where)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ description:
     and a lab name another inventory holds before anything on the host changes.
   - C(mem_available_mib) is the kernel's C(MemAvailable) plus the resident memory of this lab's own running QEMU
     processes (a pidfile is trusted only when C(/proc/PID/cmdline) is a QEMU whose pidfile lies in the VM's run
-    directory), so a re-run of a running lab is judged as its first run was.
+    directory) and of the hugepages its DPDK datapaths reserved (M(qemulab.network.dpdk_datapath)), so a re-run of
+    a running lab is judged as its first run was.
   - A O(lab) that is not a valid lab name is not an error here (the plan reports it); nothing is read for it.
   - Read-only.
 author:
@@ -47,7 +48,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 mem_available_mib:
-  description: MemAvailable plus what this lab's running QEMUs hold, in MiB.
+  description: MemAvailable plus what this lab's running QEMUs and its datapaths' hugepages hold, in MiB.
   returned: always
   type: int
 cpus:
@@ -58,6 +59,11 @@ claim:
   description: The lab's claim (C(<run_root>/<lab>/lab.json) - C(lab), C(inventory), C(netns)), or null.
   returned: always
   type: dict
+dpdk_segments:
+  description: The user-space segments whose DPDK datapath this lab has on the host (running or left by a killed run).
+  returned: always
+  type: list
+  elements: str
 addresses:
   description:
     - The host's own IPv4 addresses (its network namespace, where its VXLAN tunnels have their sockets), each with
@@ -73,6 +79,11 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.qemulab.network.plugins.module_utils._dpdk_datapath import (
+    HUGEPAGE_MIB,
+    reserved_hugepages,
+    segments as datapath_segments,
+)
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, netlink
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
@@ -113,16 +124,18 @@ def main():
                                               run_root=dict(type="path", default="/run/qemulab")),
                            supports_check_mode=True)
     lab, run_root = module.params["lab"], module.params["run_root"]
-    claim, lab_kib = None, 0
+    claim, lab_kib, datapaths = None, 0, []
     if check_lab_name(lab) is None:
         # bounded, never through a link, never blocking on a FIFO: the run directory's rules for any file root reads
         claim = read_json(os.path.join(run_root, lab, "lab.json"), limit=CLAIM_MAX_BYTES) or None
         for _name, run_dir in lab_run_dirs(run_root, lab):
             for pid in find_qemus(run_dir):
                 lab_kib += process_status(pid, "VmRSS") or 0
+        lab_kib += reserved_hugepages(os.path.join(run_root, lab)) * HUGEPAGE_MIB * 1024
+        datapaths = datapath_segments(os.path.join(run_root, lab))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,
-                     claim=claim, addresses=_addresses())
+                     claim=claim, addresses=_addresses(), dpdk_segments=datapaths)
 
 
 if __name__ == "__main__":

@@ -274,7 +274,7 @@ class _Compiler(object):
                                     self.lab_hosts.get(host))
         else:
             self.check_capacity(vms, lab["lab_overcommit"], hv_owner)
-        _lab_dpdk.check(self, lab["lab_dpdk_cores"] or 1, hv_owner, hypervisor)
+        _lab_dpdk.check(self, lab["lab_dpdk_cores"] or 1, hv_owner, hypervisor, lab["lab_qemu_user"], vms)
 
         taps = []
         for vm in vms:
@@ -308,7 +308,8 @@ class _Compiler(object):
         # claim is the lab host's state, not a defect of this plan: it is rendered (a bring-up still stops on the
         # error), so a forced cleanup's plays find their arguments.
         defects = [message for message in plan["errors"] if message not in self.claim_errors]
-        plan["hosts"] = {} if defects else _lab_render.render(plan, placement, connections)
+        plan["hosts"] = {} if defects else _lab_render.render(plan, placement, connections,
+                                                                 lab["lab_dpdk_cores"] or 1)
         # a guest's own arguments, found by its name wherever it runs (the plays on the guests look them up so)
         plan["guests"] = dict((name, guest) for host in plan["hosts"].values() for name, guest in host["guests"].items())
         return plan
@@ -462,11 +463,14 @@ class _Compiler(object):
         if available is not None:
             wanted = sum(vm["memory_mb"] for vm in vms)
             overhead = QEMU_OVERHEAD_MIB * len(vms) + QEMU_SHARED_MIB
-            if wanted + overhead > available:
+            # the hugepages the user-space segments' datapaths reserve (lab_host_info counts the lab's own back in)
+            huge = _lab_dpdk.hugepages_mib(vms)
+            if wanted + overhead + huge > available:
                 self.problems.add(owner, "vm_memory", "of the lab's %d VMs adds up to %d MiB, plus %d MiB for QEMU "
-                                  "itself (%d MiB per VM and %d shared), but the lab host has %d MiB available; give "
+                                  "itself (%d MiB per VM and %d shared)%s, but the lab host has %d MiB available; give "
                                   "the VMs less vm_memory, run fewer VMs, or set lab_overcommit: true to start them "
                                   "anyway" % (len(vms), wanted, overhead, QEMU_OVERHEAD_MIB, QEMU_SHARED_MIB,
+                                              " and %d MiB of hugepages for the DPDK datapaths" % huge if huge else "",
                                               available))
         if cpus is not None:
             for vm in vms:

@@ -6,6 +6,7 @@
     nic_links    qemulab.network.nic_links  each lab NIC's link state and impairment on the running VMs (the
                  `links` stage; never part of what restarts a VM)
     host_ports   qemulab.network.veth    one item per host port; `host_port_routes`: ip_config per port
+    datapaths    qemulab.network.dpdk_datapath per user-space (vhost-user) segment, started before the VMs
     vms          qemulab.network.qemu_vm per VM, all but what the lab host decides at run time (the built image's
                  files, accelerator, run and state directories: vm_launch's settings, merged by qemu_vm_specs)
     guests       per VM: guest_network's nics, routes, gateway, forwarding; router_nat's rules; whom it pings
@@ -23,6 +24,7 @@ __metaclass__ = type
 
 import ipaddress
 
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_dpdk
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_serial
 
 INTERFACES_HEADER = ("# /etc/network/interfaces -- configuration file for ifup(8), ifdown(8)\n"
@@ -89,7 +91,10 @@ def guest_sysctl_file(forwarding):
 
 # ------------------------------------------------------------------ qemu_vm
 
-def _lab_nic(nic, netns):
+def _lab_nic(nic, netns, socket=None):
+    if nic["backend"] == "vhost-user":
+        # the socket relative to the run root, which vm_launch decides (qemu_vm_specs makes it absolute)
+        return {"model": nic["model"], "mac": nic["mac"], "backend": "vhost-user", "socket": socket}
     if nic["backend"] == "user":
         # always restricted: a lab guest reaches SLIRP's gateway and its 127.0.0.1 forwards, nothing beyond
         return {"model": nic["model"], "mac": nic["mac"], "backend": "user", "restrict": True, "net": nic["net"],
@@ -101,16 +106,16 @@ def _lab_nic(nic, netns):
     return rendered
 
 
-def qemu_nics(vm, netns):
+def qemu_nics(vm, netns, sockets=None):
     """A planned VM's NICs as qemu_vm `nics`: the lab NICs in guest order, the management NIC last (user-mode,
-    restricted, forwarding 127.0.0.1:<ssh_port> to the guest's sshd)."""
-    nics = [_lab_nic(nic, netns) for nic in vm["nics"]]
+    restricted, forwarding 127.0.0.1:<ssh_port> to the guest's sshd). `sockets`: {dev: vhost-user socket}."""
+    nics = [_lab_nic(nic, netns, (sockets or {}).get(nic.get("dev"))) for nic in vm["nics"]]
     nics.append({"model": "virtio-net-pci", "mac": vm["mgmt_mac"], "backend": "user", "restrict": True,
                  "hostfwd": [{"host_port": vm["ssh_port"], "guest_port": SSH_GUEST_PORT, "protocol": "tcp"}]})
     return nics
 
 
-def qemu_vm(vm, plan):
+def qemu_vm(vm, plan, sockets=None):
     """qemu_vm's options for one VM, less vm_launch's settings (see qemu_vm_specs)."""
     built_image = not vm["kernel"]
     return {
@@ -126,7 +131,7 @@ def qemu_vm(vm, plan):
         "memory": vm["memory_mb"],
         "vcpus": vm["vcpus"],
         "netns": plan["netns"],
-        "nics": qemu_nics(vm, plan["netns"]),
+        "nics": qemu_nics(vm, plan["netns"], sockets),
         # the guest boots configured (the default image's init reads these); own images are configured over SSH
         "fw_cfg": [{"name": "opt/qemulab/interfaces",
                     "content": guest_interfaces_file(vm["nics"], vm["routes"], vm["gateway"])},
@@ -156,9 +161,10 @@ def _addresses(nics):
     return [nic["address"].split("/")[0] for nic in nics if nic["bridge"] and nic["address"]]
 
 
-def render(plan, placement=None, connections=None):
+def render(plan, placement=None, connections=None, dpdk_cores=1):
     """{lab host: arguments} for a plan without errors; `placement` (_lab_placement) says which segments span lab
-    hosts, `connections` how guests are reached through their lab host."""
+    hosts, `connections` how guests are reached through their lab host, `dpdk_cores` each user-space segment's
+    polling cores (lab_dpdk_cores)."""
     placement = placement or {"segments": [], "underlay": {}, "port": None}
     connections = connections or {}
     netns, lab = plan["netns"], plan["lab_name"]
@@ -168,6 +174,11 @@ def render(plan, placement=None, connections=None):
         (vm["name"], _addresses(vm["nics"])) for vm in plan["vms"] if vm["kind"] == "host")
     # a tap of a NIC whose link is down stays down (host_prep must not bring it back up)
     tap_up = dict((nic["tap"], nic["link"] != "down") for vm in plan["vms"] for nic in vm["nics"] if nic["tap"])
+    # {vm: {dev: socket}} of the vhost-user NICs, each on its segment's datapath
+    sockets = {}
+    for segment, members in _lab_dpdk.segment_ports(plan["vms"]).items():
+        for vm, dev, port in members:
+            sockets.setdefault(vm, {})[dev] = _lab_dpdk.socket_path(lab, segment, port)
     rendered = {}
     for hypervisor in plan["hypervisors"]:
         vms = [vm for vm in plan["vms"] if vm["hypervisor"] == hypervisor]
@@ -198,7 +209,8 @@ def render(plan, placement=None, connections=None):
             # what each host port pings when the lab is verified: every host's lab addresses
             "host_port_pings": [[p["peer"], address] for p in ports
                                 for name in sorted(host_addresses) for address in host_addresses[name]],
-            "vms": [qemu_vm(vm, plan) for vm in vms],
+            "datapaths": _lab_dpdk.datapaths(lab, vms, dpdk_cores),
+            "vms": [qemu_vm(vm, plan, sockets.get(vm["name"])) for vm in vms],
             "nic_links": [link for vm in vms for link in nic_links(vm, netns)],
             "guests": dict((vm["name"], {
                 "nics": vm["nics"], "routes": vm["routes"], "gateway": vm["gateway"],

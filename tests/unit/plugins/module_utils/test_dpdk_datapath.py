@@ -15,11 +15,11 @@ pytestmark = pytest.mark.unit
 def test_testpmd_serves_one_socket_per_port_in_the_segment_dir_and_polls_the_asked_cores():
     argv = dp.testpmd_argv("/run/qemulab/lab1", "dp1", ["h1-eth0", "h2-eth0"], 2)
     assert argv[:3] == ["dpdk-testpmd", "-l", "0-2"]
-    assert argv[argv.index("--huge-dir") + 1] == "/run/qemulab/lab1/dpdk/dp1/huge"
+    assert argv[argv.index("--huge-dir") + 1] == "/run/qemulab/lab1.dpdk/dp1/huge"
     assert argv[argv.index("--file-prefix") + 1] == "qemulab-lab1-dp1"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--vdev"] == [
-        "net_vhost0,iface=/run/qemulab/lab1/dpdk/dp1/h1-eth0.sock,queues=1",
-        "net_vhost1,iface=/run/qemulab/lab1/dpdk/dp1/h2-eth0.sock,queues=1"]
+        "net_vhost0,iface=/run/qemulab/lab1.dpdk/dp1/h1-eth0.sock,queues=1",
+        "net_vhost1,iface=/run/qemulab/lab1.dpdk/dp1/h2-eth0.sock,queues=1"]
     assert "--nb-cores=2" in argv and "--forward-mode=io" in argv and "--stats-period" in argv
 
 
@@ -66,6 +66,7 @@ def test_a_recorded_pid_counts_only_while_it_is_that_segments_testpmd(tmp_path):
         assert dp.stop(run_dir, "dp1") is True  # nothing signalled, the directory removed
         assert other.poll() is None
         assert not os.path.exists(dp.segment_dir(run_dir, "dp1"))
+        assert not os.path.exists(dp.lab_dir(run_dir))  # the lab's datapath directory went with its last one
         assert dp.stop(run_dir, "dp1") is False
     finally:
         other.kill()
@@ -77,3 +78,16 @@ def test_start_without_testpmd_installed_changes_nothing(tmp_path):
         dp.start(str(tmp_path / "lab1"), "dp1", ["a", "b"], 1, binary="no-such-testpmd")
     assert "dpdk-dev" in str(err.value)
     assert not os.path.exists(str(tmp_path / "lab1"))
+
+
+def test_a_labs_datapaths_live_beside_its_run_directory_and_count_their_hugepages(tmp_path):
+    run_dir = str(tmp_path / "lab1")
+    # beside, not inside: every directory in the run directory is a VM's (qemu_vms and qemu_vm_info list them)
+    assert dp.segment_dir(run_dir, "dp1") == str(tmp_path / "lab1.dpdk" / "dp1")
+    assert dp.segments(run_dir) == [] and dp.reserved_hugepages(run_dir) == 0
+    for segment, pages in (("dp2", 80), ("dp1", 40)):
+        os.makedirs(dp.segment_dir(run_dir, segment))
+        with open(os.path.join(dp.segment_dir(run_dir, segment), dp.STATE), "w") as f:
+            json.dump({"pid": None, "ports": ["a", "b"], "cores": 1, "hugepages": pages, "sockets": {}}, f)
+    assert dp.segments(run_dir) == ["dp1", "dp2"]
+    assert dp.reserved_hugepages(run_dir) == 120
