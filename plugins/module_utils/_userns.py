@@ -170,7 +170,7 @@ def start_holder(lab, python=None):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True, cwd="/",
                             start_new_session=True)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
+        ready = select.select([proc.stdout], [], [], READY_TIMEOUT)[0]
         line = proc.stdout.readline().decode("utf-8", "replace").strip() if ready else ""
     finally:
         proc.stdout.close()

@@ -12,7 +12,7 @@ short_description: Keep a rootless lab's user and network namespace alive in a h
 version_added: 0.1.0
 description:
   - For a lab run by a user without root (docs/rootless.md). A user cannot bind-mount a namespace under
-    C(/run/netns), so the lab's namespaces live as long as a small holder process that owns them: a user namespace
+    C(/run/netns), so the lab's namespaces live as long as a small holder process that owns them, a user namespace
     in which the user is root, and a network namespace inside it (the lab's bridges, taps and host ports go there).
   - With O(state=present), starts the holder when there is none (in a session of its own, so it outlives the
     Ansible run), and records its pid, its start time and the identity (device, inode) of both namespaces in
