@@ -31,8 +31,8 @@ def qemu_vm_specs(vms, settings):
 
     Nothing of the inventory is reshaped here; only what the lab host decides is added: the built image's files,
     the run and state directories, the accelerator and its translation cache, extra QEMU arguments, and whether
-    the guest gets its configuration at boot, and where its vhost-user NICs' sockets lie. settings: lab, run_root, state_dir, default_kernel, default_initrd,
-    default_disk, default_append, custom_append, accelerator, tb_size, extra_args, boot_config.
+    the guest gets its configuration at boot, and where its vhost-user NICs' sockets lie. settings: lab, run_root,
+    state_dir, default_kernel, default_initrd, default_disk, default_append, custom_append, accelerator, tb_size, extra_args, boot_config.
     """
     specs = []
     for vm in vms or []:

@@ -72,10 +72,9 @@ def test_the_specs_put_the_socket_under_the_lab_hosts_run_root():
 
 def test_the_hugepages_count_in_the_memory_check_before_anything_changes():
     # two VMs of 256 MiB plus QEMU's overhead (2 x 96 + 128) is 832 MiB; the datapath's 80 hugepages are 160 more
-    assert not [e for e in plan(memory=1000, a1={"ansible_port": 2402, "vm_memory": 256, "vm_nics": HOSTVARS["a1"]["vm_nics"]},
-                               a2={"ansible_port": 2403, "vm_memory": 256, "vm_nics": HOSTVARS["a2"]["vm_nics"]})["errors"]]
-    short = plan(memory=900, a1={"ansible_port": 2402, "vm_memory": 256, "vm_nics": HOSTVARS["a1"]["vm_nics"]},
-                 a2={"ansible_port": 2403, "vm_memory": 256, "vm_nics": HOSTVARS["a2"]["vm_nics"]})["errors"]
+    sized = dict((vm, dict(HOSTVARS[vm], vm_memory=256)) for vm in ("a1", "a2"))
+    assert plan(memory=1000, **sized)["errors"] == []
+    short = plan(memory=900, **sized)["errors"]
     assert len(short) == 1 and "and 160 MiB of hugepages for the DPDK datapaths" in short[0], short
 
 
