@@ -210,7 +210,8 @@ def test_the_ring_over_three_lab_hosts(tmp_path):
     """A ring of three routers over three simulated lab hosts: up with one lab.yml; verify_paths.yml traces every
     planned path hop by hop (from each router, through its own lab host, and from the lab host's port: across the
     tunnels); a capture of br1 runs on the two hosts that have it, each holding r1's pings, and not on the third; a
-    second run changes nothing; cleanup leaves nothing on any host."""
+    second run changes nothing; a cleanup while the third host is out of reach names it and cleans the other two;
+    the next cleanup leaves nothing on any host."""
     tag = "r" + secrets.token_hex(3)
     lab = "qlrg" + secrets.token_hex(3)
     ports = port_block(3)
@@ -238,6 +239,13 @@ def test_the_ring_over_three_lab_hosts(tmp_path):
 
             again = run_playbook(LAB_YML, inventory=inventory, timeout=600)
             _assert_unchanged(again)
+
+            # host 3 out of reach while the lab is cleaned: named, and the two others still cleaned
+            with hosts[2].unreachable():
+                partial = run_playbook(LAB_YML, inventory=inventory, tags="cleanup", expect_failure=True,
+                                       timeout=600)
+            assert any("lab host(s) %s" % hosts[2].name in message for message in partial.failure_messages()), partial
+            assert [len(_share(host, lab)["qemus"]) for host in hosts] == [0, 0, 1], "only the hidden host kept its VM"
         finally:
             down = run_playbook(LAB_YML, inventory=inventory, tags="cleanup", timeout=600)
         _assert_nothing_left(down, hosts, lab)
