@@ -308,8 +308,8 @@ class _Compiler(object):
         # claim is the lab host's state, not a defect of this plan: it is rendered (a bring-up still stops on the
         # error), so a forced cleanup's plays find their arguments.
         defects = [message for message in plan["errors"] if message not in self.claim_errors]
-        plan["hosts"] = {} if defects else _lab_render.render(plan, placement, connections,
-                                                                 lab["lab_dpdk_cores"] or 1)
+        cores = lab["lab_dpdk_cores"] or 1
+        plan["hosts"] = {} if defects else _lab_render.render(plan, placement, connections, cores)
         # a guest's own arguments, found by its name wherever it runs (the plays on the guests look them up so)
         plan["guests"] = dict((name, guest) for host in plan["hosts"].values() for name, guest in host["guests"].items())
         return plan

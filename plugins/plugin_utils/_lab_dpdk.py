@@ -20,6 +20,8 @@ from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import
 # keys of a NIC that mean a tap or SLIRP and have no sense on a user-space segment
 NOT_WITH_VHOST_USER = ("tap", "vhost", "net", "hostfwd", "netem")
 PORTS_PER_SEGMENT = 2
+
+
 def read_nic(compiler, name, field, raw, nic):
     """Check one vhost-user NIC and record it under its segment (compiler.dpdk_segments)."""
     problems = compiler.problems
