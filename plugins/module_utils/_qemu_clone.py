@@ -361,9 +361,11 @@ def clone_plan(config, template_dir, accelerator, qemu_version):
     """(the template to restore {"state", "disk", "dir"} or None, why not): a clone only when it comes out exactly
     as a boot would — the template was made for this machine and the VM's disk is a fresh overlay over its disk.
     qemu_version: a function, asked only when there is a template to compare with."""
-    if not template_dir:
-        return None, ""
     problem = clone_problem(config)
+    if not template_dir:
+        # no template offered: vm_template found none for this VM; if no clone could be made at all, the status
+        # table still says why (a vhost-user NIC, an own image) instead of nothing
+        return None, problem or ""
     if problem:
         return None, problem
     template = read_template(os.path.dirname(os.path.abspath(template_dir)), os.path.basename(template_dir))

@@ -279,6 +279,8 @@ def test_lab_yml_runs_a_vhost_user_segment_and_its_cleanup_gives_the_hugepages_b
                                                            "core(s), 80 hugepages" % lab.testpmds()[0])], status
         # the template's RAM is not shared memory (_qemu_clone.clone_problem): both guests booted, none was cloned
         assert len([line for line in status if line.split()[:1] == ["(boot)"]]) == 2, status
+        assert len([line for line in status if "booted instead of being cloned: a vhost-user NIC needs guest memory "
+                    "in a shared memory backend" in line]) == 2, status
         ping = lab.ssh("a", "ping -c 3 -W 3 %s" % ADDRS[1])
         assert ping.returncode == 0 and " 0% packet loss" in ping.stdout, ping
         server = lab.ssh("b", "iperf3 -s -D -1")

@@ -159,6 +159,10 @@ def test_clone_plan_needs_a_finished_template_made_for_this_machine(tmp_path):
     template, reason = _qemu_clone.clone_plan(config, str(path), "tcg", lambda: "8.0.0")
     assert template is None and "qemu_version" in reason
     assert _qemu_clone.clone_plan(config, None, "tcg", lambda: pytest.fail("asked for QEMU's version")) == (None, "")
+    # no template offered to a VM no template could serve (vm_template left it out): the reason is still said
+    odd = dict(config, extra_args=["-device", "virtio-rng-pci"])
+    assert _qemu_clone.clone_plan(odd, None, "tcg", lambda: pytest.fail("asked")) == (
+        None, "extra_args may add devices a template does not have")
 
 
 def test_the_settings_line_is_the_command_line_plus_the_time(tmp_path):
