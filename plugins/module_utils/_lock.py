@@ -21,11 +21,16 @@ import sys
 import time
 
 
-def process_start_time(pid):
+def _read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def process_start_time(pid, read=_read_text):
     """The start time field of /proc/PID/stat (tells a process from a later one with the same pid), or None."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        # the command name (field 2) may hold spaces and parentheses: split after its last ")"
+        fields = read("/proc/%d/stat" % pid).rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
     return None if fields[0] in ("Z", "X") else fields[19]

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from ansible_collections.qemulab.network.plugins.module_utils._lock import process_start_time
+
 RECORD_DIR = "_userns"
 # the holder's argument after its code: what names it in `ps` and what a record's pid must still carry
 MARK = "qemulab-userns"
@@ -67,17 +69,8 @@ def record_path(run_root, lab):
 
 def start_time(pid, read=None):
     """Field 22 of /proc/<pid>/stat (clock ticks since boot), or None when there is no such process."""
-    try:
-        text = read("/proc/%d/stat" % pid) if read else _read("/proc/%d/stat" % pid)
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its last ")"
-    return int(text.rsplit(")", 1)[1].split()[19])
-
-
-def _read(path):
-    with open(path) as f:
-        return f.read()
+    started = process_start_time(pid, read) if read else process_start_time(pid)
+    return None if started is None else int(started)
 
 
 def ns_identity(pid, kind, stat=os.stat):
