@@ -318,6 +318,24 @@ def remove_build_dir(path):
     shutil.rmtree(path, ignore_errors=True)
 
 
+def new_build_dir(cache_dir, key):
+    """An empty ``.build-<key>-<pid>`` directory to make image `key` in (what a crashed build or copy leaves)."""
+    work = os.path.join(cache_dir, f".build-{key}-{os.getpid()}")
+    remove_build_dir(work)
+    os.makedirs(work)
+    return work
+
+
+def publish_build(work, cache_dir, key):
+    """Rename the finished `work` directory to image `key`: all or nothing. Whatever is there already is an untrusted
+    leftover (read_image said no) and is replaced."""
+    final = image_paths(cache_dir, key)["dir"]
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    os.rename(work, final)
+    return final
+
+
 def remove_stale_builds(cache_dir):
     """Delete .build-* directories whose building process is gone (a crashed or killed build)."""
     removed = []
@@ -479,9 +497,7 @@ def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, init
     """Build a complete image under `key`; nothing named by the key exists unless every step succeeded."""
     os.makedirs(cache_dir, exist_ok=True)
     remove_stale_builds(cache_dir)
-    work = os.path.join(cache_dir, f".build-{key}-{os.getpid()}")
-    remove_build_dir(work)
-    os.makedirs(work)
+    work = new_build_dir(cache_dir, key)
     rootfs = os.path.join(work, "rootfs")
     timings = {}
 
@@ -571,11 +587,7 @@ def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, init
         }
         with open(os.path.join(work, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
-        final = os.path.join(cache_dir, key)
-        if os.path.exists(final):
-            # An untrusted leftover (read_image said no): replace it.
-            shutil.rmtree(final)
-        os.rename(work, final)
+        final = publish_build(work, cache_dir, key)
         log(f"built {final}")
         return manifest
     except BaseException:

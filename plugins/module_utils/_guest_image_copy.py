@@ -22,12 +22,12 @@ __metaclass__ = type
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import tarfile
 
 from ansible_collections.qemulab.network.plugins.module_utils._guest_image import (
-    MANIFEST, BuildLock, GuestImageError, image_key, image_paths, read_image, remove_build_dir,
+    MANIFEST, BuildLock, GuestImageError, image_key, image_paths, new_build_dir, publish_build, read_image,
+    remove_build_dir,
 )
 
 KEY_RE = re.compile(r"^[0-9a-f]{16}\Z")
@@ -150,9 +150,7 @@ def publish(cache_dir, key, archive, sums, log=None):
         if manifest is not None:
             return manifest, False
         archive_members(archive, sums)
-        work = os.path.join(cache_dir, ".build-%s-%d" % (key, os.getpid()))
-        remove_build_dir(work)
-        os.makedirs(work, mode=0o755)
+        work = new_build_dir(cache_dir, key)
         try:
             done = subprocess.run(["tar", "-xSf", archive, "-C", work, "--no-same-owner", "--no-overwrite-dir",
                                    "--"] + sorted(sums), capture_output=True, text=True, check=False)
@@ -163,11 +161,7 @@ def publish(cache_dir, key, archive, sums, log=None):
                 raise ImageCopyError("guest image copy: the copy of image %s is not used: %s; nothing was "
                                      "published (copy it again, or set guest_image_copy false to build it on this "
                                      "lab host)" % (key, problem))
-            final = image_paths(cache_dir, key)["dir"]
-            if os.path.exists(final):
-                # an untrusted leftover (read_image said no) and anything in it, as a build replaces it
-                shutil.rmtree(final)
-            os.rename(work, final)
+            final = publish_build(work, cache_dir, key)
         except BaseException:
             remove_build_dir(work)
             raise
