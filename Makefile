@@ -100,8 +100,12 @@ lint: setup
 # would shadow the checkout for playbooks run elsewhere); .build/collections already links this checkout there, so
 # nothing is copied and nothing lands in the user's home. MOLECULE_COMMAND=syntax runs one step only. --all: every
 # scenario, default (the seed lab) and topology (the star of topologies/star.qemulab.yml).
+# Ansible's remote temp (the lab host's own too, over the local connection) would be ~/.ansible/tmp: the scenarios
+# get a directory of their own for the run instead, removed after it (the guests make the same path in their /tmp).
 molecule: setup
-	cd $(ROOT) && ANSIBLE_HOME=$(BUILD) $(BIN)/molecule $(or $(MOLECULE_COMMAND),test) --all
+	cd $(ROOT) && tmp=$$(mktemp -d -t qemulab-molecule-remote-tmp-XXXXXX) && \
+	  { ANSIBLE_HOME=$(BUILD) ANSIBLE_REMOTE_TEMP=$$tmp $(BIN)/molecule $(or $(MOLECULE_COMMAND),test) --all; \
+	    rc=$$?; rm -rf "$$tmp"; exit $$rc; }
 
 bench: setup
 	$(BIN)/python bench/run.py
