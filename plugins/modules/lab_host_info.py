@@ -18,6 +18,9 @@ description:
     directory) and of the hugepages its DPDK datapaths reserved (M(qemulab.network.dpdk_datapath)), so a re-run of
     a running lab is judged as its first run was.
   - A O(lab) that is not a valid lab name is not an error here (the plan reports it); nothing is read for it.
+  - O(disks) are looked into for an SSH server (e2fsprogs' C(debugfs), read-only, regular files only): the plan
+    reaches a VM on its own root disk without one through its serial console when its inventory does not set
+    C(vm_connection).
   - Read-only.
 author:
   - qemulab developers (@qemulab)
@@ -30,6 +33,13 @@ options:
     description: Root of the labs' run directories.
     type: path
     default: /run/qemulab
+  disks:
+    description:
+      - Own root disk images (C(vm_disk)) of VMs whose inventory does not set C(vm_connection), absolute paths on
+        the lab host, to look into for an SSH server (C(/usr/sbin/sshd), dropbear).
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -72,6 +82,15 @@ addresses:
   returned: always
   type: list
   elements: dict
+disks:
+  description:
+    - Per path of O(disks), C(ssh_server) (true, false, or null when the image is not ext2/3/4 debugfs can read, or
+      is not a regular file), C(found) (the SSH server's path in the image) and C(reason) (what was seen).
+  returned: always
+  type: dict
+  sample:
+    /srv/yocto-lab/images/rt1.ext4: {path: /srv/yocto-lab/images/rt1.ext4, ssh_server: false, found: null,
+                                     reason: "has no SSH server (/usr/sbin/sshd, ...)"}
 """
 
 import os
@@ -79,6 +98,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.qemulab.network.plugins.module_utils._disk_probe import ssh_server
 from ansible_collections.qemulab.network.plugins.module_utils._dpdk_datapath import (
     HUGEPAGE_MIB,
     reserved_hugepages,
@@ -121,7 +141,8 @@ def _addresses():
 
 def main():
     module = AnsibleModule(argument_spec=dict(lab=dict(type="str", required=True),
-                                              run_root=dict(type="path", default="/run/qemulab")),
+                                              run_root=dict(type="path", default="/run/qemulab"),
+                                              disks=dict(type="list", elements="str", default=[])),
                            supports_check_mode=True)
     lab, run_root = module.params["lab"], module.params["run_root"]
     claim, lab_kib, datapaths = None, 0, []
@@ -133,9 +154,20 @@ def main():
                 lab_kib += process_status(pid, "VmRSS") or 0
         lab_kib += reserved_hugepages(os.path.join(run_root, lab)) * HUGEPAGE_MIB * 1024
         datapaths = datapath_segments(os.path.join(run_root, lab))
+    debugfs = module.get_bin_path("debugfs", opt_dirs=["/sbin", "/usr/sbin"])
+    disks = {}
+    for path in module.params["disks"]:
+        if not path.startswith("/"):
+            # the plan names the field and the fix; nothing relative is opened
+            disks[path] = {"path": path, "ssh_server": None, "found": None, "reason": "is not an absolute path"}
+        elif debugfs is None:
+            disks[path] = {"path": path, "ssh_server": None, "found": None,
+                           "reason": "could not be looked into: debugfs (e2fsprogs) is not installed"}
+        else:
+            disks[path] = ssh_server(path, debugfs=debugfs)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,
-                     claim=claim, addresses=_addresses(), dpdk_segments=datapaths)
+                     claim=claim, addresses=_addresses(), dpdk_segments=datapaths, disks=disks)
 
 
 if __name__ == "__main__":

@@ -388,7 +388,8 @@ class _Compiler(object):
                 "disk": None,
                 "forwarding": forwarding if forwarding is not None else kind == "router",
                 "boot": self.read("vm", "vm_boot", hv, name),
-                "connection": self.read("vm", "vm_connection", hv, name) or "ssh",
+                "connection": self.read("vm", "vm_connection", hv, name),
+                "connection_reason": None,
                 "gateway": None,
                 "routes": [],
                 "nics": self.vm_nics(name, hv),
@@ -399,8 +400,23 @@ class _Compiler(object):
                 "nat": [],
             }
             self.vm_boot_files(vm, hv)
+            if vm["connection"] is None:
+                vm["connection"], vm["connection_reason"] = self.vm_connection(vm)
             vms.append(vm)
         return vms
+
+    def vm_connection(self, vm):
+        """(connection, why) for a VM whose inventory does not say: SSH, unless the VM's own root disk was looked
+        into on its lab host (lab_host_info `disks`) and holds no SSH server - a course image without sshd, which
+        can only be configured through its serial console."""
+        if vm["disk"] is None:
+            return "ssh", None
+        info = self.lab_hosts.get(vm["hypervisor"])
+        disks = info.get("disks") if _is_mapping(info) else None
+        seen = disks.get(vm["disk"]) if _is_mapping(disks) else None
+        if _is_mapping(seen) and seen.get("ssh_server") is False:
+            return "console", "vm_disk %s %s" % (vm["disk"], seen.get("reason") or "has no SSH server")
+        return "ssh", None
 
     def vm_hypervisor(self, name, hv, hypervisors):
         value = self.read("vm", "vm_hypervisor", hv, name)
@@ -845,8 +861,13 @@ class _Compiler(object):
                 continue
             if vm["connection"] == "console":
                 # nat_rules reads iptables-save and ip -j and feeds stdin: neither a Yocto busybox nor the console has
-                problems.add(name, "vm_nat", "is set on a VM with vm_connection console; NAT is configured over SSH "
-                             "(vm_connection ssh)")
+                if vm["connection_reason"]:
+                    problems.add(name, "vm_nat", "is set on a VM reached through its serial console (its %s); NAT is "
+                                 "configured over SSH: put an SSH server in the image, or set vm_connection: ssh"
+                                 % vm["connection_reason"])
+                else:
+                    problems.add(name, "vm_nat", "is set on a VM with vm_connection console; NAT is configured over "
+                                 "SSH (vm_connection ssh)")
                 continue
             devs = dict((nic["dev"], nic) for nic in vm["nics"] if nic.get("_iface"))
             for _index, field, raw in self.item_mappings("nat", value, name, "vm_nat"):

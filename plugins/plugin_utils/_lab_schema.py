@@ -484,11 +484,13 @@ SCHEMA = (
           "(see `docs/clones.md`), where that comes out exactly as a boot would (a new VM without extra QEMU "
           "arguments), `boot` boots its kernel. Default: the lab host's `vm_launch_boot` (`clone`). VMs on an "
           "image of their own always boot.", "`boot`"),
-    Field("vm", "vm_connection", _choice(("ssh", "console")), "ssh",
+    Field("vm", "vm_connection", _choice(("ssh", "console")), None,
           "How Ansible reaches the guest to configure it: `ssh` through its management NIC's forwarded port, "
           "`console` through its serial console socket with the `qemulab.network.console` connection (for an image "
           "without sshd or Python, such as a Yocto `core-image-minimal`: the guest is configured with shell commands "
-          "and busybox `ifup`, and not waited for on SSH; see `docs/own-images.md`). `vm_nat` needs `ssh`.",
+          "and busybox `ifup`, and not waited for on SSH; see `docs/own-images.md`). `vm_nat` needs `ssh`. "
+          "Default: `ssh`, except for a VM on its own ext2/3/4 root disk (`vm_disk`) in which the lab host finds no "
+          "SSH server (`/usr/sbin/sshd`, dropbear): `console`, and the status table says why.",
           "`console`"),
     Field("vm", "vm_nat", _items("nat"), [],
           "NAT on a router: masquerade (PAT), dynamic NAT from a pool and static 1:1; see `vm_nat` items.",

@@ -24,6 +24,7 @@ from conftest import REPO_ROOT, VENV_PYTHON, playbook_env, run_playbook
 from faultlab import GUEST_KEY, LAB_STATE_DIR, LAB_YML, _RunnableLab, failure_text, free_port
 
 from ansible_collections.qemulab.network.plugins.connection.console import ConsoleSession, open_socket
+from ansible_collections.qemulab.network.plugins.module_utils._disk_probe import SSH_SERVERS
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +105,14 @@ def lab():
 
 
 def test_the_routers_are_configured_over_their_consoles_and_route_h1_to_h2(lab):
+    # the walkthrough does not set vm_connection: the lab host found no SSH server in the routers' disks
+    assert not any("vm_connection" in (yaml.safe_load(text) or {}) for text in walkthrough_files().values())
+    status = lab.up.result("Show each VM, its state, addresses, SSH and console")["msg"]
+    for vm in ("rt1", "rt2"):
+        disk = os.path.join(lab.dir, "images", vm + ".ext4")
+        assert any(line.strip() == "Ansible reaches it through its console: vm_disk %s has no SSH server (%s)"
+                   % (disk, ", ".join(SSH_SERVERS)) for line in status), status
+    assert sum("through its console" in line for line in status) == 2, status
     # the console path ran for the routers, with changes; the hosts took the SSH path
     for vm in ("rt1", "rt2"):
         result = lab.up.result("qemulab.network.guest_network : Bring the guest's files, forwarding, addresses and "

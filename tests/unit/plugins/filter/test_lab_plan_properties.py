@@ -20,7 +20,7 @@ PLAN_KEYS = {"lab_name", "netns", "qemu_user", "lock_timeout", "run_dir", "hyper
              "taps", "host_ports", "vms", "errors", "cleanup_errors", "hosts", "guests", "console_log_limit",
              "capture_ring", "capture_ring_size", "uplink"}
 VM_KEYS = {"name", "kind", "hypervisor", "ssh_port", "memory_mb", "vcpus", "kernel", "initrd", "disk", "forwarding", "boot",
-           "connection",
+           "connection", "connection_reason",
            "gateway", "routes", "nics", "mgmt_mac", "nat", "serial"}
 NIC_KEYS = {"index", "dev", "backend", "bridge", "tap", "mac", "address", "model", "vhost", "mtu", "net", "hostfwd",
             "netem", "link"}

@@ -39,3 +39,50 @@ def test_nat_on_a_console_vm_is_refused():
     assert compile_lab(hostvars(vm_nat=nat), GROUPS, check_files=False)["errors"] == []
     errors = compile_lab(hostvars(vm_nat=nat, vm_connection="console"), GROUPS, check_files=False)["errors"]
     assert any("rt1" in e and "vm_nat" in e and "vm_connection console" in e for e in errors), errors
+
+
+# -- a VM on its own root disk whose inventory does not say: what lab_host_info found in the disk decides -----------
+
+DISK = "/srv/yocto/rt1.ext4"
+
+
+def own_disk(**rt1):
+    return hostvars(vm_kernel="/srv/yocto/bzImage", vm_disk=DISK, **rt1)
+
+
+def lab_hosts(**seen):
+    return {"localhost": {"mem_available_mib": 8192, "cpus": 2, "claim": None, "addresses": [],
+                          "dpdk_segments": [], "disks": {DISK: dict({"path": DISK, "found": None}, **seen)}}}
+
+
+def test_an_own_disk_without_an_ssh_server_is_reached_through_its_console_and_the_plan_says_why():
+    seen = lab_hosts(ssh_server=False, reason="has no SSH server (/usr/sbin/sshd, /usr/sbin/dropbear)")
+    plan = compile_lab(own_disk(), GROUPS, check_files=False, lab_hosts=seen)
+    assert plan["errors"] == []
+    assert plan["hosts"]["localhost"]["guests"]["rt1"]["connection"] == "console"
+    rt1 = next(vm for vm in plan["vms"] if vm["name"] == "rt1")
+    assert rt1["connection_reason"] == "vm_disk %s has no SSH server (/usr/sbin/sshd, /usr/sbin/dropbear)" % DISK
+    # the built image's VM is not looked into: SSH
+    assert plan["hosts"]["localhost"]["guests"]["h1"]["connection"] == "ssh"
+
+
+@pytest.mark.parametrize("seen", [dict(ssh_server=True, found="/usr/sbin/dropbear", reason="has /usr/sbin/dropbear"),
+                                  dict(ssh_server=None, reason="is not an ext2/3/4 file system debugfs can read"),
+                                  None])
+def test_an_own_disk_with_an_ssh_server_or_unreadable_or_not_looked_into_keeps_ssh(seen):
+    plan = compile_lab(own_disk(), GROUPS, check_files=False, lab_hosts=lab_hosts(**seen) if seen else None)
+    assert plan["errors"] == []
+    assert plan["hosts"]["localhost"]["guests"]["rt1"]["connection"] == "ssh"
+
+
+def test_the_inventory_wins_over_what_the_disk_holds():
+    seen = lab_hosts(ssh_server=False, reason="has no SSH server")
+    plan = compile_lab(own_disk(vm_connection="ssh"), GROUPS, check_files=False, lab_hosts=seen)
+    assert plan["hosts"]["localhost"]["guests"]["rt1"]["connection"] == "ssh"
+
+
+def test_nat_on_a_vm_found_without_ssh_server_names_the_disk_and_the_fix():
+    nat = [{"type": "masquerade", "inside": "eth0", "outside": "eth1"}]
+    seen = lab_hosts(ssh_server=False, reason="has no SSH server")
+    errors = compile_lab(own_disk(vm_nat=nat), GROUPS, check_files=False, lab_hosts=seen)["errors"]
+    assert any("rt1: vm_nat" in e and DISK in e and "vm_connection: ssh" in e for e in errors), errors
