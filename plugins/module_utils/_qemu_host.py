@@ -93,8 +93,9 @@ def accessible_as(user, checks):
     argv = ["/bin/sh", "-c", ACCESS_SCRIPT, "sh"]
     for path, mode in checks:
         argv += [mode, path]
-    proc = subprocess.run(argv, capture_output=True, user=user["uid"], group=user["gid"],
-                          extra_groups=user["groups"], cwd="/", check=False)
+    # the module's own user (a rootless lab's) asks with its own ids: it may not set its groups
+    ids = {} if user["uid"] == os.geteuid() else dict(user=user["uid"], group=user["gid"], extra_groups=user["groups"])
+    proc = subprocess.run(argv, capture_output=True, cwd="/", check=False, **ids)
     fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
     return [(path, mode) for mode, path in zip(fields[0::2], fields[1::2])]
 
