@@ -20,6 +20,22 @@ options:
     type: str
 """
 
+    # A rootless lab's namespace, named by its holder (shared by every module that takes O(netns) or works in one).
+    HOLDER = r"""
+options:
+  userns_pid:
+    description:
+      - Work in a rootless lab's network namespace instead (docs/rootless.md) - the one held by the
+        M(qemulab.network.lab_userns) holder with this pid (its RV(qemulab.network.lab_userns#module:holder.pid)).
+        Excludes O(netns).
+      - The module runs as the lab's user. The pid is trusted only when a holder record of that user (under the user's
+        run root, C($XDG_RUNTIME_DIR/qemulab/_userns/)) names it and the process is still that holder (same start
+        time and namespaces, the user's own process); otherwise the task fails before anything changes. A short-lived
+        helper joins the holder's user and network namespace and hands back what the module needs there (a netlink
+        socket, C(/dev/net/tun), C(/proc/sys/net) files), so the rest of the module works as in a named namespace.
+    type: int
+"""
+
     # Which lab owns what, and overriding that.
     OWNERSHIP = r"""
 options:

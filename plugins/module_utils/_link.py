@@ -22,6 +22,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     get_addresses,
     get_link,
     link_info,
+    namespace_param,
     netlink,
     netns_exists,
     set_link,
@@ -229,6 +230,13 @@ def link_task(params, kind, expected_kinds, create, check_mode, plan_extra=None,
     errors = param_errors(kind, params["name"], params)
     if errors:
         raise LinkTaskError("; ".join(errors), errors=errors)
+    if params.get("userns_pid") is not None:
+        try:
+            # a rootless lab's namespace, used wherever the name would be (the kind's hooks read it from params)
+            params["netns"] = namespace_param(params)
+        except NetlinkError as exc:
+            raise LinkTaskError("%s %s: %s" % (kind, params["name"], exc))
+        ipr = None  # a links module's shared socket is one of a named namespace
     name, netns, state = params["name"], params.get("netns"), params["state"]
     warnings = []
     netns_missing = bool(netns) and not netns_exists(netns)

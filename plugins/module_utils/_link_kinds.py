@@ -14,7 +14,7 @@ import grp
 import pwd
 
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
-    NETNS_ARGUMENT_SPEC,
+    NETNS_OR_HOLDER_ARGUMENT_SPEC,
     add_bridge,
     add_tap,
     read_netns_sysctls,
@@ -31,7 +31,8 @@ TAP_CREATION_FIELDS = ("owner", "group", "multi_queue")
 
 
 def _link_argument_spec(**own):
-    """The options every link module has (name, state, mtu, up, netns, lab, force) plus the kind's `own`."""
+    """The options every link module has (name, state, mtu, up, netns or userns_pid, lab, force) plus the kind's
+    `own`."""
     spec = dict(
         name=dict(type="str", required=True),
         state=dict(type="str", choices=["present", "absent"], default="present"),
@@ -39,7 +40,7 @@ def _link_argument_spec(**own):
         up=dict(type="bool", default=True),
     )
     spec.update(own)
-    spec.update(NETNS_ARGUMENT_SPEC)
+    spec.update(NETNS_OR_HOLDER_ARGUMENT_SPEC)
     spec.update(OWNERSHIP_ARGUMENT_SPEC)
     return spec
 

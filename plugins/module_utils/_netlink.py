@@ -21,6 +21,14 @@ import stat
 import struct
 import traceback
 
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_holder import (
+    HolderError,
+    HolderNamespace,
+    holder_namespace,
+    open_inside,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_options import HOLDER_ARGUMENT_SPEC
+
 PYROUTE2_IMPORT_ERROR = None
 try:
     from pyroute2 import IPRoute, NetNS
@@ -49,16 +57,59 @@ class NetlinkError(Exception):
 
 def netns_exists(name):
     """Whether namespace `name` exists: its /run/netns entry is a mount (an empty file there that is not one is what
-    a create killed before its bind mount leaves behind)."""
+    a create killed before its bind mount leaves behind). A holder's namespace (checked when it was resolved) does."""
+    if isinstance(name, HolderNamespace):
+        return True
     return bool(name) and os.path.ismount(os.path.join(NETNS_RUN_DIR, name))
+
+
+def namespace_param(params):
+    """The namespace a module works in, from its shared options (NETNS_ARGUMENT_SPEC): the name `netns`, or the
+    lab namespace of holder `userns_pid` (a HolderNamespace, usable wherever a name is), or None for the caller's.
+    NetlinkError when both are given or the holder is not the user's own running one."""
+    pid = params.get("userns_pid")
+    if pid is None:
+        return params.get("netns") or None
+    if params.get("netns"):
+        raise NetlinkError("netns %s and userns_pid %s: give one of them (a namespace under /run/netns, or a rootless "
+                           "lab's holder)" % (params["netns"], pid))
+    try:
+        return holder_namespace(pid)
+    except HolderError as exc:
+        raise NetlinkError(str(exc))
+
+
+def _open_netlink(netns):
+    if isinstance(netns, HolderNamespace):
+        fd = _inside_holder(netns, [("netlink",)])[0]
+        ipr = IPRoute(fileno=fd)
+        ipr.qemulab_holder = netns  # _open_tun_beside opens /dev/net/tun through the holder too
+        return ipr
+    return NetNS(netns) if netns else IPRoute()
+
+
+def _inside_holder(holder, items):
+    """open_inside's fds; the first item's failure raised as OSError (what the callers expect)."""
+    try:
+        opened = open_inside(holder, items)
+    except OSError as exc:
+        raise NetlinkError(str(exc))
+    problems = [item for item in opened if isinstance(item, OSError)]
+    if problems:
+        for item in opened:
+            if not isinstance(item, OSError):
+                os.close(item)
+        raise problems[0]
+    return opened
 
 
 @contextlib.contextmanager
 def netlink(netns=None):
-    """Yield an IPRoute bound to `netns` (None or "" for the caller's namespace)."""
+    """Yield an IPRoute bound to `netns` (None or "" for the caller's namespace; a HolderNamespace for a rootless
+    lab's)."""
     if netns and not netns_exists(netns):
         raise NetlinkError("network namespace %s does not exist; create it first with qemulab.network.netns" % netns)
-    ipr = NetNS(netns) if netns else IPRoute()
+    ipr = _open_netlink(netns)
     try:
         yield ipr
     except _PyrouteNetlinkError as exc:
@@ -276,10 +327,36 @@ def _inside(netns):
         pr_netns.popns()
 
 
+def _holder_sysctls(holder, keys, flags):
+    """{key: fd or None (no such key)} of sysctl files opened inside a holder's namespaces: /proc/sys/net shows the
+    opener's namespace, and the user, root of the holder's user namespace, may write them from outside."""
+    try:
+        opened = open_inside(holder, [("file", _sysctl_path(key), flags) for key in keys])
+    except OSError as exc:
+        raise NetlinkError(str(exc))
+    fds = {}
+    for key, item in zip(keys, opened):
+        if isinstance(item, OSError) and item.errno != errno.ENOENT:
+            for fd in fds.values():
+                if fd is not None:
+                    os.close(fd)
+            raise item
+        fds[key] = None if isinstance(item, OSError) else item
+    return fds
+
+
 def read_netns_sysctls(netns, keys):
     """{key: value or None} for dotted sysctl keys inside namespace `netns`; None where the kernel offers no such key
     there (net.bridge.* exists only while br_netfilter is loaded)."""
     values = {}
+    if isinstance(netns, HolderNamespace):
+        for key, fd in _holder_sysctls(netns, list(keys), os.O_RDONLY).items():
+            if fd is not None:
+                with os.fdopen(fd) as handle:
+                    values[key] = handle.read().strip()
+            else:
+                values[key] = None
+        return values
     with _inside(netns):
         for key in keys:
             try:
@@ -292,6 +369,13 @@ def read_netns_sysctls(netns, keys):
 
 def write_netns_sysctls(netns, values):
     try:
+        if isinstance(netns, HolderNamespace):
+            for key, fd in _holder_sysctls(netns, list(values), os.O_WRONLY).items():
+                if fd is None:
+                    raise OSError(errno.ENOENT, "no such sysctl", key)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write("%s\n" % values[key])
+            return
         with _inside(netns):
             for key, value in values.items():
                 with open(_sysctl_path(key), "w") as handle:
@@ -360,6 +444,9 @@ def set_bridge_stp(ipr, name, stp):
 
 def _open_tun_beside(ipr):
     """/dev/net/tun opened in the namespace of ipr's socket (SIOCGSKNS), where a tap made through it appears."""
+    holder = getattr(ipr, "qemulab_holder", None)
+    if holder is not None:  # a user cannot setns() there from outside; the helper opens it inside
+        return _inside_holder(holder, [("file", "/dev/net/tun", os.O_RDWR)])[0]
     libc = ctypes.CDLL(None, use_errno=True)
 
     def setns(fd):
@@ -531,5 +618,7 @@ def delete_route(ipr, to, via):
           gateway=via)
 
 
-# The `netns` option shared by the host modules (documented in the qemulab.network.netns doc fragment).
+# The `netns` option shared by the host modules (documented in the qemulab.network.netns doc fragment), and
+# `userns_pid`, a rootless lab's namespace by its holder (qemulab.network.netns.holder); read with namespace_param.
 NETNS_ARGUMENT_SPEC = dict(netns=dict(type="str"))
+NETNS_OR_HOLDER_ARGUMENT_SPEC = dict(NETNS_ARGUMENT_SPEC, **HOLDER_ARGUMENT_SPEC)

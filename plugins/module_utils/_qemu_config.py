@@ -17,6 +17,7 @@ import os
 import re
 
 from ansible_collections.qemulab.network.plugins.module_utils import _validate
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_options import HOLDER_ARGUMENT_SPEC
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import NIC_DEVICE_OPTIONS
 
 RUN_ROOT = "/run/qemulab"
@@ -27,10 +28,10 @@ NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 # unbounded log, and is restarted to bound it).
 CONFIG_FIELDS = ("name", "lab", "run_dir", "kernel", "initrd", "append", "disks", "memory", "vcpus", "accelerator",
                  "tb_size", "nics", "netns", "qemu_binary", "extra_args", "sandbox", "fw_cfg", "run_as", "rng",
-                 "console_log_limit", "serial_ports")
+                 "console_log_limit", "serial_ports", "userns_pid")
 # Fields added after labs were already running: left out of the fingerprint while unset, so an upgrade does not
 # restart every VM.
-OPTIONAL_FIELDS = ("run_as", "serial_ports")
+OPTIONAL_FIELDS = ("run_as", "serial_ports", "userns_pid")
 # Serial links: ttyS1-ttyS3 (the guest kernel's legacy UARTs beside the console's ttyS0); a link's number names its
 # socket file.
 SERIAL_PORTS_MAX = 3
@@ -97,6 +98,8 @@ QEMU_VM_ARGUMENT_SPEC = dict(
         link=dict(type="int", required=True),
         server=dict(type="bool", required=True),
     )),
+    # a rootless lab: QEMU runs inside the namespaces of this holder (lab_userns), its taps opened there
+    **HOLDER_ARGUMENT_SPEC
 )
 
 
@@ -263,6 +266,9 @@ def normalise_config(params):
             entry.update({"hostfwd": _forwards(name, index, nic), "net": _user_net(name, index, nic.get("net")),
                           "restrict": True if nic.get("restrict") is None else bool(nic["restrict"])})
         nics.append(entry)
+    userns_pid = params.get("userns_pid")
+    if userns_pid is not None:
+        _check_rootless(params, name, nics)
     fw_cfg = []
     for index, item in enumerate(params.get("fw_cfg") or []):
         if not FW_CFG_NAME_RE.match(item["name"] or "") or "//" in item["name"] or ".." in item["name"]:
@@ -297,7 +303,23 @@ def normalise_config(params):
             params["console_log_limit"] if params.get("console_log_limit") is not None
             else _validate.CONSOLE_LOG_LIMIT_DEFAULT, name),
         "serial_ports": _serial_ports(params, run_dir),
+        "userns_pid": int(userns_pid) if userns_pid is not None else None,
     }
+
+
+def _check_rootless(params, name, nics):
+    """A VM inside a holder's namespaces: its taps are there, QEMU is the user's own (no run_as, no netns)."""
+    pid = params["userns_pid"]
+    if params.get("run_as") not in (None, ""):
+        raise QemuConfigError("VM %s: run_as %s and userns_pid %s: a rootless lab's QEMU runs as the user who runs the "
+                              "module; leave run_as unset" % (name, params["run_as"], pid))
+    for index, nic in enumerate(nics):
+        if nic.get("netns"):
+            raise QemuConfigError("VM %s: nics[%d].netns %s and userns_pid %s: with userns_pid the taps are in the "
+                                  "holder's namespace; leave netns unset" % (name, index, nic["netns"], pid))
+        if nic["backend"] == "vhost-user":
+            raise QemuConfigError("VM %s: nics[%d] has backend vhost-user, which a rootless lab (userns_pid) cannot "
+                                  "serve; use a tap" % (name, index))
 
 
 def fingerprint(config):

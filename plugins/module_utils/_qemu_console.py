@@ -191,3 +191,20 @@ def mount_console(run_dir, limit, owner):
         release(run_dir)
         raise OSError(errno.EAGAIN, "the console log's directory was renamed while its tmpfs was mounted", where)
     return vm_paths(run_dir)["console_log"]
+
+
+def unbounded_console(run_dir):
+    """The console directory of a rootless lab's VM, whose user cannot mount a tmpfs in the host's mount namespace:
+    a plain 0700 directory in the user's own run directory, its log from an earlier start removed (a new, empty log
+    per start, as with the tmpfs). Its size is not bounded."""
+    run_fd = os.open(run_dir, _DIR_FLAGS)
+    try:
+        fd = open_subdir(run_fd, CONSOLE_DIR)
+        try:
+            os.unlink(os.path.basename(vm_paths(run_dir)["console_log"]), dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    finally:
+        os.close(run_fd)

@@ -45,11 +45,12 @@ def missing_files(config):
     return problems
 
 
-def port_in_use(port, protocol="tcp"):
+def port_in_use(port, protocol="tcp", open_socket=None):
     """Whether QEMU could not listen on 127.0.0.1:port. TCP binds with SO_REUSEADDR as QEMU's forwards do: connections
-    of a stopped guest lingering in TIME_WAIT (for a minute) do not count, a listener still does."""
+    of a stopped guest lingering in TIME_WAIT (for a minute) do not count, a listener still does. `open_socket`
+    (protocol -> socket): one of the namespace QEMU runs in (a rootless lab's), the caller's own when None."""
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(socket.AF_INET, kind)
+    sock = open_socket(protocol) if open_socket else socket.socket(socket.AF_INET, kind)
     try:
         if protocol == "tcp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -62,10 +63,14 @@ def port_in_use(port, protocol="tcp"):
 
 
 def resolve_user(config):
-    """{name, uid, gid, groups} QEMU runs as: root unless run_as names an unprivileged user (QemuConfigError if none)."""
+    """{name, uid, gid, groups} QEMU runs as: the module's user (root, or a rootless lab's user) unless run_as names an
+    unprivileged user (QemuConfigError if none)."""
     run_as = config.get("run_as")
-    if run_as is None:
+    if run_as is None and os.geteuid() == 0:
         return {"name": "root", "uid": 0, "gid": 0, "groups": []}
+    if run_as is None:  # a user without root runs their own QEMU (a rootless lab)
+        entry = pwd.getpwuid(os.geteuid())
+        return {"name": entry.pw_name, "uid": entry.pw_uid, "gid": entry.pw_gid, "groups": []}
     try:
         entry = pwd.getpwuid(int(run_as)) if run_as.isdigit() else pwd.getpwnam(run_as)
     except (KeyError, ValueError):
@@ -88,8 +93,9 @@ def accessible_as(user, checks):
     argv = ["/bin/sh", "-c", ACCESS_SCRIPT, "sh"]
     for path, mode in checks:
         argv += [mode, path]
-    proc = subprocess.run(argv, capture_output=True, user=user["uid"], group=user["gid"],
-                          extra_groups=user["groups"], cwd="/", check=False)
+    # the module's own user (a rootless lab's) asks with its own ids: it may not set its groups
+    ids = {} if user["uid"] == os.geteuid() else dict(user=user["uid"], group=user["gid"], extra_groups=user["groups"])
+    proc = subprocess.run(argv, capture_output=True, cwd="/", check=False, **ids)
     fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
     return [(path, mode) for mode, path in zip(fields[0::2], fields[1::2])]
 
@@ -289,14 +295,15 @@ def held_forwards(config, argv=None):
     return held
 
 
-def hostfwd_problems(config, held=()):
-    """Forwards whose port on 127.0.0.1 is taken, except those `held` by this VM's own QEMU (about to stop)."""
+def hostfwd_problems(config, held=(), open_socket=None):
+    """Forwards whose port on 127.0.0.1 is taken, except those `held` by this VM's own QEMU (about to stop);
+    open_socket: as port_in_use's."""
     problems = []
     for index, nic in enumerate(config["nics"]):
         for fwd in nic.get("hostfwd") or []:
             if (fwd["host_port"], fwd["protocol"]) in held:
                 continue
-            if port_in_use(fwd["host_port"], fwd["protocol"]):
+            if port_in_use(fwd["host_port"], fwd["protocol"], open_socket):
                 problems.append("VM %s: nics[%d].hostfwd host_port %d (%s) on 127.0.0.1 is already taken; pick a "
                                 "free port" % (config["name"], index, fwd["host_port"], fwd["protocol"]))
     return problems

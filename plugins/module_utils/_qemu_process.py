@@ -23,6 +23,7 @@ import stat
 import subprocess
 import time
 
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_holder import exec_inside
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import vm_paths
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_config import QemuConfigError, fingerprint
 from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient, QMPError, query_status
@@ -474,21 +475,26 @@ def _tail(fd, size):
         return b""
 
 
-def launch(config, argv, pass_fds, user=None):
+def launch(config, argv, pass_fds, user=None, holder=None):
     """Start QEMU detached from us; wait until QMP answers; record the fingerprint. Returns the QEMU pid.
 
     QEMU's own -daemonize forks and calls setsid, which the sandbox (spawn=deny, elevateprivileges=deny) kills
     with SIGSYS in QEMU 7.2, so we detach it ourselves: new session, stdio to RUN/qemu.stderr. An unprivileged
     user is taken on before exec (QEMU's -runas would need the set*id calls the sandbox denies). umask 0177 makes
-    its sockets and logs 0600 as they are created.
+    its sockets and logs 0600 as they are created. With `holder` (a rootless lab's HolderNamespace) a helper joins
+    its user and network namespace and execs QEMU there (the same pid), as the user who runs this.
     """
     paths = vm_paths(config["run_dir"])
     as_user = {}
-    if user and user["uid"] != 0:
+    if user and user["uid"] not in (0, os.geteuid()):
         as_user = dict(user=user["uid"], group=user["gid"], extra_groups=user["groups"])
     stderr_fd = _create_stderr(config["run_dir"], (user["uid"], user["gid"]) if as_user else None)
+    start = argv
+    if holder is not None:
+        start, holder_fds = exec_inside(holder, argv)
+        pass_fds = list(pass_fds) + list(holder_fds)
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr_fd, stderr=stderr_fd,
+        proc = subprocess.Popen(start, stdin=subprocess.DEVNULL, stdout=stderr_fd, stderr=stderr_fd,
                                 pass_fds=tuple(pass_fds), close_fds=True, start_new_session=True,
                                 cwd=config["run_dir"], umask=0o177, **as_user)
         served_by_it = _served_by((proc.pid,))

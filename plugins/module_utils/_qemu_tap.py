@@ -19,6 +19,12 @@ import socket
 import struct
 
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, get_link, netlink
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_holder import (
+    HolderError,
+    HolderNamespace,
+    holder_namespace,
+    open_inside,
+)
 
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454ca
@@ -35,7 +41,13 @@ def _setns(fd):
 
 
 def open_tap(ifname, netns=None):
-    """An fd for the existing persistent tap `ifname`, opened inside `netns` (the tap stays there; we come back)."""
+    """An fd for the existing persistent tap `ifname`, opened inside `netns` (the tap stays there; we come back), or
+    inside a rootless lab's namespaces (a HolderNamespace: a helper opens it there and sends the fd back)."""
+    if isinstance(netns, HolderNamespace):
+        fd = open_inside(netns, [("tap", ifname)])[0]
+        if isinstance(fd, OSError):
+            raise OSError(fd.errno, "tap %s in %s: %s" % (ifname, netns, fd.strerror))
+        return fd
     own = ns_fd = None
     if netns:
         own = os.open("/proc/self/ns/net", os.O_RDONLY)
@@ -64,15 +76,27 @@ def open_tap(ifname, netns=None):
             os.close(ns_fd)
 
 
+def tap_namespace(config, nic):
+    """Where a tap NIC's tap is: the holder's namespace for a rootless lab's VM (userns_pid; HolderError when that is
+    not the user's running holder), else the NIC's netns name ("" for the root namespace)."""
+    if config.get("userns_pid") is not None:
+        return holder_namespace(config["userns_pid"])
+    return nic["netns"]
+
+
 def tap_problems(config, get_tap, user=None):
     """Problems with the taps the VM needs; get_tap(ifname, netns) -> link dict or None (raises on netlink errors).
-    A QEMU that runs as an unprivileged user may only use taps that user owns."""
+    A QEMU that runs as an unprivileged user may only use taps that user owns; one inside a rootless lab's namespaces
+    (userns_pid) is root there and may use any."""
     problems = []
+    if config.get("userns_pid") is not None:
+        user = None
     for index, nic in enumerate(config["nics"]):
         if nic["backend"] != "tap":
             continue
-        where = "namespace %s" % nic["netns"] if nic["netns"] else "the root namespace"
-        link = get_tap(nic["ifname"], nic["netns"])
+        netns = tap_namespace(config, nic)
+        where = "namespace %s" % netns if netns else "the root namespace"
+        link = get_tap(nic["ifname"], netns)
         if link is None:
             problems.append("VM %s: nics[%d] needs tap %s, which does not exist in %s; create it first with "
                             "qemulab.network.tap" % (config["name"], index, nic["ifname"], where))
@@ -104,12 +128,16 @@ def tap_reader(configs):
     """get_tap(ifname, netns) for tap_problems over the taps of normalised `configs`, read now, once per namespace:
     for VMs started from several threads (pyroute2 enters a namespace by forking, which is not safe once other
     threads run). A namespace that could not be read raises its error for every VM that uses it."""
-    wanted = {}
+    wanted, errors = {}, {}
     for config in configs:
         for nic in config["nics"]:
-            if nic["backend"] == "tap":
-                wanted.setdefault(nic["netns"], set()).add(nic["ifname"])
-    links, errors = {}, {}
+            if nic["backend"] != "tap":
+                continue
+            try:
+                wanted.setdefault(tap_namespace(config, nic), set()).add(nic["ifname"])
+            except HolderError:
+                continue  # tap_problems meets it again, for that VM
+    links = {}
     for netns, names in wanted.items():
         try:
             links.update(((netns, name), link) for name, link in _read_taps(netns, sorted(names)).items())

@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import shutil
+import socket
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_argv import build_argv, vm_paths
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_clone import CloneError, clone_plan, start_clone
@@ -20,7 +21,16 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_config impor
     normalise_config,
     secret_contents,
 )
-from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import mount_console, release
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_holder import (
+    HolderError,
+    holder_namespace,
+    open_inside,
+)
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_console import (
+    mount_console,
+    release,
+    unbounded_console,
+)
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_host import (
     decide_vhost,
     qemu_version,
@@ -90,9 +100,13 @@ class VmTaskError(Exception):
         self.result = result or {}
 
 
-def bound_console(config, user):
-    """The console log's own tmpfs, mounted before QEMU opens the log (QemuConfigError when it cannot be)."""
+def bound_console(config, user, holder=None):
+    """The console log's own tmpfs, mounted before QEMU opens the log (QemuConfigError when it cannot be). A rootless
+    lab's user cannot mount in the host's mount namespace: its log is a plain file (unbounded, docs/rootless.md)."""
     try:
+        if holder is not None:
+            unbounded_console(config["run_dir"])
+            return
         mount_console(config["run_dir"], config["console_log_limit"], (user["uid"], user["gid"]))
     except OSError as exc:
         fix = ("qemu_vm bounds the log with a tmpfs of its own, which needs root (CAP_SYS_ADMIN) in the host's mount "
@@ -116,6 +130,16 @@ def run_qemu_vm(module, get_tap=get_tap_netlink):
         return qemu_vm_task(module.params, module.check_mode, get_tap)
     except VmTaskError as exc:
         module.fail_json(msg=exc.msg, **exc.result)
+
+
+def holder_socket(holder):
+    """port_in_use's open_socket for a VM inside a holder's namespaces: its forwards listen on that 127.0.0.1."""
+    def open_socket(protocol):
+        fd = open_inside(holder, [(protocol,)])[0]
+        if isinstance(fd, OSError):
+            raise fd
+        return socket.socket(fileno=fd)
+    return open_socket
 
 
 def shown(content, secret):
@@ -184,10 +208,21 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
     result["diff"] = dict(before=before, after=after)
 
     vhost, vhost_reasons, fds = {}, {}, {}
+    holder = None
     if need_start:
         missing = missing_files(config)
         held = held_forwards(stored_config, proc_cmdline(have["pid"])) if need_stop else ()
-        problems = missing + hostfwd_problems(config, held)
+        problems = list(missing)
+        if config["userns_pid"] is not None:
+            try:
+                holder = holder_namespace(config["userns_pid"])
+            except HolderError as exc:
+                problems.append("VM %s: %s" % (config["name"], exc))
+        if holder is not None or config["userns_pid"] is None:
+            try:
+                problems += hostfwd_problems(config, held, holder_socket(holder) if holder is not None else None)
+            except OSError as exc:
+                problems.append("VM %s: cannot check its forwards in %s: %s" % (config["name"], holder, exc))
         if not missing:
             problems += user_access_problems(config, user)
         try:
@@ -200,6 +235,8 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
         elif problems:
             raise VmTaskError("; ".join(problems), dict((k, v) for k, v in result.items() if k != "changed"))
         usable, reason = vhost_usable()
+        if config["userns_pid"] is not None:
+            usable, reason = False, "a rootless lab's QEMU runs in the user's own namespace, without /dev/vhost-net"
         try:
             for index, nic in enumerate(config["nics"]):
                 if nic["backend"] == "tap":
@@ -229,22 +266,24 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
     if fw_cfg_changes and not need_start and os.path.isdir(config["run_dir"]):
         write_fw_cfg(config, fw_cfg_contents, fw_cfg_changes, user)
     if need_start:
-        # An unprivileged QEMU cannot open /dev/net/tun, /dev/vhost-net or root's files: it gets fds opened here.
-        unprivileged = user["uid"] != 0
+        # An unprivileged QEMU cannot open /dev/net/tun, /dev/vhost-net or root's files: it gets fds opened here. One
+        # inside a rootless lab's namespaces (holder) opens its own files; its taps are opened in there for it.
+        unprivileged = user["uid"] != 0 and holder is None
         disk_fds, vhost_fds = {}, {}
         try:
             prepare_run_dir(config["run_dir"], user)
             write_fw_cfg(config, fw_cfg_contents, fw_cfg_contents, user)
-            bound_console(config, user)
+            bound_console(config, user, holder)
             for index, nic in enumerate(config["nics"]):
-                if nic["backend"] == "tap" and (nic["netns"] or unprivileged):
+                if nic["backend"] == "tap" and (nic["netns"] or unprivileged or holder is not None):
                     try:
-                        fds[index] = open_tap(nic["ifname"], nic["netns"])
+                        fds[index] = open_tap(nic["ifname"], holder if holder is not None else nic["netns"])
                     except OSError as exc:
                         raise QemuConfigError("VM %s: nics[%d]: cannot open tap %s in %s: %s; check the tap exists "
                                               "and is not attached to another QEMU"
                                               % (config["name"], index, nic["ifname"],
-                                                 "namespace %s" % nic["netns"] if nic["netns"] else
+                                                 "namespace %s" % (holder or nic["netns"])
+                                                 if holder or nic["netns"] else
                                                  "the root namespace", exc))
                     if unprivileged and vhost.get(index):
                         vhost_fds[index] = os.open("/dev/vhost-net", os.O_RDWR | os.O_CLOEXEC)
@@ -256,10 +295,10 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
             argv = build_argv(config, result["accelerator"], vhost, fds, disk_fds=disk_fds, vhost_fds=vhost_fds,
                               layout="clone" if clone else "boot", incoming_fd=fds.get("state"))
             passed = list(fds.values()) + list(vhost_fds.values()) + [fd for v in disk_fds.values() for fd in v]
-            pid = launch(config, argv, passed, user)
+            pid = launch(config, argv, passed, user, holder)
             if clone:
                 start_clone(config, pid)
-        except (QemuConfigError, CloneError) as exc:
+        except (QemuConfigError, CloneError, OSError) as exc:
             if clone and os.path.isdir(config["run_dir"]):
                 stop_vm(config["run_dir"], 0)
             raise VmTaskError(str(exc))

@@ -24,6 +24,7 @@ requirements:
   - pyroute2
 extends_documentation_fragment:
   - qemulab.network.netns
+  - qemulab.network.netns.holder
   - qemulab.network.netns.ownership
 options:
   name:

@@ -18,6 +18,8 @@ author:
   - qemulab developers (@qemulab)
 requirements:
   - pyroute2
+extends_documentation_fragment:
+  - qemulab.network.netns.holder
 options:
   netns:
     description:
@@ -79,17 +81,20 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
     NetlinkError,
+    HolderNamespace,
     link_info,
+    namespace_param,
     netlink,
     netns_exists,
     netns_identity,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_options import HOLDER_ARGUMENT_SPEC
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(netns=dict(type="str", default=""), lab=dict(type="str")),
+        argument_spec=dict(netns=dict(type="str", default=""), lab=dict(type="str"), **HOLDER_ARGUMENT_SPEC),
         supports_check_mode=True,
     )
     if not HAS_PYROUTE2:
@@ -99,12 +104,16 @@ def main():
         problem = check_name(value, kind) if value else None
         if problem:
             module.fail_json(msg="interface_info: %s: %s" % (field, problem))
+    try:
+        netns = namespace_param(module.params)
+    except NetlinkError as exc:
+        module.fail_json(msg="interface_info: %s" % exc)
 
     if netns and not netns_exists(netns):
         module.exit_json(changed=False, interfaces=[], netns_exists=False, netns_owned=False, foreign=[])
 
     netns_owned = False
-    if netns and lab:
+    if netns and lab and not isinstance(netns, HolderNamespace):
         netns_owned = ownership.read_netns_owner(netns, netns_identity(netns)) == lab
     try:
         with netlink(netns or None) as ipr:

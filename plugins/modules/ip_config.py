@@ -19,6 +19,8 @@ author:
   - qemulab developers (@qemulab)
 requirements:
   - pyroute2 (Debian's python3-pyroute2 inside guests)
+extends_documentation_fragment:
+  - qemulab.network.netns.holder
 options:
   interfaces:
     description:
@@ -122,8 +124,10 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
     NetlinkError,
+    namespace_param,
     netlink,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._netlink_options import HOLDER_ARGUMENT_SPEC
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_ifname, check_netns_name
 
 FORWARDING = "/proc/sys/net/ipv4/ip_forward"
@@ -184,8 +188,9 @@ def main():
             purge_routes=dict(type="bool", default=True),
             forwarding=dict(type="bool"),
             netns=dict(type="str", default=""),
+            **HOLDER_ARGUMENT_SPEC
         ),
-        mutually_exclusive=[("forwarding", "netns")],
+        mutually_exclusive=[("forwarding", "netns"), ("forwarding", "userns_pid")],
         supports_check_mode=True,
     )
     if not HAS_PYROUTE2:
@@ -195,11 +200,12 @@ def main():
     names = [i["name"] for i in interfaces]
     changes = []
     try:
-        with netlink(module.params["netns"] or None) as ipr:
+        netns = namespace_param(module.params)
+        with netlink(netns) as ipr:
             have = addressing.read_state(ipr, names)
             missing = [n for n in names if n not in have["interfaces"]]
             if missing:
-                where = " in namespace " + module.params["netns"] if module.params["netns"] else ""
+                where = " in namespace " + netns if netns else ""
                 module.fail_json(msg="interface(s) %s do not exist%s; check the VM's NICs (vm_nics) or the host "
                                  "port names" % (", ".join(missing), where))
             changes = addressing.plan(have, interfaces, routes, module.params["purge_addresses"],

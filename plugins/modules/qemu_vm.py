@@ -172,6 +172,19 @@ options:
     description: Namespace the taps live in; empty for the root namespace. The name rule of O(name).
     type: str
     default: ""
+  userns_pid:
+    description:
+      - A rootless lab (docs/rootless.md), the module run by the lab's user. QEMU runs inside the user and network
+        namespace of the M(qemulab.network.lab_userns) holder with this pid, as that user (root inside), so its
+        O(nics[].hostfwd) ports are on that namespace's 127.0.0.1 (reach them with
+        RV(qemulab.network.lab_userns#module:enter), e.g. an SSH C(ProxyCommand) of C(nsenter --preserve-credentials -U -n -t <pid> socat - TCP:127.0.0.1:%p)).
+      - The pid is checked as the holder's in O(qemulab.network.bridge#module:userns_pid). A helper joins the
+        namespaces, opens the taps there (they must be there, made by M(qemulab.network.tap) with the same
+        O(userns_pid)) and execs QEMU; QEMU opens its own disks, kernel and initrd as the user.
+      - Excludes O(run_as), O(netns), O(nics[].netns) and vhost-user NICs; vhost-net is never used. The console log
+        is a plain file in O(run_dir) (the user cannot mount its tmpfs), not bounded by O(console_log_limit).
+      - Part of the configuration, so a new holder restarts the VM (the old QEMU is still in the old namespaces).
+    type: int
   stop_timeout:
     description: Seconds to wait after ACPI powerdown before QMP quit; 0 quits at once.
     type: int

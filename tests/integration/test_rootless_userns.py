@@ -12,18 +12,13 @@ import json
 import os
 import pwd
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
+from rootless_user import VENV, alive, as_user, files_under, throwaway_user, user_pids, wait_gone
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-VENV = os.path.join(REPO_ROOT, ".venv", "bin")
-COLLECTIONS = os.path.join(REPO_ROOT, ".build", "collections")
 LAB = "rl"
 
 pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
@@ -43,48 +38,11 @@ PLAYBOOK = """
 """
 
 
-def user_pids(user):
-    """The user's live processes (an ended one waiting to be reaped by init is not running)."""
-    out = subprocess.run(["ps", "-u", user, "-o", "pid=,stat="], capture_output=True, text=True, check=False).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if line.split() and not line.split()[1].startswith("Z")]
-
-
 @pytest.fixture
 def rootless_user():
-    """(name, home, runtime dir) of a new system user with no privileges; removed with all its processes after."""
-    base = tempfile.mkdtemp(prefix="qemulab-rootless-")
-    os.chmod(base, 0o755)
-    name = "qlr" + secrets.token_hex(4)
-    home, runtime = os.path.join(base, "home"), os.path.join(base, "runtime")
-    subprocess.run(["useradd", "--system", "--create-home", "--home-dir", home, "--shell", "/usr/sbin/nologin",
-                    name], check=True)
-    entry = pwd.getpwnam(name)
-    os.mkdir(runtime, 0o700)
-    os.chown(runtime, entry.pw_uid, entry.pw_gid)
-    with open(os.path.join(base, "play.yml"), "w") as f:
-        f.write(PLAYBOOK)
-    leftovers = []
-    try:
-        yield name, home, runtime, base
-    finally:
-        leftovers = user_pids(name)
-        for pid in leftovers:
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while user_pids(name) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
-        shutil.rmtree(base, ignore_errors=True)
-    assert not leftovers, "processes of the test user were left running: %s" % leftovers
-
-
-def as_user(user, home, runtime, argv, **kwargs):
-    """Run argv as the user with a clean environment (no sudo, no capabilities)."""
-    env = ["env", "-i", "HOME=" + home, "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-           "XDG_RUNTIME_DIR=" + runtime, "ANSIBLE_COLLECTIONS_PATH=" + COLLECTIONS,
-           "ANSIBLE_HOME=" + os.path.join(home, ".ansible"), "ANSIBLE_PYTHON_INTERPRETER=" + os.path.join(VENV, "python")]
-    return subprocess.run(["runuser", "-u", user, "--"] + env + argv, capture_output=True, text=True,
-                          cwd=home, timeout=180, check=False, **kwargs)
+    """(name, home, runtime dir, base) of a new system user with no privileges; removed with all its processes after."""
+    with throwaway_user(PLAYBOOK) as user:
+        yield user
 
 
 def play(user, home, runtime, base, state):
@@ -95,25 +53,6 @@ def play(user, home, runtime, base, state):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(out) as f:
         return json.load(f)
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid, timeout=5):
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
-
-
-def files_under(path):
-    return [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
 
 
 def test_holder_outlives_the_run_is_found_again_and_ends_with_absent(rootless_user):

@@ -109,7 +109,7 @@ def test_run_as_is_part_of_the_fingerprint_only_when_set():
     """Labs started before run_as existed keep their fingerprint (no restart on upgrade); setting it restarts."""
     base = normalise_config(RT1)
     assert base["run_as"] is None
-    older = json.dumps(dict((k, base.get(k)) for k in CONFIG_FIELDS if k not in ("run_as", "serial_ports")),
+    older = json.dumps(dict((k, base.get(k)) for k in CONFIG_FIELDS if k not in ("run_as", "serial_ports", "userns_pid")),
                        sort_keys=True)
     assert fingerprint(base) == hashlib.sha256(older.encode("utf-8")).hexdigest()
     as_user = normalise_config(dict(RT1, run_as="qemulab"))
@@ -151,4 +151,4 @@ def test_the_module_is_pure():
             seen.add(name)
             todo.append(importlib.import_module(name))
     assert stdlib <= {"__future__", "hashlib", "ipaddress", "json", "os", "re"}, stdlib
-    assert all(name.rsplit(".", 1)[1] in ("_validate", "_qemu_argv") for name in seen), seen
+    assert all(name.rsplit(".", 1)[1] in ("_validate", "_qemu_argv", "_netlink_options") for name in seen), seen

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.unit
 FRAGMENTS = {
     "qemulab.network.netns": ModuleDocFragment.DOCUMENTATION,
     "qemulab.network.netns.ownership": ModuleDocFragment.OWNERSHIP,
+    "qemulab.network.netns.holder": ModuleDocFragment.HOLDER,
 }
 
 
