@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO_ROOT as REPO, PlaybookRunError, run_playbook
+from conftest import REPO_ROOT as REPO, VENV_PYTHON, PlaybookRunError, run_playbook
 from hostsnapshot import lab_leftovers, snapshot
 from pyroute2 import netns as pr_netns
 
@@ -66,3 +66,17 @@ def test_bad_inventory_fails_in_validation_and_changes_nothing(case, sample_runs
     assert after == before, "the host's links, addresses, routes or sysctls changed"
     assert namespaces_after == namespaces, "a namespace was created"
     assert lab_leftovers("bad") == {"processes": [], "files": []} and sample_runs["lock_gone"], LOCK
+
+
+def test_a_cleanup_still_runs_to_its_end_for_an_inventory_the_plan_refuses():
+    """A cleanup needs only a valid lab name and namespace; a plan refused for anything else renders no lab host, and
+    the planning play's console step once failed on that ('item' is undefined) before the cleanup could run."""
+    before, namespaces = snapshot(), sorted(pr_netns.listnetns())
+    res = run_playbook(os.path.join(REPO, "lab.yml"), inventory=os.path.join(CORPUS, "memory_unit_unknown",
+                                                                             "hosts.yml"),
+                       tags="cleanup", timeout=600,
+                       # the corpus leaves the lab host's interpreter to discovery; the teardown runs modules
+                       extra_vars={"ansible_python_interpreter": VENV_PYTHON})
+    assert res.rc == 0 and [name for name, _host, r in res.tasks() if r.get("failed")] == [], res
+    assert snapshot() == before and sorted(pr_netns.listnetns()) == namespaces
+    assert lab_leftovers("bad") == {"processes": [], "files": []} and _gone(LOCK, 5)
