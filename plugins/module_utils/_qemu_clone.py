@@ -316,8 +316,9 @@ def fresh_overlay_over(path, backing):
 
 
 def _settings_line(config, clock=time.time):
-    """What the guest hears on the go port: the kernel command line it would have booted with, and the time."""
-    return "%s qemulab.time=%d\n" % (config.get("append") or "", int(clock()))
+    """What the guest hears on the go port: the kernel command line it would have booted with, and the time,
+    framed so the guest takes only a whole line (a read that timed out mid-line leaves it the tail alone)."""
+    return "qemulab.go=1 %s qemulab.time=%d qemulab.end=1\n" % (config.get("append") or "", int(clock()))
 
 
 def start_clone(config, pid, timeout=30.0):

@@ -167,4 +167,5 @@ def test_clone_plan_needs_a_finished_template_made_for_this_machine(tmp_path):
 
 def test_the_settings_line_is_the_command_line_plus_the_time(tmp_path):
     line = _qemu_clone._settings_line(vm(tmp_path), clock=lambda: 1795800000.7)
-    assert line == "qemulab.hostname=rt1 qemulab.nics=52:54:00:00:01:01 qemulab.time=1795800000\n"
+    assert line == ("qemulab.go=1 qemulab.hostname=rt1 qemulab.nics=52:54:00:00:01:01 qemulab.time=1795800000 "
+                    "qemulab.end=1\n")
