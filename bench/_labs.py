@@ -14,7 +14,7 @@ import time
 import yaml
 
 from _harness import (BENCH_DIR, REPO_ROOT, RUN_ROOT, SSH_KEY, STATE_DIR, VENV_BIN, BenchError, Guest, log,
-                      netns_list, port_block, processes_matching, root_links_with_alias, run, vm_rss_kib)
+                      netns_list, port_block, processes_matching, root_links_with_alias, run, vm_memory_kib)
 
 SEED_INVENTORY = os.path.join(REPO_ROOT, "inventories", "seed")
 SEED_VMS = ["rt1", "rt2", "rt3", "rt4", "h1", "h2", "htest"]
@@ -93,8 +93,11 @@ def chain_inventory(dst, size, lab_name, port_base):
     if size > 2:
         lab_children["routers"] = {"hosts": {n: None for n in names[1:-1]}}
     _dump(os.path.join(dst, "hosts.yml"), {"all": {"children": {
-        "hypervisors": {"hosts": {"localhost": {"ansible_connection": "local",
-                                                "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}},
+        "hypervisors": {"hosts": {"localhost": {
+            "ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            # a temp directory of this run's own: on a shared machine other work may clean ~/.ansible/tmp while
+            # this lab's modules are being copied there (seen 2026-11-28: "Failed to transfer file")
+            "ansible_remote_tmp": os.path.join(dst, ".ansible-tmp")}}},
         "lab": {"children": lab_children}}}})
     _dump(os.path.join(dst, "group_vars", "all.yml"), {
         "lab_name": lab_name, "lab_netns": lab_name, "lab_host_ports": [],
@@ -219,15 +222,16 @@ class CollectionLab:
     def qemu_pids(self):
         return processes_matching(self.run_dir + "/")
 
-    def rss_kib(self):
-        """{vm: VmRSS KiB} of the lab's QEMU processes, named by their -name."""
-        rss = {}
+    def memory_kib(self):
+        """{vm: {rss, pss, uss, clone}} of the lab's QEMU processes (KiB), named by their -name; clone is whether
+        the QEMU was restored from a template (`-incoming` on its command line) rather than booted."""
+        mem = {}
         for pid in self.qemu_pids():
             with open("/proc/%d/cmdline" % pid, "rb") as f:
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
             name = argv[argv.index("-name") + 1].split(",")[0] if "-name" in argv else str(pid)
-            rss[name] = vm_rss_kib(pid)
-        return rss
+            mem[name] = dict(vm_memory_kib(pid), clone="-incoming" in argv)
+        return mem
 
     def force_clean(self):
         """Last resort after a failed teardown: our QEMUs by pid, our namespace, our run and disk directories."""
