@@ -48,6 +48,7 @@ class Context:
         self.cleanups = Cleanups()
         self.labs = []
         self.image = None
+        self.lock = HeavyLock(args.lock, args.lock_hold)
         self.vhost_available = os.path.exists("/dev/vhost-net")
         self.variants = [("virtio-net-pci", "virtio-net-pci", None), ("e1000", "e1000", None),
                          ("rtl8139", "rtl8139", None)]
@@ -114,24 +115,38 @@ def teardown_quietly(lab):
         lab.force_clean()
 
 
-@contextlib.contextmanager
-def heavy_lock(ctx):
-    """With --lock: holds that file's flock while one lab exists (up, measured, removed), so a machine shared with
-    other heavy work runs one at a time and others get a turn between labs. The wait is not timed."""
-    if not ctx.args.lock:
+class HeavyLock:
+    """With --lock: an flock on that file held while labs exist (up, measured, removed), so a machine shared with
+    other heavy work runs one at a time. It is kept from one lab to the next until it has been held --lock-hold
+    seconds, then released before the next lab so others get a turn. The wait is not timed."""
+
+    def __init__(self, path, hold):
+        self.path, self.hold = path, hold
+        self.file, self.since = None, None
+
+    @contextlib.contextmanager
+    def held(self):
+        if self.path and self.file and time.monotonic() - self.since > self.hold:
+            self.release()
+        if self.path and not self.file:
+            self.file = open(self.path, "a")
+            log("waiting for the lock %s" % self.path)
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+            self.since = time.monotonic()
+            log("holding the lock %s" % self.path)
         yield
-        return
-    with open(ctx.args.lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+
+    def release(self):
+        if self.file:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+            log("released the lock %s" % self.path)
 
 
 def guarded(ctx, lab, where, body):
-    """Runs body(lab) under heavy_lock; the lab is registered for cleanup on Ctrl-C and removed here if body fails."""
-    with heavy_lock(ctx):
+    """Runs body(lab) under ctx.lock; the lab is registered for cleanup on Ctrl-C and removed here if body fails."""
+    with ctx.lock.held():
         _guarded(ctx, lab, where, body)
 
 
@@ -467,8 +482,10 @@ def parse_args(argv):
                    help="run only this section (repeatable); default: all three")
     p.add_argument("--sizes", default="2,7,16", help="lab sizes (VMs) for the scale section (default 2,7,16)")
     p.add_argument("--lock", metavar="FILE",
-                   help="hold an flock on FILE while each lab exists and release it between labs (a machine shared "
-                        "with other heavy work), e.g. /tmp/qemulab-heavy.lock")
+                   help="hold an flock on FILE while labs exist (a machine shared with other heavy work), e.g. "
+                        "/tmp/qemulab-heavy.lock; released between labs once held --lock-hold seconds")
+    p.add_argument("--lock-hold", type=float, default=300, metavar="SECONDS",
+                   help="with --lock: start no further lab under the same hold after this long (default 300)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"),
                    help="directory for <timestamp>.json/.md/.png and the logs (default bench/results)")
     args = p.parse_args(argv)
@@ -506,7 +523,7 @@ def main(argv=None):
     t0 = time.monotonic()
     try:
         log("guest image: build or reuse (not timed)")
-        with heavy_lock(ctx):
+        with ctx.lock.held():
             ctx.image = guest_image_facts(work, os.path.join(logs, "guest-image.log"))
         for r in range(args.runs):
             virtio_done = False
@@ -528,6 +545,7 @@ def main(argv=None):
     finally:
         for err in ctx.cleanups.run_all():
             ctx.errors.append("cleanup: " + err)
+        ctx.lock.release()
         leftovers = []
         for lab in ctx.labs:
             leftovers += ["%s: %s" % (getattr(lab, "lab_name", lab.netns), x) for x in lab.leftovers()]

@@ -48,7 +48,8 @@ RAM_ID = "ram"
 
 def vm_argv(name, run_dir, disk, memory, image, mode, role, incoming_fd=None):
     """The collection's argv for one VM, plus in `file` mode the file-backed RAM (share=on for the template,
-    share=off for a clone) and x-ignore-shared (set on both ends: the stream's layout depends on it)."""
+    share=off for a clone). A clone starts with `-incoming defer`: x-ignore-shared must be set on both ends (the
+    stream's layout depends on it), and QEMU 7.2 takes it over QMP only."""
     paths, manifest = image
     config = _collection_function("normalise_config")({
         "name": name, "lab": "template-sharing", "run_dir": run_dir,
@@ -64,7 +65,9 @@ def vm_argv(name, run_dir, disk, memory, image, mode, role, incoming_fd=None):
         argv[at:at] = ["-object", "memory-backend-file,id=%s,size=%dM,mem-path=%s,share=%s"
                        % (RAM_ID, memory, os.path.join(os.path.dirname(run_dir), "template.ram"),
                           "on" if role == "template" else "off"),
-                       "-machine", "memory-backend=" + RAM_ID, "-global", "migration.x-ignore-shared=on"]
+                       "-machine", "memory-backend=" + RAM_ID]
+        if incoming_fd is not None:
+            argv[argv.index("fd:%d" % incoming_fd)] = "defer"
     return argv, _collection_function("vm_paths")(run_dir)
 
 
@@ -115,6 +118,9 @@ def make_template(work, image, memory, mode, procs):
     try:
         with QMPClient(vpaths["qmp_socket"], timeout=60.0) as qmp:
             qmp.command("stop")
+            if mode == "file":
+                qmp.command("migrate-set-capabilities",
+                            capabilities=[{"capability": "x-ignore-shared", "state": True}])
             qmp.command_with_fds("getfd", [fd], fdname="state")
             qmp.command("migrate", uri="fd:state")
             while True:
@@ -148,11 +154,17 @@ def restore_clone(work, index, image, memory, mode, template_disk, state, procs)
     finally:
         os.close(fd)
     deadline = t0 + 60
+    incoming = mode != "file"
     while True:
         try:
             with QMPClient(vpaths["qmp_socket"], timeout=10.0) as qmp:
+                if not incoming:
+                    qmp.command("migrate-set-capabilities",
+                                capabilities=[{"capability": "x-ignore-shared", "state": True}])
+                    qmp.command("migrate-incoming", uri="fd:%d" % fd)
+                    incoming = True
                 status = qmp.command("query-status").get("status")
-                if status == "paused":
+                if status in ("paused", "prelaunch"):
                     qmp.command("cont")
                     break
                 if status == "running":
