@@ -101,8 +101,9 @@ def chain_inventory(dst, size, lab_name, port_base):
         "lab": {"children": lab_children}}}})
     _dump(os.path.join(dst, "group_vars", "all.yml"), {
         "lab_name": lab_name, "lab_netns": lab_name, "lab_host_ports": [],
-        # 16 TCG guests booting on two cores take longer than the role's default wait
-        "vm_launch_wait_timeout": 900})
+        # clones answer within a minute or two even 32 at once on two cores, and VMs that boot instead (no
+        # template) need ~4 s of CPU each; a guest that never answers should not hold a shared machine for long
+        "vm_launch_wait_timeout": max(300, 15 * size)})
     shutil.copy(os.path.join(SEED_INVENTORY, "group_vars", "lab.yml"), os.path.join(dst, "group_vars", "lab.yml"))
     _known_hosts_of(dst, lab_name)
     ports = {}
