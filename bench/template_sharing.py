@@ -52,7 +52,7 @@ def vm_argv(name, run_dir, disk, memory, image, mode, role, incoming_fd=None):
     stream's layout depends on it), and QEMU 7.2 takes it over QMP only."""
     paths, manifest = image
     config = _collection_function("normalise_config")({
-        "name": name, "lab": "template-sharing", "run_dir": run_dir,
+        "name": name, "lab": "tsharing", "run_dir": run_dir,
         "kernel": _guest_image.boot_kernel(paths, manifest), "initrd": paths["initrd"],
         "append": "%s %s qemulab.hostname=%s qemulab.mgmt=%s" % (_guest_image_root_args(), kernel_args(), name, MAC),
         "disks": [{"file": disk, "format": "qcow2", "interface": "virtio"}],
