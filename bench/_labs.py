@@ -9,6 +9,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import time
 
 import yaml
@@ -103,7 +104,7 @@ def chain_inventory(dst, size, lab_name, port_base):
         "lab_name": lab_name, "lab_netns": lab_name, "lab_host_ports": [],
         # clones answer within a minute or two even 32 at once on two cores, and VMs that boot instead (no
         # template) need ~4 s of CPU each; a guest that never answers should not hold a shared machine for long
-        "vm_launch_wait_timeout": max(300, 15 * size)})
+        "vm_launch_wait_timeout": max(240, 8 * size)})
     shutil.copy(os.path.join(SEED_INVENTORY, "group_vars", "lab.yml"), os.path.join(dst, "group_vars", "lab.yml"))
     _known_hosts_of(dst, lab_name)
     ports = {}
@@ -233,6 +234,20 @@ class CollectionLab:
             name = argv[argv.index("-name") + 1].split(",")[0] if "-name" in argv else str(pid)
             mem[name] = dict(vm_memory_kib(pid), clone="-incoming" in argv)
         return mem
+
+    def guests_without_ssh(self):
+        """The lab's VMs whose SSH forward (127.0.0.1 here: the lab's QEMUs run in this namespace) does not answer
+        with a banner now (after a failed bring-up)."""
+        silent = []
+        for name, port in sorted(self.ports.items()):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+                    banner = sock.recv(8)
+            except OSError:
+                banner = b""
+            if not banner.startswith(b"SSH-"):
+                silent.append(name)
+        return silent
 
     def force_clean(self):
         """Last resort after a failed teardown: our QEMUs by pid, our namespace, our run and disk directories."""

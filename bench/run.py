@@ -349,6 +349,12 @@ def dataplane_run(ctx, r, virtio_done):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def memory_mib(lab):
+    """{vm: {rss, pss, uss (MiB), clone}} of the lab's QEMUs."""
+    return {vm: {k: (round(v / 1024.0, 1) if k != "clone" else v) for k, v in m.items()}
+            for vm, m in sorted(lab.memory_kib().items())}
+
+
 def scale_size(ctx, r, n):
     """The n-VM chain h1 - rt1 - ... - h2 brought up to verified routing (lab.yml's verify stage: every host pings
     every other host through the routers; then h1 -> h2 and h2 -> h1 once more from here), its memory read, and
@@ -363,15 +369,21 @@ def scale_size(ctx, r, n):
         load, before = loadavg(), host_memory_mib()
         log("scale run %d: chain of %d VMs (%s), load %s, %d MiB used" % (r + 1, n, name, "/".join(load),
                                                                             before["used"]))
-        t_up, timing = lab.up()
+        try:
+            t_up, timing = lab.up()
+        except BenchError:
+            # the memory of a lab whose bring-up failed still says whether n VMs fit: kept in the JSON only
+            ctx.details["scale"].append({"run": r, "size": n, "lab": name, "loadavg_at_start": load,
+                                         "bringup_failed": True, "memory_mib": memory_mib(lab),
+                                         "host_memory_mib": {"before": before, "up": host_memory_mib()},
+                                         "guests_without_ssh": lab.guests_without_ssh()})
+            raise
         check_h1_reaches(lab.guest("h1"), "10.77.%d.2" % (n - 2))
         check_h1_reaches(lab.guest("h2"), "10.77.0.1")
         image_rebuilt(ctx, "scale run %d (%d VMs)" % (r + 1, n), timing)
-        mem, up = lab.memory_kib(), host_memory_mib()
-        if len(mem) != n:
-            raise BenchError("found %d QEMU processes of lab %s, expected %d" % (len(mem), name, n))
-        per_vm = {vm: {k: (round(v / 1024.0, 1) if k != "clone" else v) for k, v in m.items()}
-                  for vm, m in sorted(mem.items())}
+        per_vm, up = memory_mib(lab), host_memory_mib()
+        if len(per_vm) != n:
+            raise BenchError("found %d QEMU processes of lab %s, expected %d" % (len(per_vm), name, n))
         got.update(bringup=t_up, mem=per_vm, before=before, up=up)
         log("  bring-up %.1f s, %d clones, RSS %.0f / PSS %.0f MiB in all, machine %d -> %d MiB used"
             % (t_up, sum(m["clone"] for m in per_vm.values()), sum(m["rss"] for m in per_vm.values()),
