@@ -10,7 +10,9 @@ default image, TCG, one vCPU, tb-size 64, one virtio-net-pci NIC on restricted u
 its serial root shell answers, saves it with QMP stop + migrate (over an fd, as _qemu_clone does), ends it, then
 restores --clones clones from it one after the other (each its own qcow2 overlay over the template's disk) and
 times each from QEMU's start to its serial shell answering. With all clones up and idle for a few seconds it reads
-each QEMU's /proc/PID/smaps: RSS, PSS and USS of the whole process and of the guest RAM mapping alone.
+each QEMU's /proc/PID/smaps: RSS, PSS and USS of the whole process and of the guest RAM mapping alone ("idle");
+then each clone runs a few programs and Python in its shell (WORK_CMD, roughly what a lab clone's configuration
+does) and it reads them again ("after_work").
 
   anon  what the collection does (docs/clones.md): guest RAM is QEMU's anonymous memory; the saved state holds
         every page the template touched and each clone copies them into its own RAM. Nothing is shared.
@@ -28,6 +30,7 @@ tap: the clones use restricted user-mode networking. Hold the heavy lock around 
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -43,6 +46,11 @@ from qemu_overhead import (UP_CMD, UP_RE, Console, _collection_function, _guest_
 from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient  # noqa: E402
 
 MAC = "52:54:00:0e:7e:02"
+# What a lab clone does after its restore, roughly: runs a few programs (its init's ip commands, sshd, the shell of
+# each SSH command) and Python (Ansible modules). The arithmetic keeps the echo of the command from matching.
+WORK_CMD = ("ip -br addr > /dev/null; ip route > /dev/null; python3 -c 'import json, os, subprocess, shlex' ;"
+            " ls -R /usr/lib/python3 > /dev/null 2>&1; echo QL_$((6*7))_WORKED\n")
+WORK_RE = re.compile(rb"(?m)^QL_42_WORKED\r?\n")
 RAM_ID = "ram"
 
 
@@ -183,58 +191,80 @@ def restore_clone(work, index, image, memory, mode, template_disk, state, procs)
             raise RuntimeError("clone %d: no shell on the serial console (%r)" % (index, console.buf[-300:]))
     finally:
         console.close()
-    return proc, {"running_s": round(running_s, 2), "shell_s": round(time.monotonic() - t0, 2)}
+    return proc, vpaths, {"running_s": round(running_s, 2), "shell_s": round(time.monotonic() - t0, 2)}
+
+
+def snapshot(procs, entries, memory, phase):
+    for proc, entry in zip(procs, entries):
+        entry[phase] = {"process_mib": {k: round(v / 1024.0, 1) for k, v in vm_memory_kib(proc.pid).items()},
+                        "guest_ram_mib": {k: round(v / 1024.0, 1)
+                                          for k, v in ram_mapping_kib(proc.pid, memory).items()}}
+
+
+def work(vpaths_list):
+    """WORK_CMD in every clone's serial shell, one after the other; seconds each."""
+    took = []
+    for vpaths in vpaths_list:
+        t0 = time.monotonic()
+        console = Console(vpaths["console_socket"], t0 + 10)
+        try:
+            console.send(WORK_CMD)
+            if not console.wait_for(WORK_RE, 120):
+                raise RuntimeError("a clone did not finish the work command (%r)" % console.buf[-300:])
+        finally:
+            console.close()
+        took.append(round(time.monotonic() - t0, 2))
+    return took
 
 
 def one_mode(image, memory, clones, mode):
-    work = tempfile.mkdtemp(prefix="qemulab-sharing-", dir="/var/tmp")
+    work_dir = tempfile.mkdtemp(prefix="qemulab-sharing-", dir="/var/tmp")
     procs = []
     try:
         before = host_memory_mib()
-        template, disk, state = make_template(work, image, memory, mode, procs)
+        template, disk, state = make_template(work_dir, image, memory, mode, procs)
         after_template = host_memory_mib()
         result = {"mode": mode, "loadavg": loadavg(), "template": template, "clones": []}
-        live = []
+        live, consoles = [], []
         for i in range(clones):
-            proc, timing = restore_clone(work, i, image, memory, mode, disk, state, procs)
+            proc, vpaths, timing = restore_clone(work_dir, i, image, memory, mode, disk, state, procs)
             live.append(proc)
+            consoles.append(vpaths)
             result["clones"].append(timing)
         time.sleep(5)
         up = host_memory_mib()
-        for proc, entry in zip(live, result["clones"]):
-            entry["process_mib"] = {k: round(v / 1024.0, 1) for k, v in vm_memory_kib(proc.pid).items()}
-            entry["guest_ram_mib"] = {k: round(v / 1024.0, 1) for k, v in ram_mapping_kib(proc.pid, memory).items()}
+        snapshot(live, result["clones"], memory, "idle")
+        result["work_s"] = work(consoles)
+        time.sleep(2)
+        snapshot(live, result["clones"], memory, "after_work")
         result["host_used_mib"] = {"before": before["used"], "after_template": after_template["used"],
-                                   "clones_up": up["used"]}
+                                   "clones_up": up["used"], "after_work": host_memory_mib()["used"]}
         return result
     finally:
         for proc in procs:
             stop(proc)
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def summary(results):
-    lines = ["| mode | template state file | restore to running, s | to shell, s | process RSS | PSS | USS | "
-             "guest RAM RSS | PSS | USS | machine used: clones up − template ended, MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | phase | template state file | restore to running, s | to shell, s | process RSS | PSS | USS | "
+             "guest RAM RSS | PSS | USS | machine used − before the template, MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in sorted({r["mode"] for r in results}):
         runs = [r for r in results if r["mode"] == mode]
         cl = [c for r in runs for c in r["clones"]]
 
-        def med(get):
+        def med(get, fmt="%.0f"):
             vals = [get(c) for c in cl]
-            return "%.0f (%.0f–%.0f)" % (statistics.median(vals), min(vals), max(vals))
-
-        def med_s(get):
-            vals = [get(c) for c in cl]
-            return "%.2f (%.2f–%.2f)" % (statistics.median(vals), min(vals), max(vals))
-        lines.append("| %s | %s MiB | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            mode, "/".join("%.0f" % r["template"]["state_mib"] for r in runs),
-            med_s(lambda c: c["running_s"]), med_s(lambda c: c["shell_s"]),
-            med(lambda c: c["process_mib"]["rss"]), med(lambda c: c["process_mib"]["pss"]),
-            med(lambda c: c["process_mib"]["uss"]), med(lambda c: c["guest_ram_mib"]["rss"]),
-            med(lambda c: c["guest_ram_mib"]["pss"]), med(lambda c: c["guest_ram_mib"]["uss"]),
-            "/".join("%d" % (r["host_used_mib"]["clones_up"] - r["host_used_mib"]["before"]) for r in runs)))
+            return ("%s (%s–%s)" % (fmt, fmt, fmt)) % (statistics.median(vals), min(vals), max(vals))
+        for phase, host_key in (("idle", "clones_up"), ("after_work", "after_work")):
+            lines.append("| %s | %s | %s MiB | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                mode, phase, "/".join("%.1f" % r["template"]["state_mib"] for r in runs),
+                med(lambda c: c["running_s"], "%.2f"), med(lambda c: c["shell_s"], "%.2f"),
+                med(lambda c: c[phase]["process_mib"]["rss"]), med(lambda c: c[phase]["process_mib"]["pss"]),
+                med(lambda c: c[phase]["process_mib"]["uss"]), med(lambda c: c[phase]["guest_ram_mib"]["rss"]),
+                med(lambda c: c[phase]["guest_ram_mib"]["pss"]), med(lambda c: c[phase]["guest_ram_mib"]["uss"]),
+                "/".join("%d" % (r["host_used_mib"][host_key] - r["host_used_mib"]["before"]) for r in runs)))
     return "\n".join(lines)
 
 
@@ -257,11 +287,13 @@ def main():
                 r = one_mode(image, args.memory, args.clones, mode)
                 results.append(r)
                 log("%s run %d (load %s): template boot %.1f s, saved %.1f MiB in %.2f s; clones to shell %s s; "
-                    "RSS/PSS/USS %s MiB"
+                    "RSS/PSS/USS idle %s, after work (%s s) %s MiB"
                     % (mode, run + 1, "/".join(r["loadavg"]), r["template"]["boot_s"], r["template"]["state_mib"],
                        r["template"]["save_s"], [c["shell_s"] for c in r["clones"]],
-                       ["%.0f/%.0f/%.0f" % (c["process_mib"]["rss"], c["process_mib"]["pss"],
-                                            c["process_mib"]["uss"]) for c in r["clones"]]))
+                       ["%.0f/%.0f/%.0f" % tuple(c["idle"]["process_mib"][k] for k in ("rss", "pss", "uss"))
+                        for c in r["clones"]], r["work_s"],
+                       ["%.0f/%.0f/%.0f" % tuple(c["after_work"]["process_mib"][k] for k in ("rss", "pss", "uss"))
+                        for c in r["clones"]]))
     except KeyboardInterrupt:
         log("interrupted; QEMU stopped, files removed")
         return 130
