@@ -77,9 +77,11 @@ def seed_variant_inventory(dst, lab_name, port_base, model=None, vhost=None, boo
     return ports
 
 
-def chain_inventory(dst, size, lab_name, port_base):
+def chain_inventory(dst, size, lab_name, port_base, overcommit=False):
     """h1 - rt1 - ... - rt<size-2> - h2, one /24 per link (10.77.<k>.0/24 on bridge cb<k>), routes only where needed
-    for the two hosts to reach each other (what the lab's verify stage checks)."""
+    for the two hosts to reach each other (what the lab's verify stage checks). overcommit: lab_overcommit, for a
+    chain whose 1 GiB per VM adds up to more than the machine has (the compiler refuses it otherwise; clones
+    touch a fraction of their guest RAM)."""
     if size < 2:
         raise ValueError("a chain needs at least two VMs")
     names = ["h1"] + ["rt%d" % i for i in range(1, size - 1)] + ["h2"]
@@ -101,7 +103,7 @@ def chain_inventory(dst, size, lab_name, port_base):
             "ansible_remote_tmp": os.path.join(dst, ".ansible-tmp")}}},
         "lab": {"children": lab_children}}}})
     _dump(os.path.join(dst, "group_vars", "all.yml"), {
-        "lab_name": lab_name, "lab_netns": lab_name, "lab_host_ports": [],
+        "lab_name": lab_name, "lab_netns": lab_name, "lab_host_ports": [], "lab_overcommit": bool(overcommit),
         # clones answer within a minute or two even 32 at once on two cores, and VMs that boot instead (no
         # template) need ~4 s of CPU each; a guest that never answers should not hold a shared machine for long
         "vm_launch_wait_timeout": max(240, 8 * size)})
