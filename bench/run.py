@@ -395,7 +395,8 @@ def scale_size(ctx, r, n):
         got.update(cleanup=t_down, after=host_memory_mib())
         log("  cleanup %.1f s, machine %d MiB used" % (t_down, got["after"]["used"]))
         ctx.details["scale"].append({"run": r, "size": n, "lab": name, "loadavg_at_start": load,
-                                     "lab_overcommit": overcommit, "bringup_s": round(t_up, 2), "cleanup_s": round(t_down, 2),
+                                     "lab_overcommit": overcommit, "bringup_s": round(t_up, 2),
+                                     "cleanup_s": round(t_down, 2),
                                      "memory_mib": per_vm, "host_memory_mib": {
                                          "before": before, "up": up, "after": got["after"]},
                                      "stages": stages_of(timing)})

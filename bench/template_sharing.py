@@ -144,7 +144,8 @@ def make_template(work, image, memory, mode, procs):
     stop(proc)
     ram_file = os.path.join(work, "template.ram")
     ram_alloc = os.stat(ram_file).st_blocks * 512 if os.path.exists(ram_file) else 0
-    return {"boot_s": round(boot_s, 2), "save_s": round(save_s, 2), "state_mib": round(os.path.getsize(state) / 2**20, 1),
+    return {"boot_s": round(boot_s, 2), "save_s": round(save_s, 2),
+            "state_mib": round(os.path.getsize(state) / 2**20, 1),
             "ram_file_allocated_mib": round(ram_alloc / 2**20, 1)}, disk, state
 
 
@@ -179,8 +180,8 @@ def restore_clone(work, index, image, memory, mode, template_disk, state, procs)
                     break
         except Exception:  # noqa: BLE001 - the socket is not there yet
             if proc.poll() is not None:
-                raise RuntimeError("clone %d: QEMU exited %s: %s" % (index, proc.returncode,
-                                                                      open(os.path.join(run_dir, "stderr")).read()))
+                with open(os.path.join(run_dir, "stderr")) as f:
+                    raise RuntimeError("clone %d: QEMU exited %s: %s" % (index, proc.returncode, f.read()))
         if time.monotonic() > deadline:
             raise RuntimeError("clone %d: not restored within 60 s" % index)
         time.sleep(0.02)
