@@ -140,6 +140,40 @@ def vm_rss_kib(pid):
     raise BenchError("no VmRSS for pid %d" % pid)
 
 
+def vm_memory_kib(pid):
+    """{rss, pss, uss} KiB of one process from /proc/<pid>/smaps_rollup. RSS counts every resident page it maps;
+    PSS divides each page among the processes that map it; USS (Private_Clean + Private_Dirty) is what only this
+    process holds, i.e. what ending it would free. RSS - USS is what it shares (QEMU's binary, libraries and the
+    image's kernel/initrd in the page cache, or guest RAM pages shared with a template)."""
+    got = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                got[key] = int(rest.split()[0])
+    if "Rss" not in got:
+        raise BenchError("no Rss in /proc/%d/smaps_rollup" % pid)
+    return {"rss": got["Rss"], "pss": got.get("Pss", 0),
+            "uss": got.get("Private_Clean", 0) + got.get("Private_Dirty", 0)}
+
+
+def host_memory_mib():
+    """{total, used, available} MiB of this machine from /proc/meminfo; used = MemTotal - MemAvailable."""
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0])
+    return {"total": info["MemTotal"] // 1024, "available": info["MemAvailable"] // 1024,
+            "used": (info["MemTotal"] - info["MemAvailable"]) // 1024}
+
+
+def loadavg():
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg prints them."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[:3]
+
+
 def root_links_with_alias(alias):
     rc, _, out = run(["ip", "-o", "link", "show"], timeout=30)
     return [line.split(":")[1].strip() for line in out.splitlines() if ("alias " + alias) in line]

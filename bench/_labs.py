@@ -9,12 +9,13 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import time
 
 import yaml
 
 from _harness import (BENCH_DIR, REPO_ROOT, RUN_ROOT, SSH_KEY, STATE_DIR, VENV_BIN, BenchError, Guest, log,
-                      netns_list, port_block, processes_matching, root_links_with_alias, run, vm_rss_kib)
+                      netns_list, port_block, processes_matching, root_links_with_alias, run, vm_memory_kib)
 
 SEED_INVENTORY = os.path.join(REPO_ROOT, "inventories", "seed")
 SEED_VMS = ["rt1", "rt2", "rt3", "rt4", "h1", "h2", "htest"]
@@ -76,9 +77,11 @@ def seed_variant_inventory(dst, lab_name, port_base, model=None, vhost=None, boo
     return ports
 
 
-def chain_inventory(dst, size, lab_name, port_base):
+def chain_inventory(dst, size, lab_name, port_base, overcommit=False):
     """h1 - rt1 - ... - rt<size-2> - h2, one /24 per link (10.77.<k>.0/24 on bridge cb<k>), routes only where needed
-    for the two hosts to reach each other (what the lab's verify stage checks)."""
+    for the two hosts to reach each other (what the lab's verify stage checks). overcommit: lab_overcommit, for a
+    chain whose 1 GiB per VM adds up to more than the machine has (the compiler refuses it otherwise; clones
+    touch a fraction of their guest RAM)."""
     if size < 2:
         raise ValueError("a chain needs at least two VMs")
     names = ["h1"] + ["rt%d" % i for i in range(1, size - 1)] + ["h2"]
@@ -93,13 +96,17 @@ def chain_inventory(dst, size, lab_name, port_base):
     if size > 2:
         lab_children["routers"] = {"hosts": {n: None for n in names[1:-1]}}
     _dump(os.path.join(dst, "hosts.yml"), {"all": {"children": {
-        "hypervisors": {"hosts": {"localhost": {"ansible_connection": "local",
-                                                "ansible_python_interpreter": "{{ ansible_playbook_python }}"}}},
+        "hypervisors": {"hosts": {"localhost": {
+            "ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}",
+            # a temp directory of this run's own: on a shared machine other work may clean ~/.ansible/tmp while
+            # this lab's modules are being copied there (seen 2026-11-28: "Failed to transfer file")
+            "ansible_remote_tmp": os.path.join(dst, ".ansible-tmp")}}},
         "lab": {"children": lab_children}}}})
     _dump(os.path.join(dst, "group_vars", "all.yml"), {
-        "lab_name": lab_name, "lab_netns": lab_name, "lab_host_ports": [],
-        # 16 TCG guests booting on two cores take longer than the role's default wait
-        "vm_launch_wait_timeout": 900})
+        "lab_name": lab_name, "lab_netns": lab_name, "lab_host_ports": [], "lab_overcommit": bool(overcommit),
+        # clones answer within a minute or two even 32 at once on two cores, and VMs that boot instead (no
+        # template) need ~4 s of CPU each; a guest that never answers should not hold a shared machine for long
+        "vm_launch_wait_timeout": max(240, 8 * size)})
     shutil.copy(os.path.join(SEED_INVENTORY, "group_vars", "lab.yml"), os.path.join(dst, "group_vars", "lab.yml"))
     _known_hosts_of(dst, lab_name)
     ports = {}
@@ -219,15 +226,30 @@ class CollectionLab:
     def qemu_pids(self):
         return processes_matching(self.run_dir + "/")
 
-    def rss_kib(self):
-        """{vm: VmRSS KiB} of the lab's QEMU processes, named by their -name."""
-        rss = {}
+    def memory_kib(self):
+        """{vm: {rss, pss, uss, clone}} of the lab's QEMU processes (KiB), named by their -name; clone is whether
+        the QEMU was restored from a template (`-incoming` on its command line) rather than booted."""
+        mem = {}
         for pid in self.qemu_pids():
             with open("/proc/%d/cmdline" % pid, "rb") as f:
                 argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
             name = argv[argv.index("-name") + 1].split(",")[0] if "-name" in argv else str(pid)
-            rss[name] = vm_rss_kib(pid)
-        return rss
+            mem[name] = dict(vm_memory_kib(pid), clone="-incoming" in argv)
+        return mem
+
+    def guests_without_ssh(self):
+        """The lab's VMs whose SSH forward (127.0.0.1 here: the lab's QEMUs run in this namespace) does not answer
+        with a banner now (after a failed bring-up)."""
+        silent = []
+        for name, port in sorted(self.ports.items()):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+                    banner = sock.recv(8)
+            except OSError:
+                banner = b""
+            if not banner.startswith(b"SSH-"):
+                silent.append(name)
+        return silent
 
     def force_clean(self):
         """Last resort after a failed teardown: our QEMUs by pid, our namespace, our run and disk directories."""

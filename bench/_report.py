@@ -50,6 +50,7 @@ TARGETS = [
     ("lifecycle.collection.rerun_changed", "==", 0, "= 0"),
     ("lifecycle.collection.cleanup_s", "<=", 5.0, "≤ 5 s"),
     ("dataplane.ratio.virtio_over_e1000", ">=", 2.0, "≥ 2 × e1000"),
+    ("scale.16.bringup_s", "<=", 30.0, "≤ 30 s (issue 20)"),
 ]
 
 

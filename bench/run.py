@@ -5,11 +5,14 @@
 bring-up time and memory per lab size. Every lab lives in a namespace the benchmark creates and is removed again,
 also on Ctrl-C. See bench/README.md.
 
-    .venv/bin/python bench/run.py [--runs N] [--boot clone|boot] [--only lifecycle|dataplane|scale] [--sizes 2,7,16] [--out DIR]
+    .venv/bin/python bench/run.py [--runs N] [--boot clone|boot] [--only lifecycle|dataplane|scale] [--sizes 2,7,16]
+                                  [--lock FILE] [--out DIR]
 """
 
 import argparse
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -22,8 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _harness import (BENCH_DIR, REPO_ROOT, VENV_BIN, BenchError, Cleanups, log, port_block,  # noqa: E402
-                      sigterm_as_interrupt)
+from _harness import (BENCH_DIR, REPO_ROOT, VENV_BIN, BenchError, Cleanups, host_memory_mib, loadavg,  # noqa: E402
+                      log, port_block, sigterm_as_interrupt)
 from _labs import (RUN_TAG, CollectionLab, SeedScriptLab, chain_inventory, guest_image_facts,  # noqa: E402
                    seed_variant_inventory, unique_lab_name, MODEL_SHORT)
 from _report import NIC_MODELS, TARGETS, Metrics, chart, fmt, markdown_table, target_met  # noqa: E402
@@ -45,6 +48,7 @@ class Context:
         self.cleanups = Cleanups()
         self.labs = []
         self.image = None
+        self.lock = HeavyLock(args.lock, args.lock_hold)
         self.vhost_available = os.path.exists("/dev/vhost-net")
         self.variants = [("virtio-net-pci", "virtio-net-pci", None), ("e1000", "e1000", None),
                          ("rtl8139", "rtl8139", None)]
@@ -79,11 +83,25 @@ def declare_metrics(ctx):
         m.declare("dataplane.%s.1hop.ping_avg_ms" % variant, "%s h1→rt1 (1 hop) ping avg" % variant, "ms")
     m.declare("dataplane.ratio.virtio_over_e1000", "throughput ratio virtio-net / e1000, 3 routers", "×", "higher")
     for n in ctx.args.sizes:
-        m.declare("scale.%d.bringup_s" % n, "%d-VM chain: bring-up to h1 pings h2" % n, "s")
-        m.declare("scale.%d.cleanup_s" % n, "%d-VM chain: cleanup" % n, "s")
-        m.declare("scale.%d.rss_total_mib" % n, "%d-VM chain: QEMU VmRSS, all VMs" % n, "MiB")
-        m.declare("scale.%d.rss_per_vm_mib" % n, "%d-VM chain: QEMU VmRSS, mean per VM" % n, "MiB")
-        m.declare("scale.%d.rss_max_vm_mib" % n, "%d-VM chain: QEMU VmRSS, largest VM" % n, "MiB")
+        for key, label, unit in scale_metrics(n):
+            m.declare(key, label, unit)
+
+
+def scale_metrics(n):
+    """(key, label, unit) of every metric of the n-VM chain, in table order."""
+    c = "%d-VM chain: " % n
+    k = "scale.%d." % n
+    return [(k + "bringup_s", c + "bring-up to verified routing (lab.yml with verify)", "s"),
+            (k + "cleanup_s", c + "cleanup", "s"),
+            (k + "clones", c + "VMs restored from a template (the rest booted)", "count"),
+            (k + "rss_per_vm_mib", c + "QEMU RSS, mean per VM", "MiB"),
+            (k + "pss_per_vm_mib", c + "QEMU PSS, mean per VM", "MiB"),
+            (k + "uss_per_vm_mib", c + "QEMU USS (private), mean per VM", "MiB"),
+            (k + "rss_max_vm_mib", c + "QEMU RSS, largest VM", "MiB"),
+            (k + "rss_total_mib", c + "QEMU RSS, all VMs", "MiB"),
+            (k + "pss_total_mib", c + "QEMU PSS, all VMs", "MiB"),
+            (k + "host_used_delta_mib", c + "machine's used memory, up minus before", "MiB"),
+            (k + "host_available_up_mib", c + "machine's available memory while up", "MiB")]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -97,8 +115,42 @@ def teardown_quietly(lab):
         lab.force_clean()
 
 
+class HeavyLock:
+    """With --lock: an flock on that file held while labs exist (up, measured, removed), so a machine shared with
+    other heavy work runs one at a time. It is kept from one lab to the next until it has been held --lock-hold
+    seconds, then released before the next lab so others get a turn. The wait is not timed."""
+
+    def __init__(self, path, hold):
+        self.path, self.hold = path, hold
+        self.file, self.since = None, None
+
+    @contextlib.contextmanager
+    def held(self):
+        if self.path and self.file and time.monotonic() - self.since > self.hold:
+            self.release()
+        if self.path and not self.file:
+            self.file = open(self.path, "a")
+            log("waiting for the lock %s" % self.path)
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+            self.since = time.monotonic()
+            log("holding the lock %s" % self.path)
+        yield
+
+    def release(self):
+        if self.file:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+            log("released the lock %s" % self.path)
+
+
 def guarded(ctx, lab, where, body):
-    """Runs body(lab); the lab is registered for cleanup on Ctrl-C and removed here if body fails."""
+    """Runs body(lab) under ctx.lock; the lab is registered for cleanup on Ctrl-C and removed here if body fails."""
+    with ctx.lock.held():
+        _guarded(ctx, lab, where, body)
+
+
+def _guarded(ctx, lab, where, body):
     ctx.labs.append(lab)
     token = ctx.cleanups.push("%s (%s)" % (where, getattr(lab, "lab_name", lab.netns)), lambda: teardown_quietly(lab))
     try:
@@ -297,37 +349,75 @@ def dataplane_run(ctx, r, virtio_done):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+def memory_mib(lab):
+    """{vm: {rss, pss, uss (MiB), clone}} of the lab's QEMUs."""
+    return {vm: {k: (round(v / 1024.0, 1) if k != "clone" else v) for k, v in m.items()}
+            for vm, m in sorted(lab.memory_kib().items())}
+
+
 def scale_size(ctx, r, n):
+    """The n-VM chain h1 - rt1 - ... - h2 brought up to verified routing (lab.yml's verify stage: every host pings
+    every other host through the routers; then h1 -> h2 and h2 -> h1 once more from here), its memory read, and
+    removed. The machine's used memory is read before, while up and after cleanup."""
     name = unique_lab_name("n%dr%d" % (n, r))
     inv = os.path.join(ctx.work, "inv-" + name)
-    ports = chain_inventory(inv, n, name, port_block(n))
+    # the seed's 1 GiB per VM, as the lab compiler counts it (vm_memory + 96 MiB per VM + 128 MiB), against what
+    # the machine has: beyond it the chain runs with lab_overcommit (the table says so)
+    overcommit = n * (1024 + 96) + 128 > host_memory_mib()["available"]
+    ports = chain_inventory(inv, n, name, port_block(n), overcommit=overcommit)
     lab = CollectionLab(inv, name, ports, ctx.logs, "scale-%d-r%d" % (n, r))
     got = {}
 
     def body(lab):
-        log("scale run %d: chain of %d VMs (%s)" % (r + 1, n, name))
-        t_up, timing = lab.up()
+        load, before = loadavg(), host_memory_mib()
+        log("scale run %d: chain of %d VMs (%s), load %s, %d MiB used%s"
+            % (r + 1, n, name, "/".join(load), before["used"], ", lab_overcommit: true" if overcommit else ""))
+        try:
+            t_up, timing = lab.up()
+        except BenchError:
+            # the memory of a lab whose bring-up failed still says whether n VMs fit: kept in the JSON only
+            ctx.details["scale"].append({"run": r, "size": n, "lab": name, "loadavg_at_start": load,
+                                         "bringup_failed": True, "memory_mib": memory_mib(lab),
+                                         "host_memory_mib": {"before": before, "up": host_memory_mib()},
+                                         "guests_without_ssh": lab.guests_without_ssh()})
+            raise
         check_h1_reaches(lab.guest("h1"), "10.77.%d.2" % (n - 2))
+        check_h1_reaches(lab.guest("h2"), "10.77.0.1")
         image_rebuilt(ctx, "scale run %d (%d VMs)" % (r + 1, n), timing)
-        rss = lab.rss_kib()
-        if len(rss) != n:
-            raise BenchError("found %d QEMU processes of lab %s, expected %d" % (len(rss), name, n))
-        got.update(bringup=t_up, rss={k: round(v / 1024.0, 1) for k, v in sorted(rss.items())})
-        log("  bring-up %.1f s, VmRSS %.0f MiB in all" % (t_up, sum(rss.values()) / 1024.0))
+        per_vm, up = memory_mib(lab), host_memory_mib()
+        if len(per_vm) != n:
+            raise BenchError("found %d QEMU processes of lab %s, expected %d" % (len(per_vm), name, n))
+        got.update(bringup=t_up, mem=per_vm, before=before, up=up)
+        log("  bring-up %.1f s, %d clones, RSS %.0f / PSS %.0f MiB in all, machine %d -> %d MiB used"
+            % (t_up, sum(m["clone"] for m in per_vm.values()), sum(m["rss"] for m in per_vm.values()),
+               sum(m["pss"] for m in per_vm.values()), before["used"], up["used"]))
         t_down, _ = lab.down()
-        got["cleanup"] = t_down
-        log("  cleanup %.1f s" % t_down)
-        ctx.details["scale"].append({"run": r, "size": n, "lab": name, "bringup_s": round(t_up, 2),
-                                     "cleanup_s": round(t_down, 2), "rss_mib": got["rss"],
+        got.update(cleanup=t_down, after=host_memory_mib())
+        log("  cleanup %.1f s, machine %d MiB used" % (t_down, got["after"]["used"]))
+        ctx.details["scale"].append({"run": r, "size": n, "lab": name, "loadavg_at_start": load,
+                                     "lab_overcommit": overcommit, "bringup_s": round(t_up, 2),
+                                     "cleanup_s": round(t_down, 2),
+                                     "memory_mib": per_vm, "host_memory_mib": {
+                                         "before": before, "up": up, "after": got["after"]},
                                      "stages": stages_of(timing)})
 
     guarded(ctx, lab, "scale run %d (%d VMs)" % (r + 1, n), body)
-    rss = got.get("rss")
-    ctx.metrics.add("scale.%d.bringup_s" % n, got.get("bringup"))
-    ctx.metrics.add("scale.%d.cleanup_s" % n, got.get("cleanup"))
-    ctx.metrics.add("scale.%d.rss_total_mib" % n, sum(rss.values()) if rss else None)
-    ctx.metrics.add("scale.%d.rss_per_vm_mib" % n, sum(rss.values()) / len(rss) if rss else None)
-    ctx.metrics.add("scale.%d.rss_max_vm_mib" % n, max(rss.values()) if rss else None)
+    mem = got.get("mem")
+    k = "scale.%d." % n
+
+    def total(field):
+        return sum(m[field] for m in mem.values()) if mem else None
+
+    ctx.metrics.add(k + "bringup_s", got.get("bringup"))
+    ctx.metrics.add(k + "cleanup_s", got.get("cleanup"))
+    ctx.metrics.add(k + "clones", total("clone"))
+    for field in ("rss", "pss", "uss"):
+        ctx.metrics.add(k + field + "_per_vm_mib", total(field) / len(mem) if mem else None)
+    ctx.metrics.add(k + "rss_max_vm_mib", max(m["rss"] for m in mem.values()) if mem else None)
+    ctx.metrics.add(k + "rss_total_mib", total("rss"))
+    ctx.metrics.add(k + "pss_total_mib", total("pss"))
+    ctx.metrics.add(k + "host_used_delta_mib", got["up"]["used"] - got["before"]["used"] if mem else None)
+    ctx.metrics.add(k + "host_available_up_mib", got["up"]["available"] if mem else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,8 +431,7 @@ def metric_order(ctx):
                                                              "1hop.ping_avg_ms")]
     order.append("dataplane.ratio.virtio_over_e1000")
     for n in ctx.args.sizes:
-        order += ["scale.%d.%s" % (n, k) for k in ("bringup_s", "cleanup_s", "rss_total_mib", "rss_per_vm_mib",
-                                                   "rss_max_vm_mib")]
+        order += [key for key, _, _ in scale_metrics(n)]
     return [k for k in order if k in ctx.metrics.data and ctx.metrics.data[k]["values"]]
 
 
@@ -408,6 +497,11 @@ def parse_args(argv):
     p.add_argument("--only", choices=SECTIONS, action="append",
                    help="run only this section (repeatable); default: all three")
     p.add_argument("--sizes", default="2,7,16", help="lab sizes (VMs) for the scale section (default 2,7,16)")
+    p.add_argument("--lock", metavar="FILE",
+                   help="hold an flock on FILE while labs exist (a machine shared with other heavy work), e.g. "
+                        "/tmp/qemulab-heavy.lock; released between labs once held --lock-hold seconds")
+    p.add_argument("--lock-hold", type=float, default=300, metavar="SECONDS",
+                   help="with --lock: start no further lab under the same hold after this long (default 300)")
     p.add_argument("--out", default=os.path.join(BENCH_DIR, "results"),
                    help="directory for <timestamp>.json/.md/.png and the logs (default bench/results)")
     args = p.parse_args(argv)
@@ -445,7 +539,8 @@ def main(argv=None):
     t0 = time.monotonic()
     try:
         log("guest image: build or reuse (not timed)")
-        ctx.image = guest_image_facts(work, os.path.join(logs, "guest-image.log"))
+        with ctx.lock.held():
+            ctx.image = guest_image_facts(work, os.path.join(logs, "guest-image.log"))
         for r in range(args.runs):
             virtio_done = False
             if "lifecycle" in args.only:
@@ -466,6 +561,7 @@ def main(argv=None):
     finally:
         for err in ctx.cleanups.run_all():
             ctx.errors.append("cleanup: " + err)
+        ctx.lock.release()
         leftovers = []
         for lab in ctx.labs:
             leftovers += ["%s: %s" % (getattr(lab, "lab_name", lab.netns), x) for x in lab.leftovers()]
