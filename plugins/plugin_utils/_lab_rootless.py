@@ -23,15 +23,15 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import CURRENT as CONTROLLER_PATHS
 from ansible_collections.qemulab.network.plugins.module_utils._run_paths import ROOT, Roots
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import is_mapping
 
 DOCS = "docs/rootless.md"
 
-# Until lab.yml really runs rootless (docs/rootless.md, "What remains"), a rootless lab host gets this one refusal
-# instead of a bring-up that fails halfway. When it does: delete NOT_YET and the one block that uses it in check().
 NOT_YET = ("is %s, not root: rootless bring-up is not available yet (issue 21; %s says what exists and what "
-           "remains). Nothing was changed on the lab host; run lab.yml as root for now")
+           "remains). Nothing was changed; this run only held its lock in %s (left empty). Run lab.yml as root for "
+           "now")
 
 
 def roots(info):
@@ -98,6 +98,13 @@ def check(problems, lab, vms, placement, hosts, lab_hosts):
                              "host's user is %s, who cannot make a VXLAN port in the host's namespace; put all of "
                              "the segment's VMs on one lab host (vm_hypervisor), %s"
                              % (", ".join(segment["hosts"]), user, fix))
-        # the one refusal until rootless bring-up exists (see NOT_YET); a cleanup would fail halfway too
-        problems.add(host, "lab host user", NOT_YET % (user, DOCS))
-        problems.cleanup.append(problems.messages[-1])
+        refuse_until_rootless_runs(problems, host, user)
+
+
+def refuse_until_rootless_runs(problems, host, user):
+    """Until lab.yml really runs rootless (docs/rootless.md, "What remains"), a rootless lab host gets this one
+    refusal instead of a bring-up (or cleanup) that fails halfway. When it does, delete this function, NOT_YET and
+    the one call in check()."""
+    # the lock is the controller's (lab_lock), under the run root of this process's user
+    problems.add(host, "lab host user", NOT_YET % (user, DOCS, CONTROLLER_PATHS.run))
+    problems.cleanup.append(problems.messages[-1])
