@@ -11,6 +11,7 @@ import os
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.qemulab.network.plugins.module_utils import _run_paths
 from ansible_collections.qemulab.network.plugins.module_utils._lock import take_run_lock
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_lab_name
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import field
@@ -18,7 +19,8 @@ from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import
 ARGUMENT_SPEC = dict(
     path=dict(type="path"),
     lab=dict(type="str"),
-    run_root=dict(type="path", default="/run/qemulab"),
+    # None: the run root of the controller's user (_run_paths): the lock is the controller's, like the run it guards
+    run_root=dict(type="path"),
     timeout=dict(type="raw", default=600),
 )
 
@@ -28,14 +30,22 @@ def read_timeout(value):
     return field("lab", "lab_lock_timeout").read(value)
 
 
-def lock_path(args):
-    """(path, None), or (None, why nothing is locked) for a lab name that breaks the name rule (it becomes a path)."""
+def lock_path(args, paths=None):
+    """(path, None), or (None, why nothing is locked) for a lab name that breaks the name rule (it becomes a path)
+    or, without run_root, a user whose runtime directory is missing (the lab plan names its fix)."""
     if args["path"]:
         return args["path"], None
     problem = check_lab_name(args["lab"])
     if problem:
         return None, "lab name %r: %s" % (args["lab"], problem)
-    return os.path.join(args["run_root"], args["lab"] + ".lock"), None
+    run_root = args["run_root"]
+    if not run_root:
+        paths = paths or _run_paths.current()
+        problem = _run_paths.runtime_dir_problem(paths)
+        if problem:
+            return None, problem
+        run_root = paths.run
+    return os.path.join(run_root, args["lab"] + ".lock"), None
 
 
 class ActionModule(ActionBase):

@@ -94,7 +94,8 @@ def take_run_lock(path, watch_pid, timeout):
     """Start the holder; wait until it has the lock (returns None) or gives up (returns who holds it)."""
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o755)
+        # a user's run root (docs/rootless.md) is theirs alone, as _userns makes it; root's stays readable
+        os.makedirs(parent, mode=0o755 if os.geteuid() == 0 else 0o700)
     start = process_start_time(watch_pid)
     if start is None:
         return "cannot watch process %d: it is not running" % watch_pid

@@ -21,6 +21,9 @@ description:
   - O(disks) are looked into for an SSH server (e2fsprogs' C(debugfs), read-only, regular files only): the plan
     reaches a VM on its own root disk without one through its serial console when its inventory does not set
     C(vm_connection).
+  - It also reports who the lab host's user is (RV(euid), RV(rootless)) and where a lab of that user keeps its files
+    (RV(roots)), so the plan renders its paths from the lab host's roots and refuses what a user without root cannot
+    run (docs/rootless.md).
   - Read-only.
 author:
   - qemulab developers (@qemulab)
@@ -30,9 +33,10 @@ options:
     type: str
     required: true
   run_root:
-    description: Root of the labs' run directories.
+    description:
+      - Root of the labs' run directories. When not given, the run root of the user the module runs as
+        (C(/run/qemulab) for root, C($XDG_RUNTIME_DIR/qemulab) for any other user; see RV(roots)).
     type: path
-    default: /run/qemulab
   disks:
     description:
       - Own root disk images (C(vm_disk)) of VMs whose inventory does not set C(vm_connection), absolute paths on
@@ -74,6 +78,28 @@ dpdk_segments:
   returned: always
   type: list
   elements: str
+euid:
+  description: The effective uid the module runs as on the lab host.
+  returned: always
+  type: int
+rootless:
+  description: Whether that user is not root, so a lab there would run rootless (docs/rootless.md).
+  returned: always
+  type: bool
+roots:
+  description:
+    - Where a lab of that user keeps its files - C(run) (run state), C(cache) (images) and C(state) (disks, keys),
+      as C(plugins/module_utils/_run_paths.py) decides; root's are C(/run/qemulab), C(/var/cache/qemulab) and
+      C(/var/lib/qemulab).
+  returned: always
+  type: dict
+  sample: {"run": "/run/qemulab", "cache": "/var/cache/qemulab", "state": "/var/lib/qemulab"}
+runtime_dir_problem:
+  description:
+    - Null when the run root's parent (the user's runtime directory) is the user's own with mode 0700, or for root;
+      else what is wrong and its fix.
+  returned: always
+  type: str
 addresses:
   description:
     - The host's own IPv4 addresses (its network namespace, where its VXLAN tunnels have their sockets), each with
@@ -105,6 +131,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._dpdk_datapath imp
     segments as datapath_segments,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import HAS_PYROUTE2, netlink
+from ansible_collections.qemulab.network.plugins.module_utils import _run_paths
 
 from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import (
     find_qemus,
@@ -141,10 +168,12 @@ def _addresses():
 
 def main():
     module = AnsibleModule(argument_spec=dict(lab=dict(type="str", required=True),
-                                              run_root=dict(type="path", default="/run/qemulab"),
+                                              run_root=dict(type="path"),
                                               disks=dict(type="list", elements="str", default=[])),
                            supports_check_mode=True)
-    lab, run_root = module.params["lab"], module.params["run_root"]
+    euid = os.geteuid()
+    paths = _run_paths.current(euid=euid)
+    lab, run_root = module.params["lab"], module.params["run_root"] or paths.run
     claim, lab_kib, datapaths = None, 0, []
     if check_lab_name(lab) is None:
         # bounded, never through a link, never blocking on a FIFO: the run directory's rules for any file root reads
@@ -167,7 +196,9 @@ def main():
             disks[path] = ssh_server(path, debugfs=debugfs)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,
-                     claim=claim, addresses=_addresses(), dpdk_segments=datapaths, disks=disks)
+                     claim=claim, addresses=_addresses(), dpdk_segments=datapaths, euid=euid,
+                     rootless=paths.rootless, roots={"run": paths.run, "cache": paths.cache, "state": paths.state},
+                     runtime_dir_problem=_run_paths.runtime_dir_problem(paths, euid=euid), disks=disks)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,12 @@ options:
         both read a claim that neither has written yet.
     type: str
   run_root:
-    description: Directory the lock file of O(lab) lies in, beside the labs' run directories.
+    description:
+      - Directory the lock file of O(lab) lies in, beside the labs' run directories. When not given, the run root of
+        the user the controller runs as (C(/run/qemulab) for root, C($XDG_RUNTIME_DIR/qemulab) for any other user,
+        made mode 0700); a user whose runtime directory is missing locks nothing (RV(locked) false, the result's
+        C(msg) names the fix).
     type: path
-    default: /run/qemulab
   path:
     description: The lock file itself, instead of O(lab) and O(run_root).
     type: path

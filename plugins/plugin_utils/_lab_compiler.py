@@ -23,10 +23,10 @@ import hashlib
 import ipaddress
 import os
 
-from ansible_collections.qemulab.network.plugins.module_utils._run_paths import ROOT as ROOT_PATHS
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_dpdk
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_placement
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_render
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_rootless
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_serial
 from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_uplink
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import (
@@ -47,8 +47,6 @@ except ImportError:  # only Ansible's templating produces undefined values, and 
 
 from ansible.module_utils.six.moves.collections_abc import Mapping
 
-# The lab host's paths as root (_run_paths); a rootless lab host's come from its own facts (docs/rootless.md).
-RUN_ROOT = ROOT_PATHS.run
 # QEMU's user-mode network of the management NIC (the guest's mgmt0 is 10.0.2.15/24 there)
 MGMT_NET = ipaddress.ip_network("10.0.2.0/24")
 # Resident memory QEMU needs beyond its guests' RAM under TCG, measured with bench/qemu_overhead.py (2026-11-27:
@@ -275,6 +273,8 @@ class _Compiler(object):
         else:
             self.check_capacity(vms, lab["lab_overcommit"], hv_owner)
         _lab_dpdk.check(self, lab["lab_dpdk_cores"] or 1, hv_owner, hypervisor, lab["lab_qemu_user"], vms)
+        _lab_rootless.check(problems, lab, vms, placement, hypervisors or [hypervisor], self.lab_hosts)
+        roots = dict((host, _lab_rootless.roots(self.lab_hosts.get(host))) for host in hypervisors or [hypervisor])
 
         taps = []
         for vm in vms:
@@ -293,7 +293,7 @@ class _Compiler(object):
             "capture_ring": bool(lab["lab_capture_ring"]),
             "capture_ring_size": lab["lab_capture_ring_size"],
             "lock_timeout": lab["lab_lock_timeout"] if lab["lab_lock_timeout"] is not None else 600,
-            "run_dir": "%s/%s" % (RUN_ROOT, lab_name),
+            "run_dir": "%s/%s" % (roots[hypervisor].run, lab_name),
             "hypervisor": hypervisor,
             "hypervisors": hypervisors or [hypervisor],
             "bridges": bridges,
@@ -310,6 +310,9 @@ class _Compiler(object):
         defects = [message for message in plan["errors"] if message not in self.claim_errors]
         cores = lab["lab_dpdk_cores"] or 1
         plan["hosts"] = {} if defects else _lab_render.render(plan, placement, connections, cores)
+        for host, entry in plan["hosts"].items():
+            # where this lab host's user keeps the lab's files: the roles take their directories from it
+            entry["roots"] = _lab_rootless.as_dict(roots[host])
         # a guest's own arguments, found by its name wherever it runs (the plays on the guests look them up so)
         plan["guests"] = dict((name, guest) for host in plan["hosts"].values() for name, guest in host["guests"].items())
         return plan

@@ -22,12 +22,13 @@ import hashlib
 import re
 import shlex
 
-from ansible_collections.qemulab.network.plugins.module_utils._run_paths import ROOT as ROOT_PATHS
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import CURRENT as CONTROLLER_PATHS
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import VXLAN_OVERHEAD, as_int
 
 # Where the controller keeps, per lab and lab host, what it needs to reach that host's guests through it: the host's
-# guest key and the lab's known_hosts there (vm_launch copies them, teardown removes them).
-JUMP_ROOT = ROOT_PATHS.jump
+# guest key and the lab's known_hosts there (vm_launch copies them, teardown removes them). The controller's own files,
+# so under the state root of the user running ansible-playbook (_run_paths), whoever the lab hosts' users are.
+JUMP_ROOT = CONTROLLER_PATHS.jump
 # A lab host's inventory name becomes a directory under JUMP_ROOT: DNS-like names only.
 HOST_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 VNI_MAX = (1 << 24) - 1

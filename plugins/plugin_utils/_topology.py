@@ -25,7 +25,7 @@ import hashlib
 import ipaddress
 
 from ansible_collections.qemulab.network.plugins.module_utils._validate import check_name
-from ansible_collections.qemulab.network.plugins.module_utils._run_paths import ROOT as ROOT_PATHS
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import CURRENT as CONTROLLER_PATHS
 from ansible_collections.qemulab.network.plugins.plugin_utils import _topology_routes
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_compiler import compile_lab, derived_mac
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import describe, field, is_mapping
@@ -33,8 +33,10 @@ from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import
 PLUGIN_NAME = "qemulab.network.topology"
 LAB_HOST = "lab_host"
 HYPERVISOR = "localhost"
-KEY_FILE = ROOT_PATHS.ssh_key
-LABS_DIR = ROOT_PATHS.labs
+# The guests' key and known_hosts as the controller's SSH reads them: a topology's lab host is the controller itself
+# (local connection, the same user), so they are that user's (docs/rootless.md; root's under /var/lib/qemulab).
+KEY_FILE = CONTROLLER_PATHS.ssh_key
+LABS_DIR = CONTROLLER_PATHS.labs
 # the seed's own value; the inventory plugin passes its interpreter's path instead, so --list shows a concrete one
 CONTROLLER_PYTHON = "{{ ansible_playbook_python }}"
 

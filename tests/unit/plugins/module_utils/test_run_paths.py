@@ -6,7 +6,7 @@ import pytest
 
 from ansible_collections.qemulab.network.plugins.module_utils import _netem, _ownership, _qemu_config, _qemu_host
 from ansible_collections.qemulab.network.plugins.module_utils import _run_paths as run_paths
-from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_compiler, _lab_placement, _topology
+from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_placement, _lab_rootless, _topology
 
 pytestmark = pytest.mark.unit
 
@@ -30,8 +30,8 @@ def test_the_existing_constants_are_the_root_paths_byte_for_byte():
     assert _ownership.NETNS_MARKER_DIR == "/run/qemulab/_netns"
     assert _qemu_host.ACCEL_CACHE == "/var/cache/qemulab/accel.json"
     assert _netem.NETEM_CACHE == "/var/cache/qemulab/netem.json"
-    # the controller's view of a root lab host
-    assert _lab_compiler.RUN_ROOT == "/run/qemulab"
+    # the controller's view of a root lab host, and the controller's own files as root
+    assert _lab_rootless.roots(None) is run_paths.ROOT
     assert (_topology.KEY_FILE, _topology.LABS_DIR) == ("/var/lib/qemulab/ssh/id_ed25519", "/var/lib/qemulab/labs")
     assert _lab_placement.JUMP_ROOT == "/var/lib/qemulab/jump"
 

@@ -49,3 +49,32 @@ def test_a_claim_is_read_but_never_through_a_link_nor_for_a_bad_name(monkeypatch
     # '..' names run_root's parent: nothing is read for a name the plan will refuse
     (tmp_path / "lab.json").write_text(json.dumps({"lab": "x"}))
     assert run(monkeypatch, lab="..", run_root=str(tmp_path / "lab1"))["claim"] is None
+
+
+def test_the_user_and_roots_are_reported_and_run_root_defaults_to_them(monkeypatch, tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    (runtime / "qemulab" / "lab1").mkdir(parents=True)
+    (runtime / "qemulab" / "lab1" / "lab.json").write_text(json.dumps({"lab": "lab1", "inventory": "/srv/u"}))
+    if os.geteuid() == 1000:
+        pytest.skip("the test plays uid 1000 and needs its runtime directory to be another user's")
+    # this process as a user without root: the roots _run_paths gives that user, read without run_root
+    monkeypatch.setattr(lab_host_info.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(lab_host_info._run_paths.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    result = run(monkeypatch, lab="lab1")
+    paths = lab_host_info._run_paths.current(euid=1000)
+    assert (result["euid"], result["rootless"]) == (1000, True)
+    assert result["roots"] == {"run": str(runtime / "qemulab"), "cache": paths.cache, "state": paths.state}
+    assert result["claim"]["inventory"] == "/srv/u"
+    # the runtime directory is the suite's user's, not uid 1000's: named with its fix
+    assert result["runtime_dir_problem"] == (
+        "the runtime directory %s must be a directory owned by uid 1000 with mode 0700 (it holds the lab's sockets "
+        "and locks)" % runtime)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root's roots are reported for root; the suite runs as root")
+def test_root_reports_the_system_roots_and_no_problem(monkeypatch):
+    result = run(monkeypatch, lab="nosuchlab1")
+    assert (result["euid"], result["rootless"], result["runtime_dir_problem"]) == (0, False, None)
+    assert result["roots"] == {"run": "/run/qemulab", "cache": "/var/cache/qemulab", "state": "/var/lib/qemulab"}
