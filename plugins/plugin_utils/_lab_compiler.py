@@ -759,10 +759,11 @@ class _Compiler(object):
                                   % (ifname, first_who, first_field, "tap" if kind == "tap" else "interface"))
 
     # -- routes -----------------------------------------------------------------------------------------------
-    def parse_routes(self, value, owner, field, networks, where, own_addresses):
+    def parse_routes(self, value, owner, field, networks, where, own_addresses, hint=""):
         """[{to, via}] -> [{to, via, network, gateway}] keeping only the valid ones.
 
-        `networks` are the owner's attached subnets (None: unknown, skip the checks that need them)."""
+        `networks` are the owner's attached subnets (None: unknown, skip the checks that need them); `hint` ends the
+        message of a gateway on none of them."""
         problems = self.problems
         routes = []
         seen = {}
@@ -771,11 +772,16 @@ class _Compiler(object):
             gateway = self.read("route", "via", raw, owner, item_field + ".via")
             if network is None or gateway is None:
                 continue
+            # before the segments: a point-to-point link's own end is on none of them (only its peer is)
+            if gateway in own_addresses:
+                problems.add(owner, item_field + ".via", "%s is %s own address; route via a neighbour's address"
+                             % (gateway, "the port's" if field.startswith("lab_host_ports") else "the VM's"))
+                continue
             if networks is None:
                 pass
             elif networks and not any(gateway in net for net in networks):
                 problems.add(owner, item_field + ".via", "%s is on no segment of %s (%s); use a gateway on one "
-                             "of them" % (gateway, where, ", ".join(str(n) for n in networks)))
+                             "of them%s" % (gateway, where, ", ".join(str(n) for n in networks), hint))
                 continue
             elif not networks:
                 problems.add(owner, item_field + ".via", "%s cannot be reached: %s has no address; give it an "
@@ -785,10 +791,6 @@ class _Compiler(object):
                                 for net in networks):
                 problems.add(owner, item_field + ".via", "%s is the network or broadcast address of its segment; "
                              "route via a neighbour's address" % gateway)
-                continue
-            if gateway in own_addresses:
-                problems.add(owner, item_field + ".via", "%s is %s own address; route via a neighbour's address"
-                             % (gateway, "the port's" if field.startswith("lab_host_ports") else "the VM's"))
                 continue
             # the kernel refuses a second route to one destination, and already has one to an attached segment
             if networks and network in networks:
@@ -810,9 +812,13 @@ class _Compiler(object):
             networks = None if name in self.unresolved else [net for _nic, net in attached]
             routes_in = vm["_routes_in"]
             if routes_in:
-                own = [nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")]
-                for route in self.parse_routes(routes_in, name, "vm_routes", networks, "the VM's NICs", own):
-                    dev = next((dev for dev, net in attached if route["gateway"] in net), None)
+                # a ppp/slip link is a point-to-point network too: its peer's address, reached over ppp<n>/sl<n>
+                serial = _lab_serial.attached(vm)
+                own = [nic["_iface"].ip for nic in vm["nics"] if nic.get("_iface")] + _lab_serial.own_addresses(vm)
+                for route in self.parse_routes(
+                        routes_in, name, "vm_routes", None if networks is None else networks + [n for _d, n in serial],
+                        "the VM's NICs" + (" and serial links" if serial else ""), own, _lab_serial.raw_hint(vm)):
+                    dev = next((dev for dev, net in attached + serial if route["gateway"] in net), None)
                     if dev:
                         vm["routes"].append({"to": route["to"], "via": route["via"], "dev": dev})
             gateway_in = vm["_gateway_in"]
@@ -821,9 +827,13 @@ class _Compiler(object):
                 if gateway is None or networks is None:
                     pass
                 elif not any(gateway in net for net in networks):
+                    # the default route is the NICs' (rendered into the boot's ip commands); a serial peer's is a route
+                    serial = [dev for dev, net in _lab_serial.attached(vm) if gateway in net]
                     self.problems.add(name, "vm_gateway", "%s is on no segment of the VM's NICs (%s); use an "
-                                      "address on one of them" % (gateway, ", ".join(str(n) for n in networks)
-                                                                  or "none addressed"))
+                                      "address on one of them%s" % (
+                                          gateway, ", ".join(str(n) for n in networks) or "none addressed",
+                                          "; through its serial link (%s) write vm_routes [{to: 0.0.0.0/0, via: %s}]"
+                                          % (serial[0], gateway) if serial else ""))
                 elif any(gateway in (net.network_address, net.broadcast_address) and net.prefixlen < 31
                          for net in networks if gateway in net):
                     self.problems.add(name, "vm_gateway", "%s is the network or broadcast address of its segment; "

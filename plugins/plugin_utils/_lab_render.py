@@ -213,7 +213,9 @@ def render(plan, placement=None, connections=None, dpdk_cores=1):
             "vms": [qemu_vm(vm, plan, sockets.get(vm["name"])) for vm in vms],
             "nic_links": [link for vm in vms for link in nic_links(vm, netns)],
             "guests": dict((vm["name"], {
-                "nics": vm["nics"], "routes": vm["routes"], "gateway": vm["gateway"],
+                # routes over a serial device come with the line (qemulab-serial), not from ip_config
+                "nics": vm["nics"], "gateway": vm["gateway"],
+                "routes": [route for route in vm["routes"] if not _lab_serial.is_serial_route(vm, route)],
                 "forwarding": vm["forwarding"], "nat": vm["nat"], "connection": vm["connection"],
                 "serial": _lab_serial.guest_file(vm),
                 "pings": [address for name in sorted(host_addresses) if name != vm["name"]

@@ -452,7 +452,8 @@ SCHEMA = (
           "The VM's lab NICs in guest order: item 0 is `eth0`, item 1 `eth1`, … See `vm_nics` items.", "see below",
           "at least one"),
     Field("vm", "vm_routes", _items("route"), [],
-          "Static routes; the plan adds `dev` (the NIC whose subnet holds `via`). A route to a segment the VM is "
+          "Static routes; the plan adds `dev` (the NIC whose subnet holds `via`, or `ppp<n>`/`sl<n>` when `via` is "
+          "the peer of one of the VM's `lab_serial_links`: docs/serial-links.md). A route to a segment the VM is "
           "attached to, or a second route to one destination, is refused (the kernel would refuse it too).",
           "`[{to: 10.20.60.0/24, via: 10.20.20.2}]`"),
     Field("vm", "vm_gateway", address, None,
@@ -576,7 +577,8 @@ SCHEMA = (
     Field("route", "to", network, MISSING,
           "Destination: a network in CIDR form with host bits clear, or `default`.", "`10.20.60.0/24`"),
     Field("route", "via", address, MISSING,
-          "Gateway: an IPv4 address on the subnet of one of the owner's addressed interfaces, not its own.",
+          "Gateway: an IPv4 address on the subnet of one of the owner's addressed interfaces, or a VM's ppp/slip "
+          "serial link peer, not its own.",
           "`10.20.20.2`"),
 
     # -- vm_nat items ----------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@
              ppp/slip on no segment and used by nobody else), and give each VM its ports in list order: ttyS1,
              ttyS2, ttyS3 with the interface its guest names (ppp<n>, sl<n> counted per VM and protocol)
     render   per VM: qemu_vm's `serial_ports` (the cable: the link's first VM serves the socket, the second
-             connects) and the guest's /etc/qemulab/serial (fw_cfg opt/qemulab/serial, read by qemulab-serial)
+             connects) and the guest's /etc/qemulab/serial (fw_cfg opt/qemulab/serial, read by qemulab-serial),
+             with the routes through each link (vm_routes via its peer: the compiler's resolve_routes counts the
+             links as attached networks, see `attached`)
 
 Every problem names the lab host, the field, the value and the fix (the compiler's `_Problems`).
 
@@ -103,6 +105,32 @@ def _addresses_ok(compiler, owner, label, addresses):
     return len(compiler.problems.messages) == before
 
 
+def attached(vm):
+    """The VM's ppp/slip links as the point-to-point networks its routes may use: [(dev, the peer's /32)]."""
+    return [(port["dev"], ipaddress.ip_network("%s/32" % port["peer"])) for port in vm.get("serial") or []
+            if port["peer"]]
+
+
+def own_addresses(vm):
+    """The VM's own ends of its ppp/slip links (a route's gateway is never one of them)."""
+    return [ipaddress.ip_address(port["local"]) for port in vm.get("serial") or [] if port["local"]]
+
+
+def raw_hint(vm):
+    """What a route's refusal adds for a VM with raw links: they carry no IP, so no gateway is on them."""
+    raw = [port for port in vm.get("serial") or [] if port["protocol"] == "raw"]
+    if not raw:
+        return ""
+    return " (%s's %s to %s is a raw serial link: it carries no IP; make it protocol ppp or slip with addresses " \
+           "to route over it)" % (vm["name"], raw[0]["tty"], raw[0]["peer_vm"])
+
+
+def is_serial_route(vm, route):
+    """True for a route over one of the VM's serial devices: qemulab-serial installs it when the line is up, not the
+    boot's ip commands or ip_config (the device may not exist yet)."""
+    return route.get("dev") in set(dev for dev, _net in attached(vm))
+
+
 def serial_ports(vm):
     """qemu_vm's `serial_ports` for a planned VM."""
     return [{"peer": port["peer_vm"], "link": port["link"], "server": port["server"]}
@@ -110,12 +138,14 @@ def serial_ports(vm):
 
 
 def guest_file(vm):
-    """The guest's /etc/qemulab/serial (qemulab-serial's format): `<tty> <protocol> <dev> <local> <peer>`, or
-    `<tty> raw`; "" for a VM without serial links."""
+    """The guest's /etc/qemulab/serial (qemulab-serial's format): `<tty> <protocol> <dev> <local> <peer>
+    [<destination>...]` (the vm_routes via the peer, in the inventory's order), or `<tty> raw`; "" for a VM without
+    serial links."""
     lines = []
     for port in vm.get("serial") or []:
         if port["protocol"] == "raw":
             lines.append("%s raw" % port["tty"])
         else:
-            lines.append("%s %s %s %s %s" % (port["tty"], port["protocol"], port["dev"], port["local"], port["peer"]))
+            routes = [route["to"] for route in vm.get("routes") or [] if route.get("dev") == port["dev"]]
+            lines.append(" ".join([port["tty"], port["protocol"], port["dev"], port["local"], port["peer"]] + routes))
     return "".join(line + "\n" for line in lines)

@@ -129,3 +129,76 @@ def test_a_template_has_the_clones_uarts_with_null_backends_and_its_key_counts_t
     with_ports, inputs = template_key(config, "/img/disk.ext4", "tcg", "7.2")
     without, plain = template_key(_config([]), "/img/disk.ext4", "tcg", "7.2")
     assert inputs["serial_ports"] == 2 and "serial_ports" not in plain and with_ports != without
+
+
+# -- routes through a serial link (vm_routes via the peer's address) -------------------------------------------------
+def routed(routes, links=LINKS, name="r1", gateway=None):
+    hostvars = copy.deepcopy(HOSTVARS)
+    hostvars["localhost"]["lab_serial_links"] = links
+    hostvars[name]["vm_routes"] = routes
+    if gateway:
+        hostvars[name]["vm_gateway"] = gateway
+    return compile_lab(hostvars, copy.deepcopy(GROUPS), check_files=False)
+
+
+def test_a_route_via_the_serial_peer_goes_over_its_device_and_comes_with_the_line_not_the_boot():
+    plan = routed([{"to": "10.20.60.0/24", "via": "10.99.0.2"}, {"to": "10.20.70.0/24", "via": "10.99.1.2"},
+                   {"to": "0.0.0.0/0", "via": "10.99.0.2"}, {"to": "10.20.80.0/24", "via": "10.1.1.2"}])
+    assert plan["errors"] == []
+    r1 = next(vm for vm in plan["vms"] if vm["name"] == "r1")
+    assert r1["routes"] == [{"to": "10.20.60.0/24", "via": "10.99.0.2", "dev": "ppp0"},
+                            {"to": "10.20.70.0/24", "via": "10.99.1.2", "dev": "sl0"},
+                            {"to": "0.0.0.0/0", "via": "10.99.0.2", "dev": "ppp0"},
+                            {"to": "10.20.80.0/24", "via": "10.1.1.2", "dev": "eth0"}]
+    # qemulab-serial installs the serial ones when their line is up: they are in its list, after the link's peer
+    guest = plan["guests"]["r1"]
+    assert guest["serial"] == "ttyS1 ppp ppp0 10.99.0.1 10.99.0.2 10.20.60.0/24 0.0.0.0/0\n" \
+                              "ttyS2 slip sl0 10.99.1.1 10.99.1.2 10.20.70.0/24\nttyS3 raw\n"
+    # ... and nowhere else: ip_config, the boot's ip commands and the interfaces file know only the NIC's route
+    assert guest["routes"] == [{"to": "10.20.80.0/24", "via": "10.1.1.2", "dev": "eth0"}]
+    files = dict((item["name"], item["content"]) for item in rendered_vm(plan, "r1")["fw_cfg"])
+    assert "ppp0" not in files["opt/qemulab/ip"] and "10.99." not in files["opt/qemulab/ip"]
+    assert "route add 10.20.80.0/24 via 10.1.1.2 dev eth0" in files["opt/qemulab/ip"]
+    assert "10.99." not in files["opt/qemulab/interfaces"]
+    assert files["opt/qemulab/serial"] == guest["serial"]
+
+
+def test_the_peers_own_routes_use_its_own_device_names():
+    # r2 is the link's second VM: its ppp0 has the addresses the other way round
+    plan = routed([{"to": "10.20.50.0/24", "via": "10.99.0.1"}], name="r2")
+    assert plan["errors"] == []
+    assert plan["guests"]["r2"]["serial"].startswith("ttyS1 ppp ppp0 10.99.0.2 10.99.0.1 10.20.50.0/24\n")
+    assert plan["guests"]["r2"]["routes"] == []
+
+
+@pytest.mark.parametrize("routes, links, message", [
+    # the VM's own end of the link
+    ([{"to": "10.20.60.0/24", "via": "10.99.0.1"}], LINKS,
+     "r1: vm_routes[0].via 10.99.0.1 is the VM's own address; route via a neighbour's address"),
+    # an address near the link's but not its peer: a point-to-point link reaches only the peer
+    ([{"to": "10.20.60.0/24", "via": "10.99.0.3"}], LINKS,
+     "r1: vm_routes[0].via 10.99.0.3 is on no segment of the VM's NICs and serial links (10.1.1.0/24, "
+     "10.99.0.2/32, 10.99.1.2/32); use a gateway on one of them (r1's ttyS3 to r2 is a raw serial link: it carries "
+     "no IP; make it protocol ppp or slip with addresses to route over it)"),
+    # the peer itself is reached directly over the line
+    ([{"to": "10.99.0.2/32", "via": "10.99.0.2"}], LINKS,
+     "r1: vm_routes[0].to 10.99.0.2/32 is a segment of the VM's NICs and serial links, reached directly"),
+    # a raw link alone gives no gateway, and the message says why
+    ([{"to": "10.20.60.0/24", "via": "10.99.0.2"}], [{"between": ["r1", "r2"], "protocol": "raw"}],
+     "r1: vm_routes[0].via 10.99.0.2 is on no segment of the VM's NICs (10.1.1.0/24); use a gateway on one of them "
+     "(r1's ttyS1 to r2 is a raw serial link: it carries no IP; make it protocol ppp or slip"),
+    # one destination, two routes (one over the line, one over the NIC)
+    ([{"to": "10.20.60.0/24", "via": "10.99.0.2"}, {"to": "10.20.60.0/24", "via": "10.1.1.2"}], LINKS,
+     "r1: vm_routes[1].to 10.20.60.0/24 is already routed by vm_routes[0]"),
+])
+def test_a_bad_route_over_a_serial_link_is_named_with_its_fix(routes, links, message):
+    plan = routed(routes, links)
+    assert any(error.startswith(message) for error in plan["errors"]), plan["errors"]
+    assert plan["hosts"] == {}
+
+
+def test_a_default_gateway_on_the_serial_peer_points_to_a_default_route():
+    plan = routed([], gateway="10.99.0.2")
+    assert any(error.startswith("r1: vm_gateway 10.99.0.2 is on no segment of the VM's NICs (10.1.1.0/24); use an "
+                                "address on one of them; through its serial link (ppp0) write vm_routes "
+                                "[{to: 0.0.0.0/0, via: 10.99.0.2}]") for error in plan["errors"]), plan["errors"]
