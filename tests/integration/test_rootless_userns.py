@@ -17,6 +17,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import REPO_ROOT
 from rootless_user import VENV, alive, as_user, files_under, throwaway_user, user_pids, wait_gone
 
 LAB = "rl"
