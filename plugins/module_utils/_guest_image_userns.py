@@ -158,6 +158,10 @@ def run_mapped(fn, uid_range, gid_range, uid=None, gid=None):
     for fd in (ready_w, go_r, result_w):
         os.close(fd)
     try:
+        try:
+            os.setpgid(pid, pid)  # as the child does: the group exists whichever of the two runs first
+        except OSError:
+            pass
         if os.read(ready_r, 1) == b"1":
             uid_map, gid_map = id_maps(uid, gid, uid_range, gid_range)
             for tool, args in (("newuidmap", uid_map), ("newgidmap", gid_map)):
@@ -176,14 +180,15 @@ def run_mapped(fn, uid_range, gid_range, uid=None, gid=None):
         os.waitpid(pid, 0)
         pid = None
     finally:
-        if pid is not None:  # the parent was interrupted (a SIGTERM of the task): end what the child started
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
         for fd in (ready_r, result_r) + ((go_w,) if go_w is not None else ()):
             os.close(fd)
+        if pid is not None:  # interrupted (a SIGTERM of the task) or no map: end the child and what it started
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            os.waitpid(pid, 0)
     try:
         out = json.loads(b"".join(chunks).decode())
     except ValueError:

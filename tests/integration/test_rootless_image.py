@@ -8,9 +8,11 @@ the user's cache root (~/.cache/qemulab/images/<key>, the key naming the rootles
 user, and inside the ext4 disk the files have the guest's owners (/etc/shadow 0:42 0640, /usr/bin/passwd 0:0
 04755), so mke2fs read the tree through mmdebstrap's id map; a second run is changed=0; a build of another key
 (one more MiB of disk) downloads no .deb (the .deb cache); the image boots to sshd as the user, which proves the
-owners the guest sees. Nothing new is left in the user's home but ~/.cache/qemulab.
+owners the guest sees; a tree of the user's subordinate ids left by a killed build, which the user cannot remove
+from outside, goes with the next run's pruning. Nothing new is left in the user's home but ~/.cache/qemulab.
 
-It builds twice (about a minute each here, 2026-11-28) and boots once: it runs in `make test-alone`, by itself.
+It builds twice (38-90 s each here, 2026-11-28; 113 s in all) and boots once, keeping both cores busy with dpkg and
+mke2fs: it runs in `make test-alone`, by itself, not beside the lanes' guest boots.
 """
 import json
 import os
@@ -46,6 +48,27 @@ PLAYBOOK = """
         dest: "{{ out }}"
         mode: "0600"
       changed_when: false
+"""
+
+
+# Run as the user: a directory with a tree owned by the guest's ids (root's etc/ of mode 0700 owned by uid 5) made
+# in the build namespace, as mmdebstrap and the later steps leave it.
+LEFTOVER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.qemulab.network.plugins.module_utils import _guest_image_userns as userns
+top = sys.argv[2]
+os.mkdir(top)
+
+def make():
+    os.makedirs(os.path.join(top, "rootfs", "etc"))
+    open(os.path.join(top, "rootfs", "etc", "shadow"), "w").close()
+    os.chown(os.path.join(top, "rootfs", "etc", "shadow"), 0, 42)
+    os.chown(os.path.join(top, "rootfs", "etc"), 5, 5)
+    os.chmod(os.path.join(top, "rootfs", "etc"), 0o700)
+    os.chown(os.path.join(top, "rootfs"), 0, 0)
+
+userns.run_mapped(make, *userns.current_ranges())
 """
 
 
@@ -240,6 +263,19 @@ def test_a_user_without_root_builds_the_image_reuses_it_and_boots_it(rootless_us
     lines = seen.split("\n")
     assert "0:42 640 /etc/shadow" in lines and "0:0 4755 /usr/bin/passwd" in lines and "0:0 700 /root" in lines, seen
     assert lines[-2] == "0", seen
+
+    # What a killed rootless build leaves: a tree of the guest's ids, i.e. the user's subordinate ids, that the user
+    # cannot remove from outside; the next run's pruning removes it from inside the namespace.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    leftover = os.path.join(cache, "images", ".build-%s-%d" % (first["key"], gone.pid))
+    made = as_user(user, home, own, [os.path.join(VENV, "python"), "-c", LEFTOVER, COLLECTIONS, leftover], timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert os.stat(os.path.join(leftover, "rootfs", "etc")).st_uid == start + 5
+    stuck = as_user(user, home, own, ["rm", "-rf", leftover], timeout=60)
+    assert stuck.returncode != 0 and os.path.exists(os.path.join(leftover, "rootfs", "etc", "shadow")), stuck
+    rc, changed, _result, text = play(user, home, own, base)
+    assert rc == 0 and changed == 1 and not os.path.exists(leftover), text
 
     new = [path for path in files_under(home) if path not in home_before]
     assert new and all(path.startswith(".cache/qemulab/") for path in new), new
