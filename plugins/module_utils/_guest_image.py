@@ -6,6 +6,10 @@ Layout of one image: ``<cache_dir>/<key>/{vmlinuz,vmlinux,initrd.img,disk.ext4,m
 ``<cache_dir>/.build-<key>-<pid>/`` and renamed into place only when complete, so a directory named by its key
 always holds a finished image; a crashed build leaves only a ``.build-*`` directory that nothing trusts and the
 next build removes.
+
+Root builds with debootstrap. Any other user builds rootless (docs/rootless.md): `mmdebstrap --mode=unshare` makes
+the root filesystem with the guest's ids on the user's subordinate ids, and every later step runs in a user
+namespace with the same map (`_guest_image_userns`), so the image's owners are the guest's.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,6 +23,7 @@ import json
 import lzma
 import os
 import re
+import shlex
 import shutil
 import signal
 import stat
@@ -27,12 +32,20 @@ import struct
 import time
 import zlib
 
+from ansible_collections.qemulab.network.plugins.module_utils._guest_image_userns import (
+    UsernsError, current_ranges, remove_tree, run_mapped, user_ids_inside,
+)
+
 # Bumped when the build procedure changes in a way the inputs do not show.
 # 2: the image also carries the kernel uncompressed (vmlinux), which QEMU boots through its PVH entry.
 # 3: no SSH keys in the image: the authorized key and each guest's host key come through fw_cfg at boot.
 IMAGE_FORMAT = 3
 MANIFEST = "manifest.json"
 IMAGE_FILES = ("vmlinuz", "initrd.img", "disk.ext4")
+# What a rootless image is built with, in its inputs: mmdebstrap's root filesystem is not debootstrap's byte for
+# byte (its own apt configuration and logs, its cleanup), so the two never share a key. A root image has no such
+# entry: its key stays what it always was.
+ROOTLESS_BUILDER = "mmdebstrap-unshare"
 DEBIAN_SUITES = ("buster", "bullseye", "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable")
 
 
@@ -163,9 +176,11 @@ def tree_digest(paths):
     return h.hexdigest()
 
 
-def image_inputs(suite, mirror, packages, kernel_version, files_digest, disk_size_mb, initramfs_modules):
-    """What the image is built from; no key is among them, so one image serves every lab host key and guest."""
-    return {
+def image_inputs(suite, mirror, packages, kernel_version, files_digest, disk_size_mb, initramfs_modules,
+                 builder=None):
+    """What the image is built from; no key is among them, so one image serves every lab host key and guest.
+    `builder` is ROOTLESS_BUILDER for a rootless build and None (no entry) for root's debootstrap."""
+    inputs = {
         "format": IMAGE_FORMAT,
         "suite": suite,
         "mirror": mirror,
@@ -175,6 +190,9 @@ def image_inputs(suite, mirror, packages, kernel_version, files_digest, disk_siz
         "disk_size_mb": disk_size_mb,
         "initramfs_modules": list(initramfs_modules),
     }
+    if builder:
+        inputs["builder"] = builder
+    return inputs
 
 
 def image_key(inputs):
@@ -316,6 +334,12 @@ def remove_build_dir(path):
         # Never recurse into a host filesystem still mounted inside the chroot.
         raise GuestImageError(f"guest image: cannot remove {path}: {_mounts_under(path)} still mounted; unmount them")
     shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path) and os.geteuid() != 0:
+        # a rootless build's root filesystem belongs to the user's subordinate ids: only their namespace removes it
+        try:
+            remove_tree(path)
+        except UsernsError as e:
+            raise GuestImageError(f"guest image: cannot remove {path}: {e}")
 
 
 def new_build_dir(cache_dir, key):
@@ -492,14 +516,132 @@ TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", 
         "var/lib/apt/lists", "var/cache/debconf/templates.dat-old", "var/cache/debconf/config.dat-old")
 
 
+def debootstrap_argv(suite, rootfs, mirror, packages, deb_cache_dir):
+    """Root's build of the root filesystem (its .deb cache through --cache-dir)."""
+    cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages)]
+    if deb_cache_dir:
+        cmd.append("--cache-dir=" + deb_cache_dir)
+    return cmd + [suite, rootfs, mirror]
+
+
+def mmdebstrap_argv(suite, rootfs, mirror, packages, deb_cache_dir):
+    """A rootless build of the root filesystem into the directory `rootfs`.
+
+    --skip=output/dev: a user namespace may not mknod; the guest's devtmpfs makes /dev. The .deb cache is copied in
+    before the download (sync-in) and the downloads out after the install (sync-out, before mmdebstrap's cleanup
+    empties the archive), with --skip=essential/unlink so the essential set's .debs are still there to copy out.
+    Only the hooks' fixed text is shell; sync-in/sync-out are mmdebstrap's own commands (shell-word split, so the
+    path is quoted).
+    """
+    cmd = ["mmdebstrap", "--mode=unshare", "--variant=minbase", "--skip=output/dev",
+           "--include=" + ",".join(packages)]
+    if deb_cache_dir:
+        cmd += ["--skip=essential/unlink",
+                '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
+                "--setup-hook=sync-in %s /var/cache/apt/archives/" % shlex.quote(deb_cache_dir),
+                "--customize-hook=sync-out /var/cache/apt/archives %s" % shlex.quote(deb_cache_dir)]
+    return cmd + [suite, rootfs, mirror]
+
+
+def _debs(deb_cache_dir):
+    return set(glob.glob(os.path.join(glob.escape(deb_cache_dir), "*.deb"))) if deb_cache_dir else set()
+
+
+def finish_rootfs(work, rootfs, files_dir, initramfs_init, initramfs_modules, disk_size_mb, log):
+    """Every step after the root filesystem exists: the guest's files, trimming, kernel, initramfs, `mke2fs -d`;
+    the root filesystem is gone afterwards. Returns {release, initramfs_modules, vmlinux, timings}."""
+    timings = {}
+    releases = sorted(os.listdir(os.path.join(rootfs, "lib", "modules")))
+    if not releases:
+        raise GuestImageError("guest image: no kernel in the guest; keep linux-image-amd64 in guest_image_packages")
+    release = releases[-1]
+
+    _copy_tree(files_dir, rootfs)
+    os.makedirs(os.path.join(rootfs, "root", ".ssh"), mode=0o700, exist_ok=True)
+    # No keys in the image: qemulab-init installs the lab host's authorized key and the guest's own host key
+    # from fw_cfg at every boot (vm_launch makes one host key per VM), so no two guests share a host key.
+    for old in glob.glob(os.path.join(rootfs, "etc", "ssh", "ssh_host_*")):
+        os.unlink(old)
+    with open(os.path.join(rootfs, "etc", "network", "interfaces"), "w") as f:
+        f.write("# Written by the qemulab guest_network role; qemulab-init runs ifup -a at boot.\n"
+                "auto lo\niface lo inet loopback\n")
+    with open(os.path.join(rootfs, "etc", "fstab"), "w") as f:
+        f.write("/dev/vda / ext4 rw,noatime 0 1\n")
+    with open(os.path.join(rootfs, "etc", "hostname"), "w") as f:
+        f.write("qemulab\n")
+    # Root gets no usable password ("*"), but must not be "locked" ("!"): sshd without PAM then refuses keys too.
+    shadow = os.path.join(rootfs, "etc", "shadow")
+    with open(shadow) as f:
+        lines = f.read().splitlines()
+    with open(shadow, "w") as f:
+        for line in lines:
+            fields = line.split(":")
+            if fields[0] == "root":
+                fields[1] = "*"
+            f.write(":".join(fields) + "\n")
+    for rel in TRIM:
+        path = os.path.join(rootfs, rel)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+            os.makedirs(path)
+        elif os.path.exists(path):
+            os.unlink(path)
+    for old in glob.glob(os.path.join(rootfs, "boot", "initrd.img*")):
+        os.unlink(old)
+    os.makedirs(os.path.join(rootfs, "var", "lib", "apt", "lists", "partial"), exist_ok=True)
+    os.makedirs(os.path.join(rootfs, "var", "cache", "apt", "archives", "partial"), exist_ok=True)
+
+    t0 = time.monotonic()
+    shutil.copy2(os.path.join(rootfs, "boot", f"vmlinuz-{release}"), os.path.join(work, "vmlinuz"))
+    with open(os.path.join(work, "vmlinuz"), "rb") as f:
+        vmlinux = uncompressed_kernel(f.read())
+    if vmlinux:
+        with open(os.path.join(work, "vmlinux"), "wb") as f:
+            f.write(vmlinux)
+    else:
+        log("the kernel's payload did not decompress to a PVH-bootable ELF; VMs boot the compressed vmlinuz")
+    loaded = build_initramfs(rootfs, release, initramfs_init, initramfs_modules, os.path.join(work, "initrd.img"))
+    timings["initramfs_s"] = round(time.monotonic() - t0, 2)
+
+    t0 = time.monotonic()
+    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "qemulab-root", "-d", rootfs,
+          os.path.join(work, "disk.ext4"), f"{disk_size_mb}M"], "mke2fs -d")
+    timings["mke2fs_s"] = round(time.monotonic() - t0, 1)
+    remove_build_dir(rootfs)
+    return {"release": release, "initramfs_modules": loaded, "vmlinux": bool(vmlinux), "timings": timings}
+
+
+def finish_rootless(work, rootfs, files_dir, initramfs_init, initramfs_modules, disk_size_mb, log):
+    """finish_rootfs in the user namespace mmdebstrap's map gives (as the guest's root), its files then handed
+    back to the user."""
+    uid_range, gid_range = current_ranges()
+    owner = user_ids_inside(uid_range, gid_range)
+
+    def finish():
+        notes = []
+        done = finish_rootfs(work, rootfs, files_dir, initramfs_init, initramfs_modules, disk_size_mb, notes.append)
+        for name in os.listdir(work):
+            os.chown(os.path.join(work, name), *owner)
+        done["log"] = notes
+        return done
+
+    try:
+        done = run_mapped(finish, uid_range, gid_range)
+    except UsernsError as e:
+        raise GuestImageError(f"guest image: {e}" if not str(e).startswith("guest image:") else str(e))
+    for note in done.pop("log"):
+        log(note)
+    return done
+
+
 def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, initramfs_init, disk_size_mb,
-                initramfs_modules, deb_cache_dir, log):
-    """Build a complete image under `key`; nothing named by the key exists unless every step succeeded."""
+                initramfs_modules, deb_cache_dir, log, rootless=False):
+    """Build a complete image under `key`; nothing named by the key exists unless every step succeeded.
+    `rootless`: mmdebstrap and a user namespace instead of debootstrap as root (see the module's docstring)."""
     os.makedirs(cache_dir, exist_ok=True)
     remove_stale_builds(cache_dir)
     work = new_build_dir(cache_dir, key)
     rootfs = os.path.join(work, "rootfs")
-    timings = {}
 
     def on_sigterm(signum, frame):
         raise GuestImageError(f"guest image: build of {key} stopped by signal {signum}")
@@ -508,83 +650,32 @@ def build_image(cache_dir, key, inputs, mirror, packages, suite, files_dir, init
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         t0 = time.monotonic()
-        cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages)]
         if deb_cache_dir:
             os.makedirs(deb_cache_dir, exist_ok=True)
-            cmd.append("--cache-dir=" + deb_cache_dir)
-        cmd += [suite, rootfs, mirror]
+        cached = _debs(deb_cache_dir)
+        tool = "mmdebstrap" if rootless else "debootstrap"
+        argv = (mmdebstrap_argv if rootless else debootstrap_argv)(suite, rootfs, mirror, packages, deb_cache_dir)
         # INITRD=No: the Debian kernel's hook would spend ~20 s making an initrd that ours replaces.
-        _run(cmd, f"debootstrap {suite} from {mirror}", timeout=3600, env=dict(os.environ, INITRD="No"))
-        timings["debootstrap_s"] = round(time.monotonic() - t0, 1)
+        _run(argv, f"{tool} {suite} from {mirror}", timeout=3600, env=dict(os.environ, INITRD="No"))
+        timings = {f"{tool}_s": round(time.monotonic() - t0, 1)}
 
-        releases = sorted(os.listdir(os.path.join(rootfs, "lib", "modules")))
-        if not releases:
-            raise GuestImageError("guest image: no kernel in the guest; keep linux-image-amd64 in guest_image_packages")
-        release = releases[-1]
-
-        _copy_tree(files_dir, rootfs)
-        os.makedirs(os.path.join(rootfs, "root", ".ssh"), mode=0o700, exist_ok=True)
-        # No keys in the image: qemulab-init installs the lab host's authorized key and the guest's own host key
-        # from fw_cfg at every boot (vm_launch makes one host key per VM), so no two guests share a host key.
-        for old in glob.glob(os.path.join(rootfs, "etc", "ssh", "ssh_host_*")):
-            os.unlink(old)
-        with open(os.path.join(rootfs, "etc", "network", "interfaces"), "w") as f:
-            f.write("# Written by the qemulab guest_network role; qemulab-init runs ifup -a at boot.\n"
-                    "auto lo\niface lo inet loopback\n")
-        with open(os.path.join(rootfs, "etc", "fstab"), "w") as f:
-            f.write("/dev/vda / ext4 rw,noatime 0 1\n")
-        with open(os.path.join(rootfs, "etc", "hostname"), "w") as f:
-            f.write("qemulab\n")
-        # Root gets no usable password ("*"), but must not be "locked" ("!"): sshd without PAM then refuses keys too.
-        shadow = os.path.join(rootfs, "etc", "shadow")
-        with open(shadow) as f:
-            lines = f.read().splitlines()
-        with open(shadow, "w") as f:
-            for line in lines:
-                fields = line.split(":")
-                if fields[0] == "root":
-                    fields[1] = "*"
-                f.write(":".join(fields) + "\n")
-        for rel in TRIM:
-            path = os.path.join(rootfs, rel)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-                os.makedirs(path)
-            elif os.path.exists(path):
-                os.unlink(path)
-        for old in glob.glob(os.path.join(rootfs, "boot", "initrd.img*")):
-            os.unlink(old)
-        os.makedirs(os.path.join(rootfs, "var", "lib", "apt", "lists", "partial"), exist_ok=True)
-        os.makedirs(os.path.join(rootfs, "var", "cache", "apt", "archives", "partial"), exist_ok=True)
-
-        t0 = time.monotonic()
-        shutil.copy2(os.path.join(rootfs, "boot", f"vmlinuz-{release}"), os.path.join(work, "vmlinuz"))
-        with open(os.path.join(work, "vmlinuz"), "rb") as f:
-            vmlinux = uncompressed_kernel(f.read())
-        if vmlinux:
-            with open(os.path.join(work, "vmlinux"), "wb") as f:
-                f.write(vmlinux)
-        else:
-            log("the kernel's payload did not decompress to a PVH-bootable ELF; VMs boot the compressed vmlinuz")
-        loaded = build_initramfs(rootfs, release, initramfs_init, initramfs_modules, os.path.join(work, "initrd.img"))
-        timings["initramfs_s"] = round(time.monotonic() - t0, 2)
-
-        t0 = time.monotonic()
-        _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "qemulab-root", "-d", rootfs,
-              os.path.join(work, "disk.ext4"), f"{disk_size_mb}M"], "mke2fs -d")
-        timings["mke2fs_s"] = round(time.monotonic() - t0, 1)
-        remove_build_dir(rootfs)
+        done = (finish_rootless if rootless else finish_rootfs)(
+            work, rootfs, files_dir, initramfs_init, initramfs_modules, disk_size_mb, log)
+        timings.update(done["timings"])
 
         manifest = {
             "key": key,
             "inputs": inputs,
-            "kernel_release": release,
-            "initramfs_modules": loaded,
+            "kernel_release": done["release"],
+            "initramfs_modules": done["initramfs_modules"],
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "timings": timings,
             "sizes": {name: os.path.getsize(os.path.join(work, name))
-                      for name in IMAGE_FILES + (("vmlinux",) if vmlinux else ())},
+                      for name in IMAGE_FILES + (("vmlinux",) if done["vmlinux"] else ())},
         }
+        if rootless and deb_cache_dir:
+            # what this build fetched: 0 when the .deb cache had every package
+            manifest["debs_downloaded"] = len(_debs(deb_cache_dir) - cached)
         with open(os.path.join(work, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
         final = publish_build(work, cache_dir, key)

@@ -19,6 +19,12 @@ description:
     Otherwise it is built with C(debootstrap --variant=minbase), the tiny initramfs is assembled from the guest's own
     busybox and kernel modules, and C(mke2fs -t ext4 -d) makes the raw disk without loop mounts; the result is
     renamed into place only when complete.
+  - Run by a user other than root, it builds without root (docs/rootless.md) into that user's cache
+    (C(~/.cache/qemulab)) - C(mmdebstrap --mode=unshare --variant=minbase --skip=output/dev) into a directory, every
+    later step in a user namespace with mmdebstrap's id map, so the image's files have the guest's owners. Such an
+    image's key also names its builder (C(mmdebstrap-unshare)); root's key is unchanged. Before anything changes it
+    fails naming what is missing (mmdebstrap, newuidmap/newgidmap from uidmap, a subordinate uid and gid range of
+    the user in C(/etc/subuid) and C(/etc/subgid)) and the administrator's fix.
   - The kernel command line returned in RV(append) boots the guest's own init (no systemd); the per-VM part
     (C(qemulab.nics=), C(qemulab.mgmt=), C(qemulab.hostname=)) is added by the lab roles.
   - The image holds no SSH key. Its init installs, at every boot, the authorized key from the fw_cfg item
@@ -36,6 +42,7 @@ author:
   - qemulab developers (@qemulab)
 requirements:
   - debootstrap, e2fsprogs (mke2fs with -d), cpio, openssh-client (ssh-keygen) on the lab host
+  - for a build without root, mmdebstrap and uidmap, and 65536 subordinate uids and gids of the user
 options:
   state:
     description: C(present) builds or reuses the image; C(absent) deletes the image of these inputs.
@@ -43,13 +50,17 @@ options:
     choices: [present, absent]
     default: present
   cache_dir:
-    description: Directory holding one subdirectory per image key.
+    description:
+      - Directory holding one subdirectory per image key.
+      - Unset, C(images) under the cache root of the user the module runs as (C(/var/cache/qemulab/images) for
+        root, C(~/.cache/qemulab/images) for any other user).
     type: path
-    default: /var/cache/qemulab/images
   deb_cache_dir:
-    description: Where debootstrap keeps downloaded packages between builds (C(--cache-dir)); empty for none.
+    description:
+      - Where downloaded packages are kept between builds (debootstrap's C(--cache-dir); copied in and out of a
+        rootless build by mmdebstrap's C(sync-in)/C(sync-out) hooks). Empty for none.
+      - Unset, C(debs) under the user's cache root (C(/var/cache/qemulab/debs) for root).
     type: path
-    default: /var/cache/qemulab/debs
   suite:
     description: Debian suite of the guest userland.
     type: str
@@ -110,8 +121,9 @@ options:
     description:
       - The lab state directory whose C(labs/) subtree (two levels) is searched for qcow2 overlays; an image in any
         overlay's backing chain is in use. Use the same directory as the vm_launch role's C(vm_launch_state_dir).
+      - Unset, the state root of the user the module runs as (C(/var/lib/qemulab) for root,
+        C(~/.local/share/qemulab) for any other user).
     type: path
-    default: /var/lib/qemulab
 attributes:
   check_mode:
     description: Reports what would change without changing anything.
@@ -213,9 +225,11 @@ import shutil
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.qemulab.network.plugins.module_utils._guest_image import (
-    BuildLock, GuestImageError, build_image, cached_apt_candidate, host_debian_mirror, image_inputs, image_key,
-    boot_kernel, image_paths, read_image, tree_digest,
+    ROOTLESS_BUILDER, BuildLock, GuestImageError, build_image, cached_apt_candidate, host_debian_mirror, image_inputs,
+    image_key, boot_kernel, image_paths, read_image, tree_digest,
 )
+from ansible_collections.qemulab.network.plugins.module_utils._guest_image_userns import problems
+from ansible_collections.qemulab.network.plugins.module_utils._run_paths import current
 from ansible_collections.qemulab.network.plugins.module_utils._image_prune import (
     images_in_use, lock_held, own_entries, plan_prune, prune, read_cache,
 )
@@ -250,8 +264,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            cache_dir=dict(type="path", default="/var/cache/qemulab/images"),
-            deb_cache_dir=dict(type="path", default="/var/cache/qemulab/debs"),
+            cache_dir=dict(type="path"),
+            deb_cache_dir=dict(type="path"),
             suite=dict(type="str", default="bookworm"),
             mirror=dict(type="str", default=""),
             packages=dict(type="list", elements="str", required=True),
@@ -264,11 +278,17 @@ def main():
             build=dict(type="bool", default=True),
             prune=dict(type="bool", default=False),
             prune_keep=dict(type="int", default=1),
-            state_dir=dict(type="path", default="/var/lib/qemulab"),
+            state_dir=dict(type="path"),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    # the user's own roots (root's are the system paths these options always had as defaults)
+    roots = current()
+    for opt, path in (("cache_dir", roots.images), ("deb_cache_dir", roots.debs), ("state_dir", roots.state)):
+        if p[opt] is None:
+            p[opt] = path
+    rootless = roots.rootless
     for opt in ("files_dir", "initramfs_init"):
         if not os.path.exists(p[opt]):
             module.fail_json(msg=f"guest_image: {opt} {p[opt]} does not exist; point it at the guest_image role's files")
@@ -283,7 +303,7 @@ def main():
                                  "run apt-get update or set kernel_version (guest_image_kernel_version)")
         inputs = image_inputs(p["suite"], mirror, p["packages"], kernel_version,
                               tree_digest([p["files_dir"], p["initramfs_init"]]), p["disk_size_mb"],
-                              p["initramfs_modules"])
+                              p["initramfs_modules"], builder=ROOTLESS_BUILDER if rootless else None)
         key = image_key(inputs)
         paths = image_paths(p["cache_dir"], key)
         manifest = read_image(p["cache_dir"], key)
@@ -299,6 +319,10 @@ def main():
         else:
             changed = manifest is None and p["build"]
             after = {"key": key, "built": manifest is not None or p["build"]}
+            missing = problems() if changed and rootless else []
+            if missing:
+                module.fail_json(msg="guest_image: cannot build image %s without root: %s" % (key, "; ".join(missing)),
+                                 key=key)
             if changed and not module.check_mode:
                 with BuildLock(p["cache_dir"], key):
                     # Another run may have built it while this one waited for the lock.
@@ -307,7 +331,7 @@ def main():
                         manifest = build_image(
                             p["cache_dir"], key, inputs, mirror, p["packages"], p["suite"], p["files_dir"],
                             p["initramfs_init"], p["disk_size_mb"], p["initramfs_modules"], p["deb_cache_dir"],
-                            module.log)
+                            module.log, rootless=rootless)
                 result["manifest"] = manifest
                 result["kernel"] = boot_kernel(paths, manifest)
         if p["prune"]:

@@ -77,6 +77,88 @@ def test_key_ignores_package_order_but_not_any_input():
         assert gi.image_key(_inputs(**change)) != key, change
 
 
+def test_a_root_key_is_what_it_was_before_rootless_builds_and_a_rootless_one_differs():
+    # computed with the code before rootless builds existed: a changed root key would rebuild every lab host's
+    # shared image in /var/cache/qemulab
+    assert "builder" not in _inputs()
+    assert gi.image_key(_inputs()) == "baec5dd028925266"
+    rootless = gi.image_inputs(**dict(suite="bookworm", mirror="http://m/debian", packages=["b", "a"],
+                                      kernel_version="6.1.1", files_digest="f", disk_size_mb=2048,
+                                      initramfs_modules=["virtio_blk"]), builder=gi.ROOTLESS_BUILDER)
+    assert rootless["builder"] == "mmdebstrap-unshare"
+    assert gi.image_key(rootless) != gi.image_key(_inputs())
+
+
+def test_root_builds_with_debootstrap_as_before():
+    assert gi.debootstrap_argv("bookworm", "/c/w/rootfs", "http://m/debian", ["a", "b"], "/c/debs") == [
+        "debootstrap", "--variant=minbase", "--include=a,b", "--cache-dir=/c/debs", "bookworm", "/c/w/rootfs",
+        "http://m/debian"]
+    assert "--cache-dir" not in " ".join(gi.debootstrap_argv("bookworm", "/r", "http://m", ["a"], ""))
+
+
+def test_a_rootless_build_runs_mmdebstrap_in_unshare_mode_into_a_directory_with_the_deb_cache_synced():
+    argv = gi.mmdebstrap_argv("bookworm", "/h/.cache/qemulab/images/.build-k-1/rootfs", "http://m/debian",
+                              ["linux-image-amd64", "busybox-static"], "/h/.cache/qemulab/debs")
+    assert argv[:5] == ["mmdebstrap", "--mode=unshare", "--variant=minbase", "--skip=output/dev",
+                        "--include=linux-image-amd64,busybox-static"]
+    assert argv[-3:] == ["bookworm", "/h/.cache/qemulab/images/.build-k-1/rootfs", "http://m/debian"]
+    hooks = argv[5:-3]
+    # the essential set's .debs stay until sync-out copies them; the cache goes in before any download
+    assert hooks == ["--skip=essential/unlink",
+                     '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
+                     "--setup-hook=sync-in /h/.cache/qemulab/debs /var/cache/apt/archives/",
+                     "--customize-hook=sync-out /var/cache/apt/archives /h/.cache/qemulab/debs"]
+    assert gi.mmdebstrap_argv("bookworm", "/r", "http://m", ["a"], "")[4:] == ["--include=a", "bookworm", "/r",
+                                                                              "http://m"]
+
+
+def test_a_deb_cache_path_is_one_shell_word_in_mmdebstraps_hooks():
+    import shlex
+    argv = gi.mmdebstrap_argv("bookworm", "/r", "http://m", ["a"], "/home/a b/$(x)'y")
+    sync_in = [a for a in argv if "sync-in" in a][0].split("=", 1)[1]
+    assert shlex.split(sync_in) == ["sync-in", "/home/a b/$(x)'y", "/var/cache/apt/archives/"]
+
+
+def test_a_rootless_build_finishes_in_the_namespace_publishes_and_counts_downloads(tmp_path, monkeypatch):
+    cache, debs = tmp_path / "images", tmp_path / "debs"
+    debs.mkdir()
+    (debs / "old_1_all.deb").write_text("x")
+    ran, mapped = [], []
+
+    def fake_run(cmd, what, timeout=1800, **kwargs):
+        ran.append(cmd)
+        assert kwargs["env"]["INITRD"] == "No"
+        (debs / "new_1_all.deb").write_text("x")  # what sync-out brings back
+
+    def fake_finish(work, rootfs, *args):
+        mapped.append(work)
+        for name in gi.IMAGE_FILES:
+            (tmp_path / "images" / os.path.basename(work) / name).write_bytes(b"img")
+        return {"release": "6.1.0-1-amd64", "initramfs_modules": [], "vmlinux": False, "timings": {"mke2fs_s": 1}}
+
+    monkeypatch.setattr(gi, "_run", fake_run)
+    monkeypatch.setattr(gi, "finish_rootless", fake_finish)
+    monkeypatch.setattr(gi, "finish_rootfs", lambda *a: pytest.fail("the root steps ran outside the namespace"))
+    manifest = gi.build_image(str(cache), "k1", {"builder": gi.ROOTLESS_BUILDER}, "http://m", ["a"], "bookworm",
+                              str(tmp_path), str(tmp_path), 2048, [], str(debs), lambda msg: None, rootless=True)
+    assert ran[0][0] == "mmdebstrap" and ran[0][-2].endswith("/rootfs")
+    assert mapped and os.path.basename(mapped[0]).startswith(".build-k1-")
+    assert manifest["debs_downloaded"] == 1 and "mmdebstrap_s" in manifest["timings"]
+    assert gi.read_image(str(cache), "k1")["inputs"] == {"builder": gi.ROOTLESS_BUILDER}
+    assert sorted(os.listdir(cache)) == ["k1"]
+
+
+def test_a_failed_rootless_build_leaves_no_build_directory(tmp_path, monkeypatch):
+    def failing_run(cmd, what, timeout=1800, **kwargs):
+        raise gi.GuestImageError("guest image: mmdebstrap failed")
+
+    monkeypatch.setattr(gi, "_run", failing_run)
+    with pytest.raises(gi.GuestImageError, match="mmdebstrap failed"):
+        gi.build_image(str(tmp_path / "images"), "k1", {}, "http://m", ["a"], "bookworm", str(tmp_path),
+                       str(tmp_path), 2048, [], "", lambda msg: None, rootless=True)
+    assert os.listdir(tmp_path / "images") == []
+
+
 def test_no_ssh_key_is_an_input_of_the_image():
     # the keys reach each guest at boot (fw_cfg): a new lab host key must not rebuild the image
     assert not [name for name in _inputs() if "key" in name]
