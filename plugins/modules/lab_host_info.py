@@ -18,8 +18,8 @@ description:
     directory) and of the hugepages its DPDK datapaths reserved (M(qemulab.network.dpdk_datapath)), so a re-run of
     a running lab is judged as its first run was.
   - A O(lab) that is not a valid lab name is not an error here (the plan reports it); nothing is read for it.
-  - O(disks) are looked into for an SSH server (e2fsprogs' C(debugfs), read-only, regular files only): the plan
-    reaches a VM on its own root disk without one through its serial console when its inventory does not set
+  - O(disks) are looked into for an SSH server with e2fsprogs' C(debugfs) (read-only, regular files only); the
+    plan reaches a VM on its own root disk without one through its serial console when its inventory does not set
     C(vm_connection).
   - It also reports who the lab host's user is (RV(euid), RV(rootless)) and where a lab of that user keeps its files
     (RV(roots)), so the plan renders its paths from the lab host's roots and refuses what a user without root cannot
