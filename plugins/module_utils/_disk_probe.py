@@ -71,3 +71,19 @@ def ssh_server(image, debugfs="debugfs", run=_run):
             return result
     result.update(ssh_server=False, reason="has no SSH server (%s)" % ", ".join(SSH_SERVERS))
     return result
+
+
+def ssh_servers(paths, debugfs):
+    """{path: ssh_server(path)} for the disks the plan asks about; debugfs None (not installed) or a relative path
+    gives "unknown" with the reason, and nothing is opened."""
+    seen = {}
+    for path in paths:
+        if not path.startswith("/"):
+            # the plan names the field and the fix; nothing relative is opened
+            seen[path] = {"path": path, "ssh_server": None, "found": None, "reason": "is not an absolute path"}
+        elif debugfs is None:
+            seen[path] = {"path": path, "ssh_server": None, "found": None,
+                          "reason": "could not be looked into: debugfs (e2fsprogs) is not installed"}
+        else:
+            seen[path] = ssh_server(path, debugfs=debugfs)
+    return seen

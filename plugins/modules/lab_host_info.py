@@ -124,7 +124,7 @@ import socket
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.qemulab.network.plugins.module_utils._disk_probe import ssh_server
+from ansible_collections.qemulab.network.plugins.module_utils._disk_probe import ssh_servers
 from ansible_collections.qemulab.network.plugins.module_utils._dpdk_datapath import (
     HUGEPAGE_MIB,
     reserved_hugepages,
@@ -183,17 +183,7 @@ def main():
                 lab_kib += process_status(pid, "VmRSS") or 0
         lab_kib += reserved_hugepages(os.path.join(run_root, lab)) * HUGEPAGE_MIB * 1024
         datapaths = datapath_segments(os.path.join(run_root, lab))
-    debugfs = module.get_bin_path("debugfs", opt_dirs=["/sbin", "/usr/sbin"])
-    disks = {}
-    for path in module.params["disks"]:
-        if not path.startswith("/"):
-            # the plan names the field and the fix; nothing relative is opened
-            disks[path] = {"path": path, "ssh_server": None, "found": None, "reason": "is not an absolute path"}
-        elif debugfs is None:
-            disks[path] = {"path": path, "ssh_server": None, "found": None,
-                           "reason": "could not be looked into: debugfs (e2fsprogs) is not installed"}
-        else:
-            disks[path] = ssh_server(path, debugfs=debugfs)
+    disks = ssh_servers(module.params["disks"], module.get_bin_path("debugfs", opt_dirs=["/sbin", "/usr/sbin"]))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     module.exit_json(changed=False, mem_available_mib=(_meminfo_kib("MemAvailable") + lab_kib) // 1024, cpus=cpus,
                      claim=claim, addresses=_addresses(), dpdk_segments=datapaths, euid=euid,
