@@ -236,7 +236,8 @@ def link_task(params, kind, expected_kinds, create, check_mode, plan_extra=None,
             params["netns"] = namespace_param(params)
         except NetlinkError as exc:
             raise LinkTaskError("%s %s: %s" % (kind, params["name"], exc))
-        ipr = None  # a links module's shared socket is one of a named namespace
+        if getattr(ipr, "qemulab_holder", None) != params["netns"]:
+            ipr = None  # a links module's shared socket of another namespace
     name, netns, state = params["name"], params.get("netns"), params["state"]
     warnings = []
     netns_missing = bool(netns) and not netns_exists(netns)

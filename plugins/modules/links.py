@@ -43,6 +43,12 @@ options:
     description: Namespace of the items that name none; empty for the host namespace.
     type: str
     default: ""
+  userns_pid:
+    description:
+      - A rootless lab's namespace for the items that name no namespace, by its M(qemulab.network.lab_userns)
+        holder's pid (see M(qemulab.network.bridge)'s O(qemulab.network.bridge#module:userns_pid)); excludes
+        O(netns). One netlink socket through the holder serves every such item.
+    type: int
   lab:
     description: Lab of the items that name none (lower-case letters, digits and C(-), at most 15 characters).
     type: str
@@ -115,6 +121,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
     NetlinkError,
+    namespace_param,
     netlink,
     netns_exists,
 )
@@ -145,7 +152,7 @@ def run_items(kind, items, spec, hooks_for, defaults, check_mode, sockets, faile
                                 msg="tap %s: its bridge %s failed (see that error)" % (name, params["bridge"])))
             continue
         try:
-            result = link_task(params, check_mode=check_mode, ipr=sockets(params.get("netns")), **hooks_for(params))
+            result = link_task(params, check_mode=check_mode, ipr=sockets(params), **hooks_for(params))
         except (ValueError, LinkTaskError) as exc:
             result = dict(name=name, failed=True, changed=False, msg=getattr(exc, "msg", str(exc)))
         except NetlinkError as exc:
@@ -159,6 +166,7 @@ def main():
         bridges=dict(type="list", elements="dict", default=[]),
         taps=dict(type="list", elements="dict", default=[]),
         netns=dict(type="str", default=""),
+        userns_pid=dict(type="int"),
         lab=dict(type="str", default="default"),
         mark_pending=dict(type="bool", default=False),
     ), supports_check_mode=True)
@@ -169,18 +177,21 @@ def main():
         if problem:
             module.fail_json(msg="links: %s: %s" % (field, problem))
     defaults = {"netns": module.params["netns"], "lab": module.params["lab"]}
+    if module.params["userns_pid"] is not None:
+        defaults = {"userns_pid": module.params["userns_pid"], "lab": module.params["lab"]}
     with contextlib.ExitStack() as stack:
         opened = {}
 
-        def sockets(netns):
-            """One netlink socket per namespace, kept for the whole task; None lets link_task report a missing one."""
-            netns = netns or ""
+        def sockets(params):
+            """One netlink socket per namespace (a name, or a rootless lab's holder), kept for the whole task; None
+            lets link_task report a missing one."""
+            netns = namespace_param(params) or ""
             if netns not in opened:
                 opened[netns] = stack.enter_context(netlink(netns)) if not netns or netns_exists(netns) else None
             return opened[netns]
 
         try:
-            own = sockets(module.params["netns"]) if module.params["mark_pending"] else None
+            own = sockets(module.params) if module.params["mark_pending"] else None
             marked = finish_pending_marks(own, module.params["lab"], module.check_mode) if own is not None else []
             # Every object is planned (check mode) before any is made: a foreign br3 or a bad tap fails the task
             # with the host as it was, not after br1 and br2 were created.

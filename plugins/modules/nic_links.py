@@ -31,6 +31,12 @@ options:
     description: Where the labs' run directories are (C(<run_root>/<lab>/<vm>/qmp.sock)).
     type: path
     default: /run/qemulab
+  userns_pid:
+    description:
+      - A rootless lab's namespace, by its M(qemulab.network.lab_userns) holder's pid (docs/rootless.md) - every item's
+        tap is read and set there, whatever its C(netns). Impairment then lives in the guests (C(tc) is not run
+        through the holder).
+    type: int
   links:
     description: One item per lab NIC, as the lab plan renders them (C(nic_links)).
     type: list
@@ -116,6 +122,7 @@ from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     PYROUTE2_IMPORT_ERROR,
     NetlinkError,
     get_link,
+    namespace_param,
     netlink,
     set_link,
 )
@@ -154,6 +161,7 @@ def run_tc(module, argv):
 def main():
     module = AnsibleModule(
         argument_spec=dict(lab=dict(type="str", required=True), run_root=dict(type="path", default="/run/qemulab"),
+                           userns_pid=dict(type="int"),
                            links=dict(type="list", elements="dict", default=[], options=LINK_SPEC),
                            host_netem=dict(type="str", choices=["auto", "off"], default="auto"),
                            netem_cache=dict(type="path", default=_netem.NETEM_CACHE)),
@@ -176,7 +184,15 @@ def main():
         if why:
             module.fail_json(msg="nic_links: %s: %s" % (field, why))
 
-    if p["host_netem"] == "off":
+    if p["userns_pid"] is not None:
+        try:
+            holder = namespace_param({"userns_pid": p["userns_pid"]})
+        except NetlinkError as exc:
+            module.fail_json(msg="nic_links: %s" % exc)
+        for item in p["links"]:
+            item["netns"] = holder
+        host_works, host_reason = False, "a rootless lab: tc is not run inside its namespace"
+    elif p["host_netem"] == "off":
         host_works, host_reason = False, "host_netem: off"
     else:
         host_works, host_reason = _netem.host_has_netem(p["netem_cache"], write=not module.check_mode,

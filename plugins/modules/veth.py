@@ -27,6 +27,7 @@ requirements:
   - pyroute2
 extends_documentation_fragment:
   - qemulab.network.netns
+  - qemulab.network.netns.holder
   - qemulab.network.netns.ownership
 options:
   name:
@@ -58,6 +59,8 @@ options:
   peer_netns:
     description:
       - Namespace of the other end. Omit for the same namespace as O(name); V("") for the host's namespace.
+      - Must be omitted with O(userns_pid) - both ends then lie in the rootless lab's namespace (a user cannot move
+        a link into the host's namespace).
     type: str
   peer_bridge:
     description: Bridge (in O(peer_netns)) the other end is a port of; V("") for none. Omit to leave it alone.
@@ -143,12 +146,13 @@ from ansible_collections.qemulab.network.plugins.module_utils._link import (
 )
 from ansible_collections.qemulab.network.plugins.module_utils._netlink import (
     HAS_PYROUTE2,
-    NETNS_ARGUMENT_SPEC,
+    NETNS_OR_HOLDER_ARGUMENT_SPEC,
     PYROUTE2_IMPORT_ERROR,
     NetlinkError,
     add_veth,
     delete_link,
     move_link,
+    namespace_param,
     netlink,
     netns_exists,
 )
@@ -172,7 +176,7 @@ def argument_spec():
         peer_addresses=dict(type="list", elements="str"),
         peer_up=dict(type="bool", default=True),
     )
-    spec.update(NETNS_ARGUMENT_SPEC)
+    spec.update(NETNS_OR_HOLDER_ARGUMENT_SPEC)
     spec.update(OWNERSHIP_ARGUMENT_SPEC)
     return spec
 
@@ -235,6 +239,15 @@ def main():
         errors += param_errors("veth", peer, params, prefix="peer_")
     if errors:
         module.fail_json(msg="; ".join(errors), errors=errors)
+    if params.get("userns_pid") is not None:
+        if params["peer_netns"] is not None:
+            module.fail_json(msg="veth %s: peer_netns %r and userns_pid %s: with a rootless lab's holder both ends lie "
+                                 "in its namespace; omit peer_netns" % (name, params["peer_netns"], params["userns_pid"]))
+        try:
+            # a rootless lab's namespace, used wherever its name would be; both ends in it
+            params["netns"] = namespace_param(params)
+        except NetlinkError as exc:
+            module.fail_json(msg="veth %s: %s" % (name, exc))
     end_ns, peer_ns = namespaces(params)
     missing = [ns for ns in (end_ns, peer_ns) if ns and not netns_exists(ns)]
     warnings = []
