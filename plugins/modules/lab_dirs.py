@@ -18,12 +18,13 @@ description:
     anything is read, created or removed.
   - Every directory is reached through the file descriptor of its root, and neither a lab's directory nor its claim
     is ever followed as a symbolic link.
-  - With O(state=present), one run creates both directories (and any missing part of their roots - O(run_root) with
-    mode C(0755), O(state_dir) and its C(labs/) with mode C(0700), owned by root), gives each its owner, group and
-    mode, and writes the claim C({"inventory", "lab", "netns"}) into each, atomically (a new file renamed over the
-    old one inside the directory). The run directory is owned by root and O(group), with mode C(0710) when
-    O(group) is not root (so that group may pass through to its VM directories, not list them) and C(0700) when it
-    is; the disk directory is root's, mode C(0700); each claim is root's, mode C(0600).
+  - With O(state=present), one run creates both directories (and any missing part of their roots - O(run_root) with mode
+    C(0755), O(state_dir) and its C(labs/) with mode C(0700), owned by the module's user), gives each its owner, group
+    and mode, and writes the claim C({"inventory", "lab", "netns"}) into each, atomically (a new file renamed over the
+    old one inside the directory). The run directory is owned by the module's user (root for a root lab, the user for a
+    rootless one) and O(group), with mode C(0710) when O(group) is not that user's own group (so that group may pass
+    through to its VM directories, not list them) and C(0700) when it is; the disk directory is the user's, mode
+    C(0700); each claim is the user's, mode C(0600).
   - With O(state=present), a symbolic link or anything other than a directory under the lab's name, or a C(lab.json)
     there that claims another lab or is no readable claim, is refused, naming the path, before anything changes. A
     directory without a claim is claimed. Whether another inventory holds the lab name is the plan's to check
@@ -77,10 +78,10 @@ options:
   group:
     description:
       - Group of the run directory, by name or numeric gid; the group the lab's unprivileged QEMU user is in.
-      - When it is not root, the run directory's mode is C(0710), else C(0700).
+      - When not given, the module's user's own group (root's for root). When it is not that group, the run
+        directory's mode is C(0710), else C(0700).
       - Used only with O(state=present).
     type: str
-    default: root
 attributes:
   check_mode:
     description: Reports what would be created, changed, claimed or removed, without changing anything.
@@ -176,7 +177,9 @@ from ansible_collections.qemulab.network.plugins.module_utils._validate import c
 CLAIM = "lab.json"
 CLAIM_MAX_BYTES = 64 * 1024
 CLAIM_MODE = 0o600
-ROOT_UID = ROOT_GID = 0
+# The directories and claims are the module's user's: root's for a root lab, the user's own for a rootless one
+# (docs/rootless.md), who cannot give a file to root.
+OWNER_UID, OWNER_GID = os.geteuid(), os.getegid()
 
 
 class DirectoryChanged(Exception):
@@ -191,7 +194,7 @@ def argument_spec():
         state=dict(type="str", choices=["absent", "present"], default="absent"),
         inventory=dict(type="str", default=""),
         netns=dict(type="str", default=""),
-        group=dict(type="str", default="root"),
+        group=dict(type="str"),
     )
 
 
@@ -369,7 +372,9 @@ def claim_content(lab, inventory, netns):
 
 
 def resolve_group(group):
-    """(gid, None) for a group name or a numeric gid, or (None, why not)."""
+    """(gid, None) for a group name or a numeric gid (None: the module's user's own group), or (None, why not)."""
+    if group is None:
+        return OWNER_GID, None
     if group.isdigit():
         return int(group), None
     try:
@@ -383,13 +388,13 @@ def wanted_dirs(lab, run_root, state_dir, gid, claim):
     'attrs', 'claim_path', 'claim'}], the run directory first; one entry when both roots are the same."""
     run_root, labs_root = os.path.normpath(run_root), os.path.normpath(os.path.join(state_dir, "labs"))
     wants = [
-        {"root": run_root, "root_mode": 0o755, "mode": 0o710 if gid != ROOT_GID else 0o700, "group": gid},
-        {"root": labs_root, "root_mode": 0o700, "mode": 0o700, "group": ROOT_GID},
+        {"root": run_root, "root_mode": 0o755, "mode": 0o710 if gid != OWNER_GID else 0o700, "group": gid},
+        {"root": labs_root, "root_mode": 0o700, "mode": 0o700, "group": OWNER_GID},
     ]
     wants = wants[:1] if run_root == labs_root else wants
     for want in wants:
         want["path"] = os.path.join(want["root"], lab)
-        want["attrs"] = {"owner": ROOT_UID, "group": want.pop("group"), "mode": "%04o" % want.pop("mode")}
+        want["attrs"] = {"owner": OWNER_UID, "group": want.pop("group"), "mode": "%04o" % want.pop("mode")}
         want["claim_path"] = os.path.join(want["path"], CLAIM)
         want["claim"] = claim
     return wants
@@ -428,7 +433,7 @@ def plan_present(wants, findings, missing):
     for a claim, its content."""
     actions, before, after = [], {}, {}
     for want, found, root_missing in zip(wants, findings, missing):
-        claim_attrs = {"owner": ROOT_UID, "group": ROOT_GID, "mode": "%04o" % CLAIM_MODE}
+        claim_attrs = {"owner": OWNER_UID, "group": OWNER_GID, "mode": "%04o" % CLAIM_MODE}
         action = {
             "create_roots": root_missing,
             "create": found["kind"] == "absent",
@@ -437,7 +442,7 @@ def plan_present(wants, findings, missing):
         }
         actions.append(action)
         for path in root_missing:
-            after[path] = {"owner": ROOT_UID, "group": ROOT_GID, "mode": "%04o" % want["root_mode"]}
+            after[path] = {"owner": OWNER_UID, "group": OWNER_GID, "mode": "%04o" % want["root_mode"]}
         if found["attrs"]:
             before[want["path"]] = found["attrs"]
         if found["claim_data"] is not None:
@@ -464,7 +469,7 @@ def open_root(path, mode):
         except FileExistsError:  # made by someone else meanwhile: taken as it is, like any existing root
             return _open_dir(name, dir_fd=parent_fd)
         fd = _open_dir(name, dir_fd=parent_fd, follow=False)
-        os.fchown(fd, ROOT_UID, ROOT_GID)
+        os.fchown(fd, OWNER_UID, OWNER_GID)
         os.fchmod(fd, mode)
         return fd
     finally:
@@ -479,7 +484,7 @@ def write_claim(lab_fd, data):
     fd = os.open(tmp, flags, CLAIM_MODE, dir_fd=lab_fd)
     try:
         try:
-            os.fchown(fd, ROOT_UID, ROOT_GID)
+            os.fchown(fd, OWNER_UID, OWNER_GID)
             os.fchmod(fd, CLAIM_MODE)
             view = memoryview(data)
             while view:
