@@ -32,7 +32,8 @@ def qemu_vm_specs(vms, settings):
     Nothing of the inventory is reshaped here; only what the lab host decides is added: the built image's files,
     the run and state directories, the accelerator and its translation cache, extra QEMU arguments, and whether
     the guest gets its configuration at boot, and where its vhost-user NICs' sockets lie. settings: lab, run_root,
-    state_dir, default_kernel, default_initrd, default_disk, default_append, custom_append, accelerator, tb_size, extra_args, boot_config.
+    state_dir, default_kernel, default_initrd, default_disk, default_append, custom_append, accelerator, tb_size, extra_args, boot_config,
+    userns_pid (a rootless lab's holder; 0 or absent for none).
     """
     specs = []
     for vm in vms or []:
@@ -61,6 +62,11 @@ def qemu_vm_specs(vms, settings):
             spec["nics"] = [dict(nic, socket="%s/%s" % (settings["run_root"], nic["socket"]))
                             if nic.get("backend") == "vhost-user" and not str(nic.get("socket") or "/").startswith("/")
                             else nic for nic in vm["nics"]]
+        if settings.get("userns_pid"):
+            # a rootless lab (docs/rootless.md): QEMU and its taps in the holder's namespaces, not a named one
+            spec["userns_pid"] = int(settings["userns_pid"])
+            spec.pop("netns", None)
+            spec["nics"] = [dict((k, v) for k, v in nic.items() if k != "netns") for nic in spec.get("nics") or []]
         specs.append(spec)
     return specs
 

@@ -87,6 +87,9 @@ def clone_problem(config):
         return "it has not exactly one writable qcow2 overlay disk"
     if not config["kernel"]:
         return "it boots without -kernel (the template boots the default image's kernel)"
+    if config.get("userns_pid") is not None:
+        # vm_template makes its templates as root in a named namespace, not inside a user's holder (docs/rootless.md)
+        return "a rootless lab's VMs boot: clone templates are not made inside a user's lab namespace"
     return None
 
 
