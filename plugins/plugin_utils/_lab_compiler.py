@@ -313,6 +313,8 @@ class _Compiler(object):
         for host, entry in plan["hosts"].items():
             # where this lab host's user keeps the lab's files: the roles take their directories from it
             entry["roots"] = _lab_rootless.as_dict(roots[host])
+            # a rootless lab host's namespace is held by qemulab.network.lab_userns, not made by the netns module
+            entry["rootless"] = roots[host].rootless
         # a guest's own arguments, found by its name wherever it runs (the plays on the guests look them up so)
         plan["guests"] = dict((name, guest) for host in plan["hosts"].values() for name, guest in host["guests"].items())
         return plan

@@ -1,7 +1,7 @@
 """Unit tests: the plan for a lab host whose user is not root (docs/rootless.md). What such a host cannot run is
-refused, naming host, field, value and fix; until rootless bring-up exists every rootless lab host gets the one
-refusal that says so (also for a cleanup); a root lab host's plan is the same byte for byte with or without the
-roots it reports; a rootless host's reported roots are where the plan puts its run directory."""
+refused, naming host, field, value and fix; anything else plans as on root's host, marked rootless (the roles then
+use the holder); a root lab host's plan is the same byte for byte with or without the roots it reports; a rootless
+host's reported roots are where the plan puts its run directory."""
 import copy
 import json
 
@@ -22,9 +22,6 @@ GROUPS = {"all": ["localhost", "a1", "a2"], "ungrouped": [], "hypervisors": ["lo
           "hosts": ["a1", "a2"]}
 USER_ROOTS = {"run": "/run/user/1000/qemulab", "cache": "/home/ana/.cache/qemulab",
               "state": "/home/ana/.local/share/qemulab"}
-NOT_YET = ("localhost: lab host user is uid 1000, not root: rootless bring-up is not available yet (issue 21; "
-           "docs/rootless.md says what exists and what remains). Nothing was changed; this run only held its lock "
-           "in %s (left empty). Run lab.yml as root for now" % _run_paths.CURRENT.run)
 
 
 def report(rootless=True, **changes):
@@ -43,11 +40,12 @@ def plan(lab_hosts, hostvars=None, groups=None, **lab):
     return compile_lab(hostvars, copy.deepcopy(groups or GROUPS), lab_hosts=lab_hosts)
 
 
-def test_a_rootless_lab_host_gets_the_one_refusal_and_a_cleanup_too():
+def test_a_rootless_lab_host_plans_marked_rootless_and_a_root_one_not():
     result = plan({"localhost": report()})
-    assert result["errors"] == [NOT_YET]
-    assert result["cleanup_errors"] == [NOT_YET]
-    assert result["hosts"] == {}
+    assert result["errors"] == [] and result["cleanup_errors"] == []
+    assert result["hosts"]["localhost"]["rootless"] is True
+    assert plan({"localhost": report(rootless=False)})["hosts"]["localhost"]["rootless"] is False
+    assert plan(None)["hosts"]["localhost"]["rootless"] is False
 
 
 def test_a_root_lab_host_plans_as_before_byte_for_byte():
@@ -68,13 +66,7 @@ def test_a_report_without_roots_or_with_bad_ones_means_root_s_paths():
     assert _lab_rootless.roots(report()) == _run_paths.roots(1000, "/home/ana", "/run/user/1000")
 
 
-@pytest.fixture
-def without_the_one_refusal(monkeypatch):
-    """The plan as it will be once rootless bring-up exists: the one refusal taken out, nothing else."""
-    monkeypatch.setattr(_lab_rootless, "refuse_until_rootless_runs", lambda problems, host, user: None)
-
-
-def test_a_rootless_host_s_run_directory_is_under_its_reported_run_root(without_the_one_refusal):
+def test_a_rootless_host_s_run_directory_is_under_its_reported_run_root():
     result = plan({"localhost": report()})
     assert result["errors"] == []
     assert result["run_dir"] == "/run/user/1000/qemulab/lab1"
@@ -91,10 +83,13 @@ def test_a_rootless_host_s_run_directory_is_under_its_reported_run_root(without_
      "drop lab_qemu_user, or run this lab host's part as root"),
     ({"lab_capture_ring": True}, "lab_capture_ring is true, but this lab host's user is uid 1000",
      "set lab_capture_ring: false, or run this lab host's part as root"),
+    ({"lab_uplink": {"bridge": "br1", "address": "10.9.0.254/24", "upstream": "eth0"}},
+     "lab_uplink is set, but this lab host's user is uid 1000: a rootless lab has no way out yet",
+     "drop lab_uplink, or run this lab host's part as root"),
 ])
 def test_what_needs_root_is_refused_naming_host_field_value_and_fix(lab, start, fix):
     errors = plan({"localhost": report()}, **lab)["errors"]
-    assert len(errors) == 2 and errors[1] == NOT_YET
+    assert len(errors) == 1
     assert errors[0].startswith("localhost: " + start) and errors[0].endswith(fix)
     # the same inventory on a root lab host is fine
     assert plan({"localhost": report(rootless=False)}, **lab)["errors"] == []
@@ -145,8 +140,7 @@ def test_a_segment_spanning_a_rootless_lab_host_is_refused_and_a_root_one_is_not
     assert errors == [
         "hv2: segment br1 spans lab hosts hv1, hv2 over VXLAN, but this lab host's user is uid 1000, who cannot "
         "make a VXLAN port in the host's namespace; put all of the segment's VMs on one lab host (vm_hypervisor), "
-        "or run this lab host's part as root",
-        NOT_YET.replace("localhost:", "hv2:")]
+        "or run this lab host's part as root"]
     # the lab-wide fields are the first lab host's: a rootless second host does not answer for lab_netns
     hostvars["hv1"]["lab_netns"] = ""
     assert compiled(("hv2",))["errors"] == errors
