@@ -53,12 +53,14 @@ def throwaway_user(playbook):
     assert not leftovers, "processes of the test user were left running: %s" % leftovers
 
 
-def as_user(user, home, runtime, argv, timeout=180, **kwargs):
-    """Run argv as the user with a clean environment (no sudo, no capabilities)."""
-    env = ["env", "-i", "HOME=" + home, "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-           "XDG_RUNTIME_DIR=" + runtime, "ANSIBLE_COLLECTIONS_PATH=" + COLLECTIONS,
-           "ANSIBLE_HOME=" + os.path.join(home, ".ansible"), "ANSIBLE_PYTHON_INTERPRETER=" + os.path.join(VENV, "python")]
-    return subprocess.run(["runuser", "-u", user, "--"] + env + argv, capture_output=True, text=True,
+def as_user(user, home, runtime, argv, timeout=180, env=None, **kwargs):
+    """Run argv as the user with a clean environment (no sudo, no capabilities); `env` adds or overrides variables."""
+    clean = ["env", "-i", "HOME=" + home, "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+             "XDG_RUNTIME_DIR=" + runtime, "ANSIBLE_COLLECTIONS_PATH=" + COLLECTIONS,
+             "ANSIBLE_HOME=" + os.path.join(home, ".ansible"),
+             "ANSIBLE_PYTHON_INTERPRETER=" + os.path.join(VENV, "python")]
+    clean += ["%s=%s" % item for item in sorted((env or {}).items())]  # env(1) sets them in order: the last wins
+    return subprocess.run(["runuser", "-u", user, "--"] + clean + argv, capture_output=True, text=True,
                           cwd=home, timeout=timeout, check=False, **kwargs)
 
 
