@@ -179,7 +179,8 @@ CLAIM_MAX_BYTES = 64 * 1024
 CLAIM_MODE = 0o600
 # The directories and claims are the module's user's: root's for a root lab, the user's own for a rootless one
 # (docs/rootless.md), who cannot give a file to root.
-OWNER_UID, OWNER_GID = os.geteuid(), os.getegid()
+OWNER_UID = os.geteuid()
+OWNER_GID = os.getegid()
 
 
 class DirectoryChanged(Exception):

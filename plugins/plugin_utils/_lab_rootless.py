@@ -28,6 +28,7 @@ from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import
 
 DOCS = "docs/rootless.md"
 
+
 def roots(info):
     """The roots a lab host reported (lab_host_info's `roots` with `rootless`), else root's."""
     if not is_mapping(info) or info.get("rootless") is not True or not is_mapping(info.get("roots")):
@@ -97,4 +98,3 @@ def check(problems, lab, vms, placement, hosts, lab_hosts):
                              "host's user is %s, who cannot make a VXLAN port in the host's namespace; put all of "
                              "the segment's VMs on one lab host (vm_hypervisor), %s"
                              % (", ".join(segment["hosts"]), user, fix))
-
