@@ -49,6 +49,10 @@ def user():
             yield name, home, runtime, own
         finally:
             lab(name, home, runtime, own, "--tags", "cleanup")
+            # usermod refuses a user with a running process (the lock's holder ends just after the run)
+            deadline = time.monotonic() + 10
+            while user_pids(name) and time.monotonic() < deadline:
+                time.sleep(0.1)
             subprocess.run(["usermod", "--del-subuids", ids, "--del-subgids", ids, name], capture_output=True,
                            check=False)
             assert not subid_lines(name)
