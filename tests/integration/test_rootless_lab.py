@@ -1,7 +1,7 @@
 """The seed lab run by a user without root (issue 21's "done when", one user; docs/rootless.md): `lab.yml` with the
 seed inventory, as a throwaway user with no sudo and no capabilities, brings the seven guests up in the namespaces
 of the user's lab_userns holder, h1 reaches h2 through rt1 -> rt2 -> rt4 (traceroute over SSH through the holder), a
-second run changes nothing, `--tags status` shows the lab, and `--tags cleanup` leaves no process of the user, no
+second run changes nothing (and a `--check --diff` run neither), `--tags status` shows the lab, and `--tags cleanup` leaves no process of the user, no
 link or namespace in the host's own, nothing under /run/qemulab, /var/lib/qemulab or /var/cache/qemulab, no file
 in the user's runtime directory, and in the user's home only the image cache and the guest key.
 
@@ -136,6 +136,12 @@ def test_the_seed_lab_as_a_user_without_root_comes_up_reruns_clean_and_leaves_no
     changed = recap(again)
     assert len(changed) == 8 and set(changed.values()) == {0}, again[-8000:]
     assert sorted(qemu_pids(uid)) == sorted(qemus) and holder_pid(runtime) == holder
+
+    # check mode with --diff on the running lab: nothing to change, nothing changed
+    rc, checked, _seconds = lab(name, home, runtime, own, "--check", "--diff")
+    assert rc == 0, checked[-8000:]
+    assert set(recap(checked).values()) == {0}, checked[-8000:]
+    assert sorted(qemu_pids(uid)) == sorted(qemus)
 
     rc, status, _seconds = lab(name, home, runtime, own, "--tags", "status")
     assert rc == 0, status[-6000:]
