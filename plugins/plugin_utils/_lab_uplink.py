@@ -10,6 +10,12 @@
              (`qemulab-<lab>-pre`/`-post`, the nat_rules action's owner), so cleanup removes exactly those; the
              veth carries the segment's MTU when the plan sets one (VXLAN's 50 bytes on a segment spanning hosts)
 
+A lab host run without root (docs/rootless.md) has no upstream namespace to reach: its lab's namespace lives in a
+user namespace of the user's. There the way out is slirp4netns attached to that namespace (qemulab.network.
+slirp4netns): its tap in the lab's namespace, `address` on `bridge` itself, the namespace routing between the two
+and slirp4netns doing the NAT in user mode. The guests' side (the uplink router's default route and masquerade,
+the hosts' default routes) is the same plan; `upstream`, `name` and `peer` are not used there.
+
 Every problem names the lab host, the field, the value and the fix (the compiler's `_Problems`).
 
 Controller-only: modules never import this.
@@ -20,11 +26,17 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import hashlib
+import ipaddress
 
+from ansible_collections.qemulab.network.plugins.module_utils import _slirp4netns
+from ansible_collections.qemulab.network.plugins.plugin_utils._lab_rootless import roots as _host_roots
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_schema import fields as _fields, keys as _keys
 
 FIELD = "lab_uplink"
 DEFAULT_ROUTE = "0.0.0.0/0"
+# slirp4netns's tap: its own side only (the segments keep theirs; the namespace routes between them); 65520 is what
+# slirp4netns recommends (measured 7.5 Gbit/s from the namespace to a listener on the host, docs/rootless.md)
+SLIRP_MTU = 65520
 
 
 def owner(lab_name):
@@ -36,6 +48,16 @@ def owner(lab_name):
 def default_names(lab_name):
     digest = hashlib.sha256(lab_name.encode("utf-8")).hexdigest()[:8]
     return "qlu-%s-l" % digest, "qlu-%s-u" % digest
+
+
+def slirp_tap(lab_name):
+    """The tap slirp4netns makes in a rootless lab's namespace: `qlu-<8 hex of the lab name>-s`."""
+    return "qlu-%s-s" % hashlib.sha256(lab_name.encode("utf-8")).hexdigest()[:8]
+
+
+def rootless(compiler, host):
+    """Whether lab host `host` reported a user other than root (lab_host_info), so its way out is slirp4netns."""
+    return _host_roots(compiler.lab_hosts.get(host)).rootless
 
 
 def plan(compiler, value, where, lab_name, netns):
@@ -52,6 +74,8 @@ def plan(compiler, value, where, lab_name, netns):
         return None
     if up["bridge"] is None or up["address"] is None or up["upstream"] is None:
         return None
+    if rootless(compiler, where):
+        return _plan_rootless(compiler, up, where, lab_name)
     name, peer = default_names(lab_name)
     up["name"], up["peer"] = up["name"] or name, up["peer"] or peer
     if up["name"] == up["peer"]:
@@ -66,15 +90,31 @@ def plan(compiler, value, where, lab_name, netns):
     if up["upstream_netns"] == netns:
         # both ends in one namespace: the peer's name must be free there as well
         compiler.ifnames.setdefault(up["peer"], []).append(("veth", where, FIELD + ".peer"))
+    return _claim_segment(compiler, up, where)
+
+
+def _claim_segment(compiler, up, where):
     if up["bridge"] not in compiler.segments:
-        problems.add(where, FIELD + ".bridge", "%s is used by no VM NIC; give the way out a bridge of the lab (%s)"
-                     % (up["bridge"], ", ".join(sorted(compiler.segments)) or "none"))
+        compiler.problems.add(where, FIELD + ".bridge", "%s is used by no VM NIC; give the way out a bridge of the "
+                              "lab (%s)" % (up["bridge"], ", ".join(sorted(compiler.segments)) or "none"))
         return None
     iface = up["address"]
     compiler.claim_address(iface, where, FIELD + ".address")
     compiler.segments[up["bridge"]].append((where, FIELD + ".address", iface))
     up["_iface"] = iface
     return up
+
+
+def _plan_rootless(compiler, up, where, lab_name):
+    """The rootless way out: slirp4netns's tap in the lab's namespace (its name claimed there), no veth."""
+    if up["upstream_netns"]:
+        compiler.problems.add(where, FIELD + ".upstream_netns", "is %s, but lab host %s runs the lab without root: "
+                              "the way out is slirp4netns in the lab's own namespace and a user enters no other; "
+                              "drop upstream_netns (docs/uplink.md)" % (up["upstream_netns"], where))
+        return None
+    up["tap"] = slirp_tap(lab_name)
+    compiler.ifnames.setdefault(up["tap"], []).append(("tap", where, FIELD))
+    return _claim_segment(compiler, up, where)
 
 
 def _default_via(vm):
@@ -141,6 +181,8 @@ def resolve(compiler, up, vms, where, lab_name):
                       if theirs["_iface"].network == nic["_iface"].network]
             if shared:
                 vm["gateway"] = shared[0]
+    if "tap" in up:
+        return _resolve_rootless(compiler, up, iface, where, lab_name)
     result = {
         "bridge": up["bridge"], "address": str(iface), "subnet": str(iface.network), "upstream": up["upstream"],
         "upstream_netns": up["upstream_netns"], "router": up["router"], "name": up["name"], "peer": up["peer"],
@@ -153,6 +195,23 @@ def resolve(compiler, up, vms, where, lab_name):
     if mtu is not None:
         result["mtu"] = mtu
     return result
+
+
+def _resolve_rootless(compiler, up, iface, where, lab_name):
+    """What a rootless lab host runs: slirp4netns (its tap, MTU, network) and `address` on `bridge`, or None when a
+    segment of the lab overlaps slirp4netns's own network (its addresses there would be unreachable)."""
+    network = ipaddress.ip_network(_slirp4netns.NETWORK)
+    overlapping = sorted(bridge for bridge, subnet in compiler.subnets.items()
+                         if subnet is not None and subnet.overlaps(network))
+    if overlapping:
+        compiler.problems.add(where, FIELD, "needs slirp4netns on this rootless lab host, whose own network is %s, but "
+                              "segment(s) %s overlap it; give them other subnets" % (network, ", ".join(overlapping)))
+        return None
+    return {
+        "bridge": up["bridge"], "address": str(iface), "subnet": str(iface.network), "router": up["router"],
+        "owner": owner(lab_name),
+        "slirp4netns": {"tap": up["tap"], "mtu": SLIRP_MTU, "network": str(network), "gateway": _slirp4netns.GATEWAY},
+    }
 
 
 def segment_mtu(vms, bridge):

@@ -146,3 +146,66 @@ def test_the_veth_of_a_segment_on_one_lab_host_keeps_the_default_mtu():
     hostvars, groups = two_hosts("hv2")
     hostvars["hv1"]["lab_underlay_mtu"] = 9000
     assert compile_lab(hostvars, groups)["hosts"]["hv1"]["uplink"]["mtu"] == 8950
+
+
+# -- a lab host run without root: slirp4netns in the lab's namespace (docs/rootless.md) -----------------------------
+
+USER_ROOTS = {"run": "/run/user/1000/qemulab", "cache": "/home/ana/.cache/qemulab",
+              "state": "/home/ana/.local/share/qemulab"}
+
+
+def rootless_report(rootless=True):
+    return {"localhost": {"mem_available_mib": 64000, "cpus": 4, "addresses": [], "claim": None,
+                          "dpdk_segments": [], "euid": 1000 if rootless else 0, "rootless": rootless,
+                          "roots": USER_ROOTS if rootless else {"run": "/run/qemulab", "cache": "/var/cache/qemulab",
+                                                                  "state": "/var/lib/qemulab"},
+                          "runtime_dir_problem": None}}
+
+
+@pytest.fixture
+def without_the_one_refusal(monkeypatch):
+    """The plan as it will be once rootless bring-up exists: _lab_rootless's one refusal taken out, nothing else."""
+    from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_rootless
+    monkeypatch.setattr(_lab_rootless, "refuse_until_rootless_runs", lambda problems, host, user: None)
+
+
+def test_a_rootless_lab_host_gets_slirp4netns_and_the_guests_the_same_routes_and_nat(without_the_one_refusal):
+    hostvars, groups = lab(uplink=uplink_with(upstream_netns=None))
+    plan = compile_lab(hostvars, groups, lab_hosts=rootless_report())
+    assert plan["errors"] == []
+    tap = "qlu-%s-s" % default_names("lab1")[0][4:12]
+    assert plan["hosts"]["localhost"]["uplink"] == {
+        "bridge": "br-b", "address": "10.1.2.254/24", "subnet": "10.1.2.0/24", "router": "r1",
+        "owner": "qemulab-lab1", "lab": "lab1", "netns": "qlab1",
+        "slirp4netns": {"tap": tap, "mtu": 65520, "network": "10.0.2.0/24", "gateway": "10.0.2.2"}}
+    root = compile_lab(*lab(uplink=uplink_with(upstream_netns=None)), lab_hosts=rootless_report(rootless=False))
+    # the guests' side is the root plan's, route for route
+    assert plan["guests"] == root["guests"]
+    assert root["hosts"]["localhost"]["uplink"]["peer"] == default_names("lab1")[1]
+
+
+def test_a_rootless_uplink_with_an_upstream_namespace_is_refused_with_its_fix(without_the_one_refusal):
+    plan = compile_lab(*lab(), lab_hosts=rootless_report())
+    assert plan["hosts"] == {}
+    assert plan["errors"] == ["localhost: lab_uplink.upstream_netns is inet, but lab host localhost runs the lab "
+                              "without root: the way out is slirp4netns in the lab's own namespace and a user enters "
+                              "no other; drop upstream_netns (docs/uplink.md)"]
+
+
+def test_a_segment_overlapping_slirp4netns_s_network_is_refused_only_rootless(without_the_one_refusal):
+    hostvars, groups = lab(uplink=uplink_with(upstream_netns=None),
+                           a1={"vm_nics": [{"bridge": "br-a", "tap": "ta2", "address": "10.0.2.7/16"}]},
+                           r1={"vm_nics": [{"bridge": "br-a", "tap": "ta1", "address": "10.0.2.1/16"},
+                                           {"bridge": "br-b", "tap": "tb1", "address": "10.1.2.1/24"}]})
+    plan = compile_lab(copy.deepcopy(hostvars), copy.deepcopy(groups), lab_hosts=rootless_report())
+    assert plan["errors"] == ["localhost: lab_uplink needs slirp4netns on this rootless lab host, whose own network "
+                              "is 10.0.2.0/24, but segment(s) br-a overlap it; give them other subnets"]
+    assert compile_lab(hostvars, groups, lab_hosts=rootless_report(rootless=False))["errors"] == []
+
+
+def test_the_slirp_tap_s_name_is_claimed_in_the_lab_s_namespace(without_the_one_refusal):
+    tap = "qlu-%s-s" % default_names("lab1")[0][4:12]
+    hostvars, groups = lab(uplink=uplink_with(upstream_netns=None),
+                           b1={"vm_nics": [{"bridge": "br-b", "tap": tap, "address": "10.1.2.5/24"}]})
+    plan = compile_lab(hostvars, groups, lab_hosts=rootless_report())
+    assert len(plan["errors"]) == 1 and tap in plan["errors"][0], plan["errors"]
