@@ -16,7 +16,7 @@ description:
     backing file (a rebuilt guest image has a new path) or of another format is recreated, which discards what the
     VM wrote to it. An existing file that is not a qcow2 is never overwritten.
   - Do not change an overlay while its VM runs.
-  - O(overlays) handles many overlays in one run (a lab's VMs: one module start instead of one per VM).
+  - O(overlays) handles many overlays in one run, one module start for a lab's VMs instead of one per VM.
 author:
   - qemulab developers (@qemulab)
 requirements:
@@ -29,11 +29,29 @@ options:
     type: path
   overlays:
     description:
-      - Several overlays with O(state=present), each with its own C(path), C(backing), C(backing_format) and
-        C(accept_backing) (as the options of the same names), made in order; instead of O(path). The first that
-        fails stops the run.
+      - Several overlays with O(state=present), made in order; instead of O(path). The first that fails stops
+        the run.
     type: list
     elements: dict
+    suboptions:
+      path:
+        description: The overlay file, as O(path).
+        type: path
+        required: true
+      backing:
+        description: Its base image, as O(backing).
+        type: path
+        required: true
+      backing_format:
+        description: Format of its base image, as O(backing_format).
+        type: str
+        choices: [raw, qcow2]
+        default: raw
+      accept_backing:
+        description: Other backing files it may keep, as O(accept_backing).
+        type: list
+        elements: path
+        default: []
   backing:
     description: The base image (absolute path). Required with O(state=present).
     type: path
