@@ -24,7 +24,11 @@ ARGUMENT_SPEC = dict(
     owner=dict(type="str", default="qemulab"),
     comment=dict(type="str", default="qemulab"),
     netns=dict(type="str", default=""),
+    started=dict(type="bool", default=False),
 )
+
+# What a machine started by this run holds of anyone's NAT: nothing (parse's shape).
+NOTHING_HELD = {"chains": {}, "jumps": {"PREROUTING": 0, "POSTROUTING": 0}, "held": [], "foreign_lo": []}
 
 
 def in_netns(command, netns):
@@ -59,16 +63,8 @@ class ActionModule(ActionBase):
             return dict(result, failed=True, changed=False, msg="nat_rules: " + why)
         wanted = _nat_rules.want(rules, owner, args["comment"])
 
-        probe = self._low_level_execute_command(
-            " && ".join(part if part.startswith("echo ") else in_netns(part, netns)
-                        for part in (_nat_rules.PROBE % _nat_rules.PROBE_MARK).split(" && ")),
-            sudoable=True)
-        if probe["rc"] != 0:
-            return dict(result, failed=True, changed=False,
-                        msg="nat_rules: reading the nat table and lo failed (rc %s): %s; the machine needs iptables "
-                            "and iproute2" % (probe["rc"], (probe.get("stderr") or probe.get("stdout") or "").strip()))
         try:
-            have = _nat_rules.parse(probe["stdout"], owner)
+            have = dict(NOTHING_HELD) if args["started"] else self._read(owner, netns)
         except ValueError as exc:
             return dict(result, failed=True, changed=False, msg="nat_rules: %s" % exc)
         change = _nat_rules.plan(have, wanted, owner)
@@ -95,3 +91,14 @@ class ActionModule(ActionBase):
                                 in_netns(command, netns), done["rc"],
                                 (done.get("stderr") or done.get("stdout") or "").strip(), data))
         return result
+
+    def _read(self, owner, netns):
+        """What the machine holds of the owner's rules and lo addresses (one shell command); ValueError if unread."""
+        probe = self._low_level_execute_command(
+            " && ".join(part if part.startswith("echo ") else in_netns(part, netns)
+                        for part in (_nat_rules.PROBE % _nat_rules.PROBE_MARK).split(" && ")),
+            sudoable=True)
+        if probe["rc"] != 0:
+            raise ValueError("reading the nat table and lo failed (rc %s): %s; the machine needs iptables and "
+                             "iproute2" % (probe["rc"], (probe.get("stderr") or probe.get("stdout") or "").strip()))
+        return _nat_rules.parse(probe["stdout"], owner)

@@ -16,6 +16,7 @@ from ansible.errors import AnsibleFilterError
 # rendered once, by the lab compiler; the filters of the same names show them to playbooks
 from ansible_collections.qemulab.network.plugins.plugin_utils._lab_render import (  # noqa: F401
     guest_interfaces_file,
+    guest_ip_commands,
     guest_sysctl_file,
 )
 from ansible_collections.qemulab.network.plugins.module_utils._addressing import (
@@ -131,8 +132,24 @@ def guest_network_drift(probe_stdout, nics, routes=None, gateway=None, forwardin
     }
 
 
+def guest_network_booted_as_planned(boot_config, nics, routes=None, gateway=None, forwarding=False,
+                                    persist=True):
+    """Whether a guest this run started was handed exactly this plan at boot ({fw_cfg name: content}, vm_launch's
+    vm_launch_boot_configs): the ip commands its init ran, its sysctl file and, when the role persists them, its
+    interfaces file. Then its running network is the plan's and reading it over SSH tells nothing new (a TCG guest's
+    SSH round trip costs seconds); anything missing or different, and it is read."""
+    if not isinstance(boot_config, dict) or not boot_config:
+        return False
+    wanted = {"opt/qemulab/ip": guest_ip_commands(nics, routes, gateway),
+              "opt/qemulab/sysctl": guest_sysctl_file(forwarding)}
+    if persist:
+        wanted["opt/qemulab/interfaces"] = guest_interfaces_file(nics, routes, gateway)
+    return all(boot_config.get(name) == content for name, content in wanted.items())
+
+
 class FilterModule(object):
     def filters(self):
         return {"cidr_parts": cidr_parts, "ip_config_interfaces": ip_config_interfaces,
                 "guest_interfaces_file": guest_interfaces_file, "guest_sysctl_file": guest_sysctl_file,
-                "guest_network_probe": guest_network_probe, "guest_network_drift": guest_network_drift}
+                "guest_network_probe": guest_network_probe, "guest_network_drift": guest_network_drift,
+                "guest_network_booted_as_planned": guest_network_booted_as_planned}

@@ -104,9 +104,9 @@ def vm_overlays(specs, templates, default_disk):
         if not spec.get("overlay"):
             continue
         template = (templates.get(spec["name"]) or {}).get("template")
-        item = {"path": spec["overlay"], "backing": default_disk, "backing_format": "raw", "accept": []}
+        item = {"path": spec["overlay"], "backing": default_disk, "backing_format": "raw", "accept_backing": []}
         if template:
-            item.update(backing=template + "/disk.qcow2", backing_format="qcow2", accept=[default_disk])
+            item.update(backing=template + "/disk.qcow2", backing_format="qcow2", accept_backing=[default_disk])
         items.append(item)
     return items
 

@@ -23,6 +23,8 @@ from ansible_collections.qemulab.network.plugins.module_utils import _qemu_clone
 
 pytestmark = [pytest.mark.integration, pytest.mark.second_lane]
 
+NAT_TASK = "Keep the router's NAT rules and the addresses it translates onto as planned"
+
 
 def stored(lab, vm):
     """What qemu_vm recorded at the VM's last start (its run directory's fingerprint.json)."""
@@ -75,16 +77,28 @@ def test_every_vm_came_up_configured_by_its_ip_commands(clone_lab):
         assert lab.ok(vm, "test -s /run/qemulab-ip && test ! -e /run/network/ifup.log && echo by-ip") == "by-ip", vm
         steps = [line.split()[1] for line in lab.ok(vm, "cat /run/qemulab-init.times").splitlines()]
         assert steps[-3:] == ["fw_cfg", "network", "sshd"] and "go" in steps, (vm, steps)
-        for task in ("Apply addresses, routes and forwarding to the running guest",
+        # started by this run with exactly its plan in fw_cfg: not even read over SSH
+        for task in ("Read the guest's addresses, routes, forwarding and configuration files",
+                     "Apply addresses, routes and forwarding to the running guest",
                      "Write the guest's interfaces file in the seed's format", "Persist IP forwarding"):
             res = lab.up.result("qemulab.network.guest_network : " + task, vm)
             assert res.get("skipped") is True, (vm, task, res)
+    # a router this run started holds no NAT rules, and none are planned: its nat table is not read
+    res = lab.up.result("qemulab.network.router_nat : " + NAT_TASK, "r1")
+    assert res.get("skipped") is True, res
 
 
 def test_a_rerun_changes_nothing(clone_lab):
     again = clone_lab.run()
     assert again.rc == 0, failure_text(again) or again
     assert {host: again.changed(host) for host in again.stats} == dict((host, 0) for host in again.stats), again
+    # guests this run did not start are read and compared, never trusted
+    for vm in clone_lab.VMS:
+        res = again.result("qemulab.network.guest_network : Read the guest's addresses, routes, forwarding and "
+                           "configuration files", vm)
+        assert not res.get("skipped") and res.get("rc") == 0, (vm, res)
+    res = again.result("qemulab.network.router_nat : " + NAT_TASK, "r1")
+    assert not res.get("skipped") and res.get("rules") == {}, res
 
 
 def test_a_vm_started_again_boots_from_its_own_disk_and_says_why(clone_lab):

@@ -356,3 +356,42 @@ def test_disk_overlay_is_idempotent_follows_its_backing_file_and_goes_away(tmp_p
     assert not overlay.exists()
     assert base_b.exists()
     assert overlay_run(state="absent")["changed"] is False
+
+
+def test_disk_overlay_makes_many_overlays_in_one_run_and_keeps_accepted_backings(tmp_path):
+    """overlays (vm_launch's one run for a lab's VMs): each path made over its backing file, a re-run changes
+    nothing, an overlay over an accepted backing file stays over it, and a rebuilt base recreates only its own."""
+    base_a, base_b = tmp_path / "a.raw", tmp_path / "b.raw"
+    for base in (base_a, base_b):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(base), "16M"], check=True)
+    first, second = tmp_path / "lab" / "vm1.qcow2", tmp_path / "lab" / "vm2.qcow2"
+    play = """
+- name: Overlays
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Overlays
+      qemulab.network.disk_overlay:
+        overlays: "{{ overlays }}"
+"""
+
+    def overlays_run(items, check=False):
+        res = run_playbook(play, extra_vars={"overlays": items}, check=check, diff=True)
+        assert res.rc == 0, res
+        return res.result("Overlays")
+
+    def backing_of(path):
+        return json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True,
+                                         capture_output=True, text=True).stdout)["backing-filename"]
+
+    both_a = [{"path": str(first), "backing": str(base_a)}, {"path": str(second), "backing": str(base_a)}]
+    assert overlays_run(both_a, check=True)["changed"] is True and not first.exists()
+    made = overlays_run(both_a)
+    assert made["changed"] is True and [o["changed"] for o in made["overlays"]] == [True, True], made
+    assert backing_of(first) == backing_of(second) == str(base_a)
+    assert overlays_run(both_a)["changed"] is False
+    # vm1 may keep base_a (accepted), vm2 must move to base_b
+    moved = overlays_run([{"path": str(first), "backing": str(base_b), "accept_backing": [str(base_a)]},
+                          {"path": str(second), "backing": str(base_b)}])
+    assert [o["changed"] for o in moved["overlays"]] == [False, True], moved
+    assert (backing_of(first), backing_of(second)) == (str(base_a), str(base_b))

@@ -155,3 +155,27 @@ def test_probe_reads_the_files_it_is_given_and_ends_with_the_marker():
     command = guest_network_probe("/etc/network/interfaces", "/etc/sysctl.d/90-qemulab.conf")
     assert "cat /etc/network/interfaces 2>/dev/null" in command and "ip -j address show" in command
     assert command.endswith("echo '@@qemulab:end@@'")
+
+
+def test_booted_as_planned_only_for_exactly_the_plan_handed_over_at_boot():
+    """Unit: the fw_cfg files a guest was started with against what guest_network would apply."""
+    from ansible_collections.qemulab.network.plugins.filter.guest_network import guest_network_booted_as_planned
+    from ansible_collections.qemulab.network.plugins.plugin_utils._lab_render import (
+        guest_interfaces_file, guest_ip_commands, guest_sysctl_file)
+    nics = [{"dev": "eth0", "address": "10.20.10.1/24"}, {"dev": "eth1", "address": "10.20.20.1/24", "mtu": 1400}]
+    routes = [{"to": "10.20.30.0/24", "via": "10.20.20.2", "dev": "eth1"}]
+    boot = {"opt/qemulab/ip": guest_ip_commands(nics, routes), "opt/qemulab/sysctl": guest_sysctl_file(True),
+            "opt/qemulab/interfaces": guest_interfaces_file(nics, routes)}
+    assert guest_network_booted_as_planned(boot, nics, routes, None, True) is True
+    # not started by this run, or without the lab's configuration (own image, vm_launch_boot_config false)
+    assert guest_network_booted_as_planned({}, nics, routes, None, True) is False
+    assert guest_network_booted_as_planned(None, nics, routes, None, True) is False
+    # any difference from the plan: forwarding, a route, an address, a missing file
+    assert guest_network_booted_as_planned(boot, nics, routes, None, False) is False
+    assert guest_network_booted_as_planned(boot, nics, [], None, True) is False
+    assert guest_network_booted_as_planned(boot, [dict(nics[0], address="10.20.10.9/24"), nics[1]], routes, None,
+                                           True) is False
+    no_file = dict((k, v) for k, v in boot.items() if k != "opt/qemulab/interfaces")
+    assert guest_network_booted_as_planned(no_file, nics, routes, None, True) is False
+    # the interfaces file matters only where the role persists it
+    assert guest_network_booted_as_planned(no_file, nics, routes, None, True, persist=False) is True

@@ -535,3 +535,21 @@ def test_unrenderable_variables_become_errors_not_tracebacks():
 @pytest.mark.parametrize("hostvars,groups", [(None, None), ({}, {}), ([], []), ({"x": 1}, {"lab": "x"})])
 def test_garbage_in_gives_errors_not_exceptions(hostvars, groups):
     assert lab_plan(hostvars, groups)["errors"]
+
+
+def test_each_seed_guest_boots_with_exactly_what_guest_network_would_apply(seed_plan):
+    """Unit: the fw_cfg files the plan hands each VM at boot and the guest entry guest_network configures it from
+    agree, so a guest this run started is not read again (guest_network_booted_as_planned)."""
+    from ansible_collections.qemulab.network.plugins.filter.guest_network import guest_network_booted_as_planned
+    checked = 0
+    for host in seed_plan["hosts"].values():
+        for vm in host["vms"]:
+            boot = dict((item["name"], item["content"]) for item in vm["fw_cfg"])
+            guest = seed_plan["guests"][vm["name"]]
+            assert guest_network_booted_as_planned(boot, guest["nics"], guest["routes"], guest["gateway"],
+                                                   guest["forwarding"]) is True, vm["name"]
+            # and a guest planned otherwise is not taken for it
+            assert guest_network_booted_as_planned(boot, guest["nics"], guest["routes"], guest["gateway"],
+                                                   not guest["forwarding"]) is False, vm["name"]
+            checked += 1
+    assert checked == 7

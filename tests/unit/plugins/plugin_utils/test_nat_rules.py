@@ -205,3 +205,17 @@ def test_in_a_namespace_every_command_runs_under_ip_netns_exec():
 def test_bad_arguments_fail_before_the_machine_is_read(args, fragment):
     result, calls = run_action(args, False, "")
     assert result["failed"] and fragment in result["msg"] and calls == []
+
+
+def test_a_router_this_run_started_is_not_read_and_gets_every_rule_written():
+    """Unit (the machine is a mock): started says nothing of anyone's is there yet, so the first command is a write
+    and the rules, their jumps and the held addresses are all added."""
+    result, calls = run_action({"rules": [MASQ, STATIC, POOL], "started": True}, False, "")
+    assert result["changed"] is True and not result.get("failed"), result
+    assert [c for c, _ in calls] == ["ip -batch -", "iptables-restore --noflush"]
+    restore = calls[1][1].decode()
+    assert "-I PREROUTING 1 -j qemulab-pre" in restore and "-I POSTROUTING 1 -j qemulab-post" in restore
+    assert result["diff"]["before"] == {"chains": {}, "jumps": {"PREROUTING": 0, "POSTROUTING": 0}, "lo": []}
+    # the same arguments without started read the machine first
+    _result, read = run_action({"rules": [MASQ]}, False, probe("", lo()))
+    assert read[0][0] == nat.PROBE % nat.PROBE_MARK
