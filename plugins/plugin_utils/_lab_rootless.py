@@ -73,11 +73,6 @@ def check(problems, lab, vms, placement, hosts, lab_hosts):
                 problems.add(host, "lab_qemu_user", "is %s, but this lab host's user is %s: QEMU runs as that user "
                              "already and cannot switch to another; drop lab_qemu_user, %s"
                              % (lab["lab_qemu_user"], user, fix))
-            if lab.get("lab_uplink"):
-                # the lab_uplink role makes a veth into the host's namespace and NAT rules there (root's); through
-                # slirp4netns attached to the holder it is not built yet (docs/rootless.md, "What remains")
-                problems.add(host, "lab_uplink", "is set, but this lab host's user is %s: a rootless lab has no way "
-                             "out yet (slirp4netns, %s); drop lab_uplink, %s" % (user, DOCS, fix))
             if lab.get("lab_capture_ring"):
                 problems.add(host, "lab_capture_ring", "is true, but this lab host's user is %s: the rings' "
                              "recorders are tcpdump run as root through `ip netns exec` (ring_recorder trusts "

@@ -162,14 +162,7 @@ def rootless_report(rootless=True):
                           "runtime_dir_problem": None}}
 
 
-@pytest.fixture
-def without_the_one_refusal(monkeypatch):
-    """The plan as it will be once rootless bring-up exists: _lab_rootless's one refusal taken out, nothing else."""
-    from ansible_collections.qemulab.network.plugins.plugin_utils import _lab_rootless
-    monkeypatch.setattr(_lab_rootless, "refuse_until_rootless_runs", lambda problems, host, user: None)
-
-
-def test_a_rootless_lab_host_gets_slirp4netns_and_the_guests_the_same_routes_and_nat(without_the_one_refusal):
+def test_a_rootless_lab_host_gets_slirp4netns_and_the_guests_the_same_routes_and_nat():
     hostvars, groups = lab(uplink=uplink_with(upstream_netns=None))
     plan = compile_lab(hostvars, groups, lab_hosts=rootless_report())
     assert plan["errors"] == []
@@ -184,7 +177,7 @@ def test_a_rootless_lab_host_gets_slirp4netns_and_the_guests_the_same_routes_and
     assert root["hosts"]["localhost"]["uplink"]["peer"] == default_names("lab1")[1]
 
 
-def test_a_rootless_uplink_with_an_upstream_namespace_is_refused_with_its_fix(without_the_one_refusal):
+def test_a_rootless_uplink_with_an_upstream_namespace_is_refused_with_its_fix():
     plan = compile_lab(*lab(), lab_hosts=rootless_report())
     assert plan["hosts"] == {}
     assert plan["errors"] == ["localhost: lab_uplink.upstream_netns is inet, but lab host localhost runs the lab "
@@ -192,7 +185,7 @@ def test_a_rootless_uplink_with_an_upstream_namespace_is_refused_with_its_fix(wi
                               "no other; drop upstream_netns (docs/uplink.md)"]
 
 
-def test_a_segment_overlapping_slirp4netns_s_network_is_refused_only_rootless(without_the_one_refusal):
+def test_a_segment_overlapping_slirp4netns_s_network_is_refused_only_rootless():
     hostvars, groups = lab(uplink=uplink_with(upstream_netns=None),
                            a1={"vm_nics": [{"bridge": "br-a", "tap": "ta2", "address": "10.0.2.7/16"}]},
                            r1={"vm_nics": [{"bridge": "br-a", "tap": "ta1", "address": "10.0.2.1/16"},
@@ -203,7 +196,7 @@ def test_a_segment_overlapping_slirp4netns_s_network_is_refused_only_rootless(wi
     assert compile_lab(hostvars, groups, lab_hosts=rootless_report(rootless=False))["errors"] == []
 
 
-def test_the_slirp_tap_s_name_is_claimed_in_the_lab_s_namespace(without_the_one_refusal):
+def test_the_slirp_tap_s_name_is_claimed_in_the_lab_s_namespace():
     tap = "qlu-%s-s" % default_names("lab1")[0][4:12]
     hostvars, groups = lab(uplink=uplink_with(upstream_netns=None),
                            b1={"vm_nics": [{"bridge": "br-b", "tap": tap, "address": "10.1.2.5/24"}]})
