@@ -625,10 +625,12 @@ SCHEMA = (
           "The lab host's address on `bridge` (IPv4 with prefix length, in the bridge's subnet, used by nobody "
           "else): the gateway of the segment's VMs to the world. It lives in `upstream_netns`.",
           "`10.20.20.254/24`"),
-    Field("uplink", "upstream", _name("interface"), MISSING,
+    # required on a lab host run as root only: _lab_uplink.plan says so (a rootless one's way out is slirp4netns)
+    Field("uplink", "upstream", _name("interface"), None,
           "The interface of `upstream_netns` the lab's traffic leaves by (the lab host's link to the world); the "
           "segment is masqueraded to its address. Checked to exist and to forward (`net.ipv4.conf.<upstream>."
-          "forwarding`) before anything changes.", "`eth0`", NAME_RULE % NAME_MAX_BYTES["interface"]),
+          "forwarding`) before anything changes. Required on a lab host run as root; not used on one run without "
+          "root, whose way out is slirp4netns (docs/rootless.md).", "`eth0`", NAME_RULE % NAME_MAX_BYTES["interface"]),
     Field("uplink", "upstream_netns", _name("netns"), "",
           "The network namespace holding `upstream`; `\"\"` is the lab host's own (root) namespace.",
           "`wan`", (NAME_RULE % NAME_MAX_BYTES["netns"]) + ", or `\"\"`"),

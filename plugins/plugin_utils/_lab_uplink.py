@@ -72,10 +72,15 @@ def plan(compiler, value, where, lab_name, netns):
               for decl in _fields("uplink"))
     if any(up[key] is None and value.get(key) is not None for key in up):
         return None
-    if up["bridge"] is None or up["address"] is None or up["upstream"] is None:
+    if up["bridge"] is None or up["address"] is None:
         return None
     if rootless(compiler, where):
         return _plan_rootless(compiler, up, where, lab_name)
+    if up["upstream"] is None:
+        decl = [decl for decl in _fields("uplink") if decl.name == "upstream"][0]
+        problems.add(where, FIELD + ".upstream", "is not set; give it (%s), like %s (only a lab host run without "
+                     "root needs none: its way out is slirp4netns)" % (decl.rule, decl.example.strip("`")))
+        return None
     name, peer = default_names(lab_name)
     up["name"], up["peer"] = up["name"] or name, up["peer"] or peer
     if up["name"] == up["peer"]:

@@ -202,3 +202,11 @@ def test_the_slirp_tap_s_name_is_claimed_in_the_lab_s_namespace():
                            b1={"vm_nics": [{"bridge": "br-b", "tap": tap, "address": "10.1.2.5/24"}]})
     plan = compile_lab(hostvars, groups, lab_hosts=rootless_report())
     assert len(plan["errors"]) == 1 and tap in plan["errors"][0], plan["errors"]
+
+
+def test_upstream_is_required_on_a_root_lab_host_only():
+    hostvars, groups = lab(uplink=uplink_with(upstream=None, upstream_netns=None))
+    assert compile_lab(copy.deepcopy(hostvars), copy.deepcopy(groups), lab_hosts=rootless_report())["errors"] == []
+    errors = compile_lab(hostvars, groups, lab_hosts=rootless_report(rootless=False))["errors"]
+    assert len(errors) == 1 and errors[0].startswith("localhost: lab_uplink.upstream is not set; give it ("), errors
+    assert "like eth0 (only a lab host run without root needs none" in errors[0]
