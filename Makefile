@@ -12,10 +12,12 @@ export ANSIBLE_CONFIG := $(ROOT)/ansible.cfg
 export ANSIBLE_SSH_CONTROL_PATH_DIR := $(BUILD)/ansible/cp
 export PATH := $(BIN):$(PATH)
 
-# Debian packages the collection, its roles and its tests use on the lab host.
+# Debian packages the collection, its roles and its tests use on the lab host (mmdebstrap, slirp4netns and uidmap:
+# what a user without root needs, docs/rootless.md's one admin step).
 APT_PACKAGES := qemu-system-x86 qemu-utils iproute2 debootstrap busybox-static e2fsprogs \
 	openssh-client graphviz python3-venv python3-dev gcc cpio zstd kmod socat iperf3 tcpdump \
-	iputils-ping procps psmisc rsync git iptables shellcheck openssh-server dpdk-dev
+	iputils-ping procps psmisc rsync git iptables shellcheck openssh-server dpdk-dev \
+	mmdebstrap slirp4netns uidmap
 
 .PHONY: setup apt venv collection lab cleanup status graph docs test test-first-lane test-second-lane test-alone \
 	test-unit test-integration sanity lint molecule bench clean

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A rootless lab's way out: a slirp4netns process attached to the lab's namespace (its lab_userns holder's).
 
-slirp4netns makes a tap inside the namespace, gives it 10.0.2.100/24 and a default route via 10.0.2.2 (--configure)
+slirp4netns makes a tap inside the namespace, gives it 10.0.4.100/24 and a default route via 10.0.4.2 (--configure)
 and carries what the namespace sends there out through sockets of the user's own, in the host's namespace: a
 user-mode NAT, no privilege. It is entered through the holder's namespace fds that _netlink_holder checked against
 the holder's record (`--netns-type=path --userns-path`, /proc/self/fd/N), never by a pid that could have been reused.
@@ -30,10 +30,13 @@ from ansible_collections.qemulab.network.plugins.module_utils._lock import proce
 RECORD = "slirp4netns.json"
 LOG = "slirp4netns.log"
 PROGRAM = "slirp4netns"
-# what --configure gives the namespace (slirp4netns' default network, 10.0.2.0/24)
-NETWORK = "10.0.2.0/24"
-ADDRESS = "10.0.2.100/24"
-GATEWAY = "10.0.2.2"
+# What --configure gives the namespace. Not slirp4netns' default 10.0.2.0/24: every guest has that network on its
+# management NIC (QEMU's user-mode network, SSH forward), so 10.0.2.2 and 10.0.2.3 (slirp's DNS) would be the
+# guest's own QEMU, never the way out (measured: a guest's connect to 10.0.2.2 was refused by its own QEMU); nor
+# 10.0.3.0/24, a user-mode NIC's default network. The plan refuses a lab network that overlaps this one.
+NETWORK = "10.0.4.0/24"
+ADDRESS = "10.0.4.100/24"
+GATEWAY = "10.0.4.2"
 MTU_MIN, MTU_MAX = 68, 65521
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -49,7 +52,7 @@ def record_path(run_root, lab):
 
 def argv(tap, mtu, host_loopback, userns_fd, netns_fd, ready_fd):
     """slirp4netns' argv, entering the namespaces through the checked fds (they are passed at the same numbers)."""
-    args = [PROGRAM, "--configure", "--mtu=%d" % mtu]
+    args = [PROGRAM, "--configure", "--mtu=%d" % mtu, "--cidr=" + NETWORK]
     if not host_loopback:
         # the lab reaches nothing on the host's 127.0.0.1 (as with root's veth, where 127/8 is martian)
         args.append("--disable-host-loopback")
@@ -184,7 +187,7 @@ def sysctls(tap, forward_from):
     """The namespace's sysctls that route `forward_from`'s packets out through the tap: forwarding on those
     interfaces and the tap only (not ip_forward: no other segment of the namespace routes), and proxy ARP on the
     tap, so the namespace answers slirp's ARP for the lab's addresses behind it (slirp ARPs for each destination,
-    also one outside 10.0.2.0/24, and NATs any source; measured: without it a routed reply never leaves slirp)."""
+    also one outside its network, and NATs any source; measured: without it a routed reply never leaves slirp)."""
     values = {"net.ipv4.conf.%s.forwarding" % tap: "1", "net.ipv4.conf.%s.proxy_arp" % tap: "1"}
     for name in forward_from:
         values["net.ipv4.conf.%s.forwarding" % name] = "1"

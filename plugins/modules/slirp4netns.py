@@ -14,7 +14,7 @@ description:
   - For a lab run by a user without root (docs/rootless.md). With O(state=present), starts C(slirp4netns) attached
     to the namespace of the M(qemulab.network.lab_userns) holder O(userns_pid), entered through the holder's
     namespace files as checked against its record. C(slirp4netns) makes the tap O(tap) there with
-    C(10.0.2.100/24) and a default route via C(10.0.2.2), and carries what leaves through it out through sockets of
+    C(10.0.4.100/24) and a default route via C(10.0.4.2), and carries what leaves through it out through sockets of
     the user's own in the host's namespace (user-mode NAT, no privilege).
   - It runs in a session of its own, so it outlives the Ansible run. Its pid, start time, argv and the holder it
     serves go to C(<run_root>/<lab>/slirp4netns.json) (C(0600)); its messages to C(slirp4netns.log) beside it. A
@@ -58,7 +58,7 @@ options:
     default: 65520
   host_loopback:
     description:
-      - Whether the namespace reaches the host's C(127.0.0.1) as C(10.0.2.2). Off by default
+      - Whether the namespace reaches the host's C(127.0.0.1) as C(10.0.4.2). Off by default
         (C(--disable-host-loopback)), so the lab reaches no service listening on the host's loopback.
     type: bool
     default: false
@@ -118,12 +118,12 @@ address:
   description: The tap's address in the namespace.
   returned: always
   type: str
-  sample: 10.0.2.100/24
+  sample: 10.0.4.100/24
 gateway:
   description: slirp4netns' address, the namespace's default route (the host's 127.0.0.1 when O(host_loopback)).
   returned: always
   type: str
-  sample: 10.0.2.2
+  sample: 10.0.4.2
 """
 
 import os

@@ -206,11 +206,13 @@ def _resolve_rootless(compiler, up, iface, where, lab_name):
     """What a rootless lab host runs: slirp4netns (its tap, MTU, network) and `address` on `bridge`, or None when a
     segment of the lab overlaps slirp4netns's own network (its addresses there would be unreachable)."""
     network = ipaddress.ip_network(_slirp4netns.NETWORK)
-    overlapping = sorted(bridge for bridge, subnet in compiler.subnets.items()
+    overlapping = sorted("segment %s" % bridge for bridge, subnet in compiler.subnets.items()
                          if subnet is not None and subnet.overlaps(network))
+    # a guest routes a user-mode NIC's network out of that NIC: the way out's gateway would be QEMU's
+    overlapping += sorted("%s %s" % (vm, label) for vm, label, net in compiler.user_nets if net.overlaps(network))
     if overlapping:
-        compiler.problems.add(where, FIELD, "needs slirp4netns on this rootless lab host, whose own network is %s, but "
-                              "segment(s) %s overlap it; give them other subnets" % (network, ", ".join(overlapping)))
+        compiler.problems.add(where, FIELD, "needs slirp4netns on this rootless lab host, whose own network is %s, which "
+                              "%s overlap(s); give them other subnets" % (network, ", ".join(overlapping)))
         return None
     return {
         "bridge": up["bridge"], "address": str(iface), "subnet": str(iface.network), "router": up["router"],

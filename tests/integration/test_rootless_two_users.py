@@ -2,8 +2,8 @@
 way out through slirp4netns (lab_uplink on a rootless lab host):
 
     h1 (10.72.1.10) -- upbrin -- r1 (10.72.1.1 | 10.72.2.1) -- upbrout -- 10.72.2.254 in the lab's namespace
-                                                                             |  slirp4netns (its tap, 10.0.2.100)
-    the host's 127.0.0.1 <- 10.0.2.2 (lab_uplink_host_loopback: true) <------+
+                                                                             |  slirp4netns (its tap, 10.0.4.100)
+    the host's 127.0.0.1 <- 10.0.4.2 (lab_uplink_host_loopback: true) <------+
 
 Users A and B have the same inventory: the same lab_name, lab_netns, NIC names and even the same SSH forward ports
 (each on 127.0.0.1 of its own holder's namespace). A brings its lab up (building its image as itself), then B (its
@@ -148,11 +148,15 @@ def listener():
         server.server_close()
 
 
-def fetch(user, port):
-    # the guest's Python (its busybox-static wget crashes on this image); 10.0.2.2 is slirp4netns's host loopback
+def fetch(user, port, token):
+    # the guest's Python (its busybox-static wget crashes on this image); 10.0.4.2 is slirp4netns's host loopback
     proc = user.on_h1("python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], "
-                      "timeout=20).read().decode().strip())' http://10.0.2.2:%d/token" % port)
-    return proc.stdout.strip() if proc.returncode == 0 else "failed: %s %s" % (proc.stdout, proc.stderr)
+                      "timeout=20).read().decode().strip())' http://10.0.4.2:%d/token" % port)
+    if proc.returncode == 0 and proc.stdout.strip() == token:
+        return True
+    slirp = subprocess.run(["pgrep", "-a", "-u", user.name, "slirp4netns"], capture_output=True, text=True).stdout
+    raise AssertionError("%s's h1 did not fetch the token: %s %s (the user's slirp4netns: %s)"
+                         % (user.name, proc.stdout, proc.stderr[-600:], slirp))
 
 
 def test_two_users_run_labs_of_one_name_side_by_side_each_with_its_way_out(listener):
@@ -179,8 +183,8 @@ def test_two_users_run_labs_of_one_name_side_by_side_each_with_its_way_out(liste
         qemus_a = qemu_pids(a.uid)
         assert len(qemus_a) == 2 and len(qemu_pids(b.uid)) == 2
         # each h1 goes out through its own router and way out to the listener on the host's 127.0.0.1
-        assert fetch(a, port) == token
-        assert fetch(b, port) == token
+        assert fetch(a, port, token)
+        assert fetch(b, port, token)
         assert root_links() == links and netns_names() == namespaces
         assert owned_by(a.uid) == [] and owned_by(b.uid) == []
 
@@ -198,7 +202,7 @@ def test_two_users_run_labs_of_one_name_side_by_side_each_with_its_way_out(liste
         assert files_under(b.runtime) == []
         # A's lab is untouched by B's cleanup of a lab of the same name
         assert sorted(qemu_pids(a.uid)) == sorted(qemus_a)
-        assert fetch(a, port) == token
+        assert fetch(a, port, token)
 
         rc, cleaned = a.lab("--tags", "cleanup")
         assert rc == 0, cleaned[-6000:]

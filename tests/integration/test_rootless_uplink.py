@@ -6,7 +6,7 @@ on the lab's behalf: nothing may go to an address outside this machine).
 The user is a throwaway system user (rootless_user.py); every run is a real ansible-playbook as that user. The
 "guest" is a network namespace the user makes inside the holder's user namespace, joined to the segment's bridge by a
 veth (scaffolding of the test; the guests' own routes are the plan's, tested in test_lab_uplink.py and test_uplink.py):
-10.77.20.1/24, default route via the way out's address 10.77.20.254. It reaches the listener as 10.0.2.2 (slirp's
+10.77.20.1/24, default route via the way out's address 10.77.20.254. It reaches the listener as 10.0.4.2 (slirp's
 address for the host's loopback) while lab_uplink_host_loopback is on; a rerun changes nothing; switched off
 (the default, --disable-host-loopback) the same connection fails; the cleanup leaves no process, no record.
 """
@@ -70,7 +70,7 @@ PLAYBOOK = """
 # the plan's rendering of lab_uplink for a rootless lab host (test_lab_uplink.py pins it)
 PLAN = {"bridge": "br-up", "address": "10.77.20.254/24", "subnet": "10.77.20.0/24", "router": None,
         "owner": "qemulab-" + LAB, "lab": LAB, "netns": "qemulab-" + LAB,
-        "slirp4netns": {"tap": "qlu-test0000-s", "mtu": 65520, "network": "10.0.2.0/24", "gateway": "10.0.2.2"}}
+        "slirp4netns": {"tap": "qlu-test0000-s", "mtu": 65520, "network": "10.0.4.0/24", "gateway": "10.0.4.2"}}
 
 
 class Listener:
@@ -174,9 +174,9 @@ def make_guest(lab, holder):
 
 
 def reach(lab, guest, port):
-    """What the guest reads from 10.0.2.2:port (the host's 127.0.0.1 through slirp4netns), and the exit status."""
+    """What the guest reads from 10.0.4.2:port (the host's 127.0.0.1 through slirp4netns), and the exit status."""
     done = as_user(lab["user"], lab["home"], lab["runtime"], enter(guest) + [
-        "timeout", "10", "socat", "-u", "TCP:10.0.2.2:%d,connect-timeout=5" % port, "-"], timeout=30)
+        "timeout", "10", "socat", "-u", "TCP:10.0.4.2:%d,connect-timeout=5" % port, "-"], timeout=30)
     return done.stdout.strip(), done.returncode
 
 
@@ -196,9 +196,9 @@ def test_the_segment_reaches_the_host_through_slirp4netns_rerun_is_no_change_cle
     assert argv == record["argv"] and "--disable-host-loopback" not in argv and argv[-1] == "qlu-test0000-s"
     inside = as_user(lab["user"], lab["home"], lab["runtime"], enter(holder) + ["ip", "-4", "-o", "addr", "show"])
     addresses = set((line.split()[1], line.split()[3]) for line in inside.stdout.splitlines())
-    assert {("qlu-test0000-s", "10.0.2.100/24"), ("br-up", "10.77.20.254/24")} <= addresses, inside.stdout
+    assert {("qlu-test0000-s", "10.0.4.100/24"), ("br-up", "10.77.20.254/24")} <= addresses, inside.stdout
     route = as_user(lab["user"], lab["home"], lab["runtime"], enter(holder) + ["ip", "route", "show", "default"])
-    assert route.stdout.split()[:5] == ["default", "via", "10.0.2.2", "dev", "qlu-test0000-s"], route.stdout
+    assert route.stdout.split()[:5] == ["default", "via", "10.0.4.2", "dev", "qlu-test0000-s"], route.stdout
 
     guest = make_guest(lab, holder)
     text, rc = reach(lab, guest, lab["listener"].port)

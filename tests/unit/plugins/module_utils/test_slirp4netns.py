@@ -18,8 +18,8 @@ RECORD = dict({"pid": 4343, "start_time": 888, "argv": ARGV}, **slirp.wanted(HOL
 
 
 def test_argv_enters_the_checked_namespace_fds_and_keeps_the_host_s_loopback_shut_by_default():
-    assert ARGV == ["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback", "--ready-fd=7",
-                    "--netns-type=path", "--userns-path=/proc/self/fd/5", "/proc/self/fd/6", "qlu-1a2b3c4d-s"]
+    assert ARGV == ["slirp4netns", "--configure", "--mtu=65520", "--cidr=10.0.4.0/24", "--disable-host-loopback",
+                    "--ready-fd=7", "--netns-type=path", "--userns-path=/proc/self/fd/5", "/proc/self/fd/6", "qlu-1a2b3c4d-s"]
     assert "--disable-host-loopback" not in slirp.argv("t0", 1500, True, 5, 6, 7)
 
 

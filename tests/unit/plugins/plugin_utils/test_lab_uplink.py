@@ -170,7 +170,7 @@ def test_a_rootless_lab_host_gets_slirp4netns_and_the_guests_the_same_routes_and
     assert plan["hosts"]["localhost"]["uplink"] == {
         "bridge": "br-b", "address": "10.1.2.254/24", "subnet": "10.1.2.0/24", "router": "r1",
         "owner": "qemulab-lab1", "lab": "lab1", "netns": "qlab1",
-        "slirp4netns": {"tap": tap, "mtu": 65520, "network": "10.0.2.0/24", "gateway": "10.0.2.2"}}
+        "slirp4netns": {"tap": tap, "mtu": 65520, "network": "10.0.4.0/24", "gateway": "10.0.4.2"}}
     root = compile_lab(*lab(uplink=uplink_with(upstream_netns=None)), lab_hosts=rootless_report(rootless=False))
     # the guests' side is the root plan's, route for route
     assert plan["guests"] == root["guests"]
@@ -192,7 +192,7 @@ def test_a_segment_overlapping_slirp4netns_s_network_is_refused_only_rootless():
                                            {"bridge": "br-b", "tap": "tb1", "address": "10.1.2.1/24"}]})
     plan = compile_lab(copy.deepcopy(hostvars), copy.deepcopy(groups), lab_hosts=rootless_report())
     assert plan["errors"] == ["localhost: lab_uplink needs slirp4netns on this rootless lab host, whose own network "
-                              "is 10.0.2.0/24, but segment(s) br-a overlap it; give them other subnets"]
+                              "is 10.0.4.0/24, which segment br-a overlap(s); give them other subnets"]
     assert compile_lab(hostvars, groups, lab_hosts=rootless_report(rootless=False))["errors"] == []
 
 
@@ -210,3 +210,11 @@ def test_upstream_is_required_on_a_root_lab_host_only():
     errors = compile_lab(hostvars, groups, lab_hosts=rootless_report(rootless=False))["errors"]
     assert len(errors) == 1 and errors[0].startswith("localhost: lab_uplink.upstream is not set; give it ("), errors
     assert "like eth0 (only a lab host run without root needs none" in errors[0]
+
+
+def test_a_user_mode_nic_overlapping_slirp4netns_s_network_is_refused_rootless():
+    hostvars, groups = lab(uplink=uplink_with(upstream_netns=None),
+                           a1={"vm_nics": [{"bridge": "br-a", "tap": "ta2", "address": "10.1.1.7/24"},
+                                           {"backend": "user", "net": "10.0.4.0/29"}]})
+    errors = compile_lab(hostvars, groups, lab_hosts=rootless_report())["errors"]
+    assert any("whose own network is 10.0.4.0/24, which a1 " in e and "overlap(s)" in e for e in errors), errors
