@@ -5,7 +5,7 @@
 bring-up time and memory per lab size. Every lab lives in a namespace the benchmark creates and is removed again,
 also on Ctrl-C. See bench/README.md.
 
-    .venv/bin/python bench/run.py [--runs N] [--boot clone|boot] [--only lifecycle|dataplane|scale] [--sizes 2,7,16]
+    .venv/bin/python bench/run.py [--runs N] [--boot clone|boot] [--only lifecycle|dataplane|scale|rootless] [--sizes 2,7,16]
                                   [--lock FILE] [--out DIR]
 """
 
@@ -29,9 +29,10 @@ from _harness import (BENCH_DIR, REPO_ROOT, VENV_BIN, BenchError, Cleanups, host
                       log, port_block, sigterm_as_interrupt)
 from _labs import (RUN_TAG, CollectionLab, SeedScriptLab, chain_inventory, guest_image_facts,  # noqa: E402
                    seed_variant_inventory, unique_lab_name, MODEL_SHORT)
+from _rootless import rootless_seed  # noqa: E402
 from _report import NIC_MODELS, TARGETS, Metrics, chart, fmt, markdown_table, target_met  # noqa: E402
 
-SECTIONS = ("lifecycle", "dataplane", "scale")
+SECTIONS = ("lifecycle", "dataplane", "scale", "rootless")
 H2 = "10.20.60.2"
 RT1 = "10.20.10.1"
 
@@ -82,6 +83,11 @@ def declare_metrics(ctx):
                   "higher")
         m.declare("dataplane.%s.1hop.ping_avg_ms" % variant, "%s h1→rt1 (1 hop) ping avg" % variant, "ms")
     m.declare("dataplane.ratio.virtio_over_e1000", "throughput ratio virtio-net / e1000, 3 routers", "×", "higher")
+    m.declare("rootless.bringup_s", "seed lab as a user without root: bring-up to h1 pings h2 (VMs boot)", "s")
+    m.declare("rootless.ratio.bringup", "bring-up ratio rootless / root collection (same run)", "×")
+    m.declare("rootless.rerun_s", "seed lab as a user without root: idempotent re-run", "s")
+    m.declare("rootless.rerun_changed", "seed lab as a user without root: changed tasks in the re-run", "count")
+    m.declare("rootless.cleanup_s", "seed lab as a user without root: cleanup", "s")
     for n in ctx.args.sizes:
         for key, label, unit in scale_metrics(n):
             m.declare(key, label, unit)
@@ -273,6 +279,35 @@ def lifecycle_run(ctx, r, measure_dataplane_here):
         ctx.metrics.add("lifecycle.ratio.%s" % what, c / s if c is not None and s else None)
 
 
+def rootless_run(ctx, r, seed):
+    """The seed lab as a user without root (bench/_rootless.py), right after root's lifecycle run r."""
+    def body():
+        with ctx.lock.held():
+            log("rootless run %d: the seed lab as user %s" % (r + 1, seed.name))
+            t_up, _ = seed.playbook()
+            seed.h1_reaches_h2()
+            t_re, out = seed.playbook()
+            t_down, _ = seed.playbook("--tags", "cleanup")
+        ctx.metrics.add("rootless.bringup_s", t_up)
+        ctx.metrics.add("rootless.rerun_s", t_re)
+        ctx.metrics.add("rootless.rerun_changed", seed.changed(out))
+        ctx.metrics.add("rootless.cleanup_s", t_down)
+        log("  bring-up %.1f s, re-run %.1f s, cleanup %.1f s" % (t_up, t_re, t_down))
+    try:
+        body()
+    except BenchError as exc:
+        ctx.error("rootless run %d" % (r + 1), exc)
+        try:
+            seed.playbook("--tags", "cleanup")
+        except BenchError as again:
+            ctx.error("rootless cleanup after run %d" % (r + 1), again)
+    ctx.metrics.pad("rootless.", r + 1)
+    root = ctx.metrics.data["lifecycle.collection.bringup_s"]["values"]
+    mine = ctx.metrics.data["rootless.bringup_s"]["values"][-1]
+    same_run = root[r] if len(root) > r else None
+    ctx.metrics.add("rootless.ratio.bringup", mine / same_run if mine is not None and same_run else None)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 def iperf(ctx, src, dst, address, tag):
     """iperf3 TCP 10 s, server on dst started here, client on src, JSON output (kept in the logs directory)."""
@@ -432,6 +467,8 @@ def metric_order(ctx):
     order.append("dataplane.ratio.virtio_over_e1000")
     for n in ctx.args.sizes:
         order += [key for key, _, _ in scale_metrics(n)]
+    order += ["rootless.bringup_s", "rootless.ratio.bringup", "rootless.rerun_s", "rootless.rerun_changed",
+              "rootless.cleanup_s"]
     return [k for k in order if k in ctx.metrics.data and ctx.metrics.data[k]["values"]]
 
 
@@ -495,7 +532,8 @@ def parse_args(argv):
                    help="how the collection's seed lab starts its VMs (vm_launch_boot; default clone, docs/clones.md)")
     p.add_argument("--runs", type=int, default=1, help="repetitions of each measurement (default 1: about 15 min)")
     p.add_argument("--only", choices=SECTIONS, action="append",
-                   help="run only this section (repeatable); default: all three")
+                   help="run only this section (repeatable); default: all four (rootless: the seed lab as a throwaway "
+                   "user, beside the lifecycle section's root run)")
     p.add_argument("--sizes", default="2,7,16", help="lab sizes (VMs) for the scale section (default 2,7,16)")
     p.add_argument("--lock", metavar="FILE",
                    help="hold an flock on FILE while labs exist (a machine shared with other heavy work), e.g. "
@@ -537,10 +575,15 @@ def main(argv=None):
     interrupted = False
     log("results and logs: %s/%s.{json,md,png}, %s (labs named qlb%s-*)" % (args.out, stamp, logs, RUN_TAG))
     t0 = time.monotonic()
+    stack = contextlib.ExitStack()
     try:
         log("guest image: build or reuse (not timed)")
         with ctx.lock.held():
             ctx.image = guest_image_facts(work, os.path.join(logs, "guest-image.log"))
+        seed_as_user = None
+        if "rootless" in args.only:
+            with ctx.lock.held():
+                seed_as_user = stack.enter_context(rootless_seed())
         for r in range(args.runs):
             virtio_done = False
             if "lifecycle" in args.only:
@@ -550,6 +593,8 @@ def main(argv=None):
                                             ["values"]) > r
             if "dataplane" in args.only:
                 dataplane_run(ctx, r, virtio_done)
+            if seed_as_user is not None:
+                rootless_run(ctx, r, seed_as_user)
             if "scale" in args.only:
                 for n in args.sizes:
                     scale_size(ctx, r, n)
@@ -559,6 +604,10 @@ def main(argv=None):
     except BenchError as exc:
         ctx.error("setup", exc)
     finally:
+        try:
+            stack.close()  # the rootless user's lab, then the user
+        except (BenchError, AssertionError) as exc:
+            ctx.errors.append("rootless user: %s" % exc)
         for err in ctx.cleanups.run_all():
             ctx.errors.append("cleanup: " + err)
         ctx.lock.release()

@@ -15,6 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 VENV = os.path.join(REPO_ROOT, ".venv", "bin")
 COLLECTIONS = os.path.join(REPO_ROOT, ".build", "collections")
+# the subordinate ids a rootless image build maps the guest's own ids onto (docs/rootless.md's admin step)
+SUBIDS = 65536
 
 
 def user_pids(user):
@@ -86,3 +88,50 @@ def wait_gone(pid, timeout=5):
 
 def files_under(path):
     return [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+
+
+def subid_lines(name):
+    lines = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path) as f:
+            lines += [line for line in f if line.split(":")[0] == name]
+    return lines
+
+
+def free_subid_start():
+    """A range of SUBIDS ids no line of /etc/subuid or /etc/subgid uses (above every uid a system hands out)."""
+    taken = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path) as f:
+            for line in f:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                    taken.append((int(fields[1]), int(fields[1]) + int(fields[2])))
+    start = 1_800_000_000 + secrets.randbelow(1000) * SUBIDS
+    while any(a < start + SUBIDS and start < b for a, b in taken):
+        start += SUBIDS
+    return start
+
+
+@contextlib.contextmanager
+def user_with_subids(before_removal=None):
+    """throwaway_user's (name, home, runtime, base) with a subordinate id range (the image build needs one);
+    `before_removal(name, home, runtime, base)` runs first on the way out (a lab's cleanup), then the user's last
+    processes are waited for (usermod refuses a user that has one) and its ids removed."""
+    with throwaway_user("") as (name, home, runtime, base):
+        start = free_subid_start()
+        ids = "%d-%d" % (start, start + SUBIDS - 1)
+        subprocess.run(["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True)
+        try:
+            yield name, home, runtime, base
+        finally:
+            try:
+                if before_removal:
+                    before_removal(name, home, runtime, base)
+            finally:
+                deadline = time.monotonic() + 10
+                while user_pids(name) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                subprocess.run(["usermod", "--del-subuids", ids, "--del-subgids", ids, name], capture_output=True,
+                               check=False)
+        assert not subid_lines(name), "%s's subordinate ids are still in /etc/subuid or /etc/subgid" % name

@@ -25,14 +25,13 @@ import subprocess
 import time
 
 import pytest
+from rootless_user import SUBIDS, free_subid_start, subid_lines
 from test_rootless_userns import rootless_user as throwaway_user, user_pids  # noqa: F401 (a fixture)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
 VENV = os.path.join(REPO_ROOT, ".venv", "bin")
 COLLECTIONS = os.path.join(REPO_ROOT, ".build", "collections")
-SUBIDS = 65536
-
 # alone: minutes of dpkg and mke2fs work on both cores; nothing host-wide is compared, but beside the two lanes it
 # would slow every guest boot of the suite.
 pytestmark = [pytest.mark.integration, pytest.mark.alone]
@@ -70,29 +69,6 @@ def make():
 
 userns.run_mapped(make, *userns.current_ranges())
 """
-
-
-def subid_lines(name):
-    lines = []
-    for path in ("/etc/subuid", "/etc/subgid"):
-        with open(path) as f:
-            lines += [line for line in f if line.split(":")[0] == name]
-    return lines
-
-
-def free_subid_start():
-    """A range of SUBIDS ids no line of /etc/subuid or /etc/subgid uses (above every uid a system hands out)."""
-    taken = []
-    for path in ("/etc/subuid", "/etc/subgid"):
-        with open(path) as f:
-            for line in f:
-                fields = line.strip().split(":")
-                if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
-                    taken.append((int(fields[1]), int(fields[1]) + int(fields[2])))
-    start = 1_800_000_000 + secrets.randbelow(1000) * SUBIDS
-    while any(a < start + SUBIDS and start < b for a, b in taken):
-        start += SUBIDS
-    return start
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ import time
 
 import pytest
 from conftest import REPO_ROOT
-from rootless_user import VENV, as_user, files_under, throwaway_user, user_pids
-from test_rootless_image import SUBIDS, free_subid_start, subid_lines
+from rootless_user import VENV, as_user, files_under, user_pids, user_with_subids
 from test_rootless_userns import netns_names, owned_by
 
 # alone: compares the host's own links and namespaces before and after, and builds an image on both cores
@@ -37,25 +36,15 @@ H1_SSH_PORT = 2205
 def user():
     """(name, home, runtime dir, own dir for Ansible's files) of a throwaway user with a subordinate id range; its
     lab is cleaned up, its processes ended, its ids, the user and its home removed afterwards."""
-    with throwaway_user("") as (name, home, runtime, base):
+    def clean(name, home, runtime, base):
+        lab(name, home, runtime, os.path.join(base, "own"), "--tags", "cleanup")
+
+    with user_with_subids(clean) as (name, home, runtime, base):
         entry = pwd.getpwnam(name)
         own = os.path.join(base, "own")
         os.mkdir(own, 0o700)
         os.chown(own, entry.pw_uid, entry.pw_gid)
-        start = free_subid_start()
-        ids = "%d-%d" % (start, start + SUBIDS - 1)
-        subprocess.run(["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True)
-        try:
-            yield name, home, runtime, own
-        finally:
-            lab(name, home, runtime, own, "--tags", "cleanup")
-            # usermod refuses a user with a running process (the lock's holder ends just after the run)
-            deadline = time.monotonic() + 10
-            while user_pids(name) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            subprocess.run(["usermod", "--del-subuids", ids, "--del-subgids", ids, name], capture_output=True,
-                           check=False)
-            assert not subid_lines(name)
+        yield name, home, runtime, own
 
 
 def lab(name, home, runtime, own, *args):

@@ -26,8 +26,7 @@ import time
 
 import pytest
 from conftest import REPO_ROOT
-from rootless_user import VENV, as_user, files_under, throwaway_user, user_pids
-from test_rootless_image import SUBIDS, free_subid_start, subid_lines
+from rootless_user import VENV, as_user, files_under, user_pids, user_with_subids
 from test_rootless_lab import qemu_pids, recap, root_links
 from test_rootless_userns import netns_names, owned_by
 
@@ -104,22 +103,12 @@ class User:
 
 
 @contextlib.contextmanager
-def user_with_subids():
-    with throwaway_user("") as (name, home, runtime, base):
-        start = free_subid_start()
-        ids = "%d-%d" % (start, start + SUBIDS - 1)
-        subprocess.run(["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True)
-        user = User(name, home, runtime, base)
-        try:
-            yield user
-        finally:
-            user.lab("--tags", "cleanup")
-            deadline = time.monotonic() + 10
-            while user_pids(name) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            subprocess.run(["usermod", "--del-subuids", ids, "--del-subgids", ids, name], capture_output=True,
-                           check=False)
-            assert not subid_lines(name)
+def lab_user():
+    """A User whose lab is cleaned up before the user goes (rootless_user.user_with_subids)."""
+    users = []
+    with user_with_subids(lambda *args: users[0].lab("--tags", "cleanup")) as entry:
+        users.append(User(*entry))
+        yield users[0]
 
 
 @pytest.fixture
@@ -162,7 +151,7 @@ def fetch(user, port, token):
 def test_two_users_run_labs_of_one_name_side_by_side_each_with_its_way_out(listener):
     port, token = listener
     links, namespaces = root_links(), netns_names()
-    with user_with_subids() as a, user_with_subids() as b:
+    with lab_user() as a, lab_user() as b:
         rc, output = a.lab()
         assert rc == 0, output[-8000:]
         # B's image cache is a copy of A's (the same key: a rootless build is the same for every user)
