@@ -86,6 +86,10 @@ def rootless_seed():
         log("rootless: user %s builds its image (first bring-up, not timed)" % name)
         labs[0].playbook()
         labs[0].playbook("--tags", "cleanup")
+        # the run's lock holder and the guests' ssh masters end just after the cleanup (the holder's namespaces go)
+        deadline = time.monotonic() + 10
+        while user_pids(name) and time.monotonic() < deadline:
+            time.sleep(0.1)
         if user_pids(name):
             raise BenchError("rootless: user %s still has processes after its cleanup" % name)
         yield labs[0]

@@ -15,6 +15,7 @@ __metaclass__ = type
 import errno
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -34,6 +35,31 @@ def process_start_time(pid, read=_read_text):
     except (OSError, IndexError):
         return None
     return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def end_verified(pid, still_it, timeout):
+    """End process `pid` with SIGTERM (SIGKILL after `timeout` s) through a pidfd taken before `still_it()` checks
+    its identity: if the check passes, the signal reaches that process even if the pid were reused right after.
+    False when it was gone or is no longer the process meant."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno == errno.ESRCH:
+            return False
+        raise
+    try:
+        if not still_it():
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([pidfd], [], [], 0.1)[0]:
+                return True
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], timeout)
+        return True
+    finally:
+        os.close(pidfd)
 
 
 def _describe_holder(path):

@@ -21,11 +21,9 @@ import errno
 import json
 import os
 import select
-import signal
 import subprocess
-import time
 
-from ansible_collections.qemulab.network.plugins.module_utils._lock import process_start_time
+from ansible_collections.qemulab.network.plugins.module_utils._lock import end_verified, process_start_time
 
 RECORD = "slirp4netns.json"
 LOG = "slirp4netns.log"
@@ -162,25 +160,7 @@ def start(holder, tap, mtu, host_loopback, run_dir):
 def stop(record, timeout=STOP_TIMEOUT):
     """End the slirp4netns the record names, through a pidfd taken before its identity is checked (no pid race).
     False when it was no longer running."""
-    try:
-        pidfd = os.pidfd_open(record["pid"])
-    except OSError as e:
-        if e.errno == errno.ESRCH:
-            return False
-        raise
-    try:
-        if live(record) is None:
-            return False
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if select.select([pidfd], [], [], 0.1)[0]:
-                return True
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        select.select([pidfd], [], [], timeout)
-        return True
-    finally:
-        os.close(pidfd)
+    return end_verified(record["pid"], lambda: live(record) is not None, timeout)
 
 
 def sysctls(tap, forward_from):

@@ -19,12 +19,10 @@ import errno
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
-import time
 
-from ansible_collections.qemulab.network.plugins.module_utils._lock import process_start_time
+from ansible_collections.qemulab.network.plugins.module_utils._lock import end_verified, process_start_time
 
 RECORD_DIR = "_userns"
 # the holder's argument after its code: what names it in `ps` and what a record's pid must still carry
@@ -182,26 +180,7 @@ def start_holder(lab, python=None):
 
 def stop_holder(record, lab, timeout=STOP_TIMEOUT):
     """End the holder the record names, through a pidfd taken before its identity is checked (no pid race)."""
-    try:
-        pidfd = os.pidfd_open(record["pid"])
-    except OSError as e:
-        if e.errno == errno.ESRCH:
-            return False
-        raise
-    try:
-        # the pidfd pins this process: if it is still the recorded holder now, the signal reaches that holder
-        if live_holder(record, lab) is None:
-            return False
-        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if select.select([pidfd], [], [], 0.1)[0]:
-                return True
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        select.select([pidfd], [], [], timeout)
-        return True
-    finally:
-        os.close(pidfd)
+    return end_verified(record["pid"], lambda: live_holder(record, lab) is not None, timeout)
 
 
 def enter_command(pid):
