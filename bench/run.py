@@ -301,11 +301,12 @@ def rootless_run(ctx, r, seed):
             seed.playbook("--tags", "cleanup")
         except BenchError as again:
             ctx.error("rootless cleanup after run %d" % (r + 1), again)
-    ctx.metrics.pad("rootless.", r + 1)
+    ctx.metrics.pad("rootless.bringup_s", r + 1)
     root = ctx.metrics.data["lifecycle.collection.bringup_s"]["values"]
     mine = ctx.metrics.data["rootless.bringup_s"]["values"][-1]
     same_run = root[r] if len(root) > r else None
     ctx.metrics.add("rootless.ratio.bringup", mine / same_run if mine is not None and same_run else None)
+    ctx.metrics.pad("rootless.", r + 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
