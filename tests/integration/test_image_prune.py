@@ -218,7 +218,9 @@ def test_lab_playbook_tags_prune_runs_only_pruning(tmp_path):
                     "Stop on an invalid inventory before anything on the host changes",
                     "Stop a cleanup whose lab name or namespace is invalid before anything is removed",
                     "Stop when the lab host could not be read",
-                    "Stop unless this run holds the lock of the planned lab"}
+                    "Stop unless this run holds the lock of the planned lab",
+                    "Find the holder of a rootless lab's namespaces",
+                    "Note the holder's pid (0 for a root lab, or a rootless one without a holder yet)"}
         rest = [n for n in ran if n not in planning]
         assert len(rest) == 2 and rest[1] == PRUNE_TASK, ran
         assert rest[0].startswith("qemulab.network.guest_image : Validating arguments against arg spec 'prune'"), ran
