@@ -17,7 +17,7 @@ import time
 from _harness import REPO_ROOT, BenchError, log
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "integration"))
-from rootless_user import VENV, as_user, user_pids, user_with_subids  # noqa: E402
+from rootless_user import VENV, as_user, lab_run_env, user_pids, user_with_subids  # noqa: E402
 
 SEED = os.path.join(REPO_ROOT, "inventories", "seed")
 LAB_YML = os.path.join(REPO_ROOT, "playbooks", "lab.yml")
@@ -31,12 +31,7 @@ class RootlessSeed:
 
     def playbook(self, *args):
         """Seconds of `lab.yml` as the user; BenchError with the output's end when it fails."""
-        env = {"ANSIBLE_HOME": os.path.join(self.own, "ansible"),
-               "ANSIBLE_LOCAL_TEMP": os.path.join(self.own, "ansible", "tmp"),
-               "ANSIBLE_REMOTE_TEMP": os.path.join(self.own, "ansible", "tmp"),
-               "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(self.own, "cp"),
-               "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "20",
-               "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s -o LogLevel=ERROR"}
+        env = lab_run_env(self.own)
         started = time.monotonic()
         proc = as_user(self.name, self.home, self.runtime,
                        [os.path.join(VENV, "ansible-playbook"), "-i", SEED, LAB_YML] + list(args), timeout=1800,

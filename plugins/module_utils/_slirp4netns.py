@@ -24,6 +24,7 @@ import select
 import subprocess
 
 from ansible_collections.qemulab.network.plugins.module_utils._lock import end_verified, process_start_time
+from ansible_collections.qemulab.network.plugins.module_utils._qemu_process import write_json_atomic
 
 RECORD = "slirp4netns.json"
 LOG = "slirp4netns.log"
@@ -105,11 +106,7 @@ def live(record, start_time=process_start_time, cmdline=_cmdline, owner=None):
 
 def write_record(path, record):
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, sort_keys=True)
-    os.rename(tmp, path)
+    write_json_atomic(path, record, mode=0o600)
 
 
 def remove_record(path):

@@ -66,6 +66,16 @@ def as_user(user, home, runtime, argv, timeout=180, env=None, **kwargs):
                           cwd=home, timeout=timeout, check=False, **kwargs)
 
 
+def lab_run_env(own):
+    """What a user's `lab.yml` run needs besides as_user's clean environment: Ansible's files under `own` (not the
+    home), and the settings the checkout's ansible.cfg gives root's runs (its paths are root's checkout's)."""
+    return {"ANSIBLE_HOME": os.path.join(own, "ansible"), "ANSIBLE_LOCAL_TEMP": os.path.join(own, "ansible", "tmp"),
+            "ANSIBLE_REMOTE_TEMP": os.path.join(own, "ansible", "tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(own, "cp"),
+            "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "20",
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s -o LogLevel=ERROR"}
+
+
 def playbook_argv(playbook, extra_vars_file):
     return [os.path.join(VENV, "ansible-playbook"), "-i", "localhost,", "-c", "local", playbook,
             "-e", "@" + extra_vars_file]

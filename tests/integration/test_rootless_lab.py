@@ -18,7 +18,7 @@ import time
 
 import pytest
 from conftest import REPO_ROOT
-from rootless_user import VENV, as_user, files_under, user_pids, user_with_subids
+from rootless_user import VENV, as_user, lab_run_env, files_under, user_pids, user_with_subids
 from test_rootless_userns import netns_names, owned_by
 
 # alone: compares the host's own links and namespaces before and after, and builds an image on both cores
@@ -49,12 +49,7 @@ def user():
 
 def lab(name, home, runtime, own, *args):
     """ansible-playbook lab.yml -i inventories/seed as the user: (rc, output, seconds)."""
-    env = {"ANSIBLE_HOME": os.path.join(own, "ansible"), "ANSIBLE_LOCAL_TEMP": os.path.join(own, "ansible", "tmp"),
-           "ANSIBLE_REMOTE_TEMP": os.path.join(own, "ansible", "tmp"),
-           "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(own, "cp"),
-           # the checkout's ansible.cfg (its paths are the checkout's, root's): the settings a lab run relies on
-           "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "20",
-           "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s -o LogLevel=ERROR"}
+    env = lab_run_env(own)
     started = time.monotonic()
     proc = as_user(name, home, runtime, [os.path.join(VENV, "ansible-playbook"), "-i", SEED, LAB_YML] + list(args),
                    timeout=1800, env=env)

@@ -26,7 +26,7 @@ import time
 
 import pytest
 from conftest import REPO_ROOT
-from rootless_user import VENV, as_user, files_under, user_pids, user_with_subids
+from rootless_user import VENV, as_user, lab_run_env, files_under, user_pids, user_with_subids
 from test_rootless_lab import qemu_pids, recap, root_links
 from test_rootless_userns import netns_names, owned_by
 
@@ -77,12 +77,7 @@ class User:
 
     def lab(self, *args):
         """ansible-playbook lab.yml as the user: (rc, output)."""
-        env = {"ANSIBLE_HOME": os.path.join(self.own, "ansible"),
-               "ANSIBLE_LOCAL_TEMP": os.path.join(self.own, "ansible", "tmp"),
-               "ANSIBLE_REMOTE_TEMP": os.path.join(self.own, "ansible", "tmp"),
-               "ANSIBLE_SSH_CONTROL_PATH_DIR": os.path.join(self.own, "cp"),
-               "ANSIBLE_PIPELINING": "True", "ANSIBLE_FORKS": "20",
-               "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s -o LogLevel=ERROR"}
+        env = lab_run_env(self.own)
         proc = as_user(self.name, self.home, self.runtime,
                        [os.path.join(VENV, "ansible-playbook"), "-i", self.inventory, LAB_YML] + list(args),
                        timeout=1800, env=env)
