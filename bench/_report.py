@@ -44,8 +44,10 @@ class Metrics:
 
 # (metric, comparison, threshold, target text); a target whose metric was not measured is reported as not measured.
 TARGETS = [
-    ("lifecycle.collection.bringup_s", "<=", 45.0, "≤ 45 s"),
-    ("lifecycle.ratio.bringup", "<=", 1.3, "≤ 1.3 × seed script"),
+    # issue 20's (issue 8 asked for 45 s and 1.3 × the seed scripts)
+    ("lifecycle.collection.bringup_s", "<=", 12.0, "≤ 12 s (issue 20)"),
+    ("lifecycle.ratio.bringup", "<=", 0.45, "≤ 0.45 × seed scripts (issue 20)"),
+    ("lifecycle.collection.guests_to_ssh_s", "<=", 3.0, "≤ 3 s (issue 20)"),
     ("lifecycle.collection.rerun_s", "<=", 15.0, "≤ 15 s"),
     ("lifecycle.collection.rerun_changed", "==", 0, "= 0"),
     ("lifecycle.collection.cleanup_s", "<=", 5.0, "≤ 5 s"),
@@ -184,8 +186,9 @@ def chart(results, path):
           ("seed scripts (bench/seed/)", ["lifecycle.seed_script.bringup_s", None,
                                           "lifecycle.seed_script.cleanup_s"])],
          "Lifecycle of the seed lab (7 VMs)", "seconds")
-    targets = {"lifecycle.collection.bringup_s": 45, "lifecycle.collection.rerun_s": 15,
-               "lifecycle.collection.cleanup_s": 5}
+    lifecycle_bars = ("lifecycle.collection.bringup_s", "lifecycle.collection.rerun_s", "lifecycle.collection.cleanup_s")
+    limits = {key: threshold for key, _op, threshold, _text in TARGETS}
+    targets = {key: limits[key] for key in lifecycle_bars}
     if any(metrics.summary(k) for k in targets):
         for x, (key, limit) in enumerate(targets.items()):
             axes[0][2].hlines(limit, x - 0.45, x + 0.45, colors="red", linestyles="dashed", linewidth=1)
