@@ -91,7 +91,7 @@ def clone_problem(config):
     if config["extra_args"]:
         return "extra_args may add devices a template does not have"
     if any(nic["backend"] == "vhost-user" for nic in config["nics"]):
-        # the template's RAM is private anonymous memory; a vhost-user datapath needs it shared (a memfd backend)
+        # a clone's RAM is a private mapping of its template's file; a vhost-user datapath needs it shared (memfd)
         return "a vhost-user NIC needs guest memory in a shared memory backend, which the template does not have"
     if len(config["disks"]) != 1 or config["disks"][0]["format"] != "qcow2" or config["disks"][0]["readonly"]:
         return "it has not exactly one writable qcow2 overlay disk"
@@ -383,8 +383,8 @@ def start_clone(config, pid, timeout=30.0, incoming_fd=None):
                 _ignore_shared(qmp)
                 qmp.command("migrate-incoming", uri="fd:%d" % incoming_fd)
             except QMPError as exc:
-                raise CloneError("VM %s: loading the template's state: %s; see %s" % (config["name"], exc,
-                                                                                       paths["log"]))
+                raise CloneError("VM %s: loading the template's state: %s; see %s"
+                                 % (config["name"], exc, paths["log"]))
         deadline = time.time() + timeout
         while True:
             status = qmp.command("query-status").get("status")
