@@ -14,13 +14,15 @@ each QEMU's /proc/PID/smaps: RSS, PSS and USS of the whole process and of the gu
 then each clone runs a few programs and Python in its shell (WORK_CMD, roughly what a lab clone's configuration
 does) and it reads them again ("after_work").
 
-  anon  what the collection does (docs/clones.md): guest RAM is QEMU's anonymous memory; the saved state holds
+  anon  what the collection did before its templates shared their RAM (still its way for VMs with run_as,
+        docs/clones.md): guest RAM is QEMU's anonymous memory; the saved state holds
         every page the template touched and each clone copies them into its own RAM. Nothing is shared.
   file  guest RAM is `memory-backend-file` on one file. The template maps it share=on, so its RAM *is* the file,
         and saves with the `x-ignore-shared` capability: the stream then holds device state only, no RAM pages.
         Each clone maps the same file share=off (MAP_PRIVATE) with x-ignore-shared on: its RAM starts as the
         template's pages in the page cache, shared by every clone until the guest writes a page (then the kernel
-        copies that page for this clone alone). QEMU 7.2 has no `mapped-ram` (8.2+); this is what 7.2 can do.
+        copies that page for this clone alone). QEMU 7.2 has no `mapped-ram` (8.2+); this is what 7.2 can do, and
+        what the collection's clones do now (_qemu_clone).
 
 The RAM file lives in a temp directory on the disk's file system (/var/tmp), where a real template would live
 beside its image. Everything it starts is stopped by pid and every file removed, on any exit. No lab, namespace or

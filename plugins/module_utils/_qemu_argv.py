@@ -132,14 +132,20 @@ def _netdev_user(index, nic):
 
 
 def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_fds=None, vhost_fds=None,
-               layout="boot", incoming_fd=None):
+               layout="boot", incoming_fd=None, ram_file=None):
     """QEMU's argv for `config`. vhost: {nic index: bool}; tap_fds / vhost_fds: {nic index: fd} and disk_fds:
     {disk index: [fds]} for files we opened for it (an unprivileged QEMU gets its disks as an fd set: QEMU picks
     the fd whose access mode matches each open it makes, so a writable disk comes read-write and read-only).
 
     layout "clone" (a clone template, and a clone restored from one): the boot layout plus the go port and vmgenid,
     devices a migration stream carries like the NICs (a template has the same NIC devices as its clones:
-    _qemu_clone); incoming_fd: the saved state."""
+    _qemu_clone); incoming_fd: the saved state.
+
+    ram_file {"path", "share"}: guest RAM is that file (memory-backend-file, named by -machine so that its RAM block is
+    "ram" in the template and in every clone): share=True for a clone template (its RAM is the file, saved with
+    x-ignore-shared), share=False for a clone (a private mapping of the template's file). A clone with a RAM file
+    starts with `-incoming defer`: x-ignore-shared must be set before the stream is read, and QEMU 7.2 takes it over
+    QMP only (_qemu_clone.start_clone); the fd stays open in QEMU for migrate-incoming."""
     vhost = vhost or {}
     tap_fds = tap_fds or {}
     disk_fds = disk_fds or {}
@@ -154,6 +160,12 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
         # a vhost-user datapath maps guest RAM through the fds QEMU passes it: memfd, shared (docs/dpdk.md)
         argv += ["-object", option_string("memory-backend-memfd", ("id", "ram"), ("size", "%dM" % config["memory"]),
                                           ("share", "on")),
+                 "-machine", option_string(("memory-backend", "ram"))]
+    elif ram_file:
+        # its size must be -m's; the file is the template's, never written through a clone's private mapping
+        argv += ["-object", option_string("memory-backend-file", ("id", "ram"), ("size", "%dM" % config["memory"]),
+                                          ("mem-path", ram_file["path"]),
+                                          ("share", "on" if ram_file["share"] else "off")),
                  "-machine", option_string(("memory-backend", "ram"))]
     # QEMU takes these three whole, commas included.
     if config.get("kernel"):
@@ -196,7 +208,7 @@ def build_argv(config, accelerator, vhost=None, tap_fds=None, daemon=True, disk_
                  "-device", option_string("virtserialport", ("chardev", "go"), ("name", GO_PORT)),
                  "-device", option_string("vmgenid")]
     if incoming_fd is not None:
-        argv += ["-incoming", "fd:%d" % incoming_fd]
+        argv += ["-incoming", "defer" if ram_file else "fd:%d" % incoming_fd]
     argv += ["-display", "none", "-nodefaults", "-no-user-config"]
     if daemon:
         # -pidfile and -D take a plain path; -qmp's unix: and -chardev parse an option string.

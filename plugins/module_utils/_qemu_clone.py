@@ -13,6 +13,15 @@ A clone is QEMU started with the template's devices (its own MACs and backends: 
 time. The guest moves each NIC from its placeholder MAC to the clone's (the stream carries the template's). Its
 fw_cfg files are its own (QEMU serves the new command line's; the guest loads its fw_cfg driver only after "go").
 
+A clone of a QEMU that runs as root shares its template's RAM: the template's guest RAM is a file (`ram`, sparse,
+memory-backend-file share=on) saved with the `x-ignore-shared` migration capability, so `state` holds device state
+only; each clone maps that file privately (share=off) and loads `state` with x-ignore-shared set over QMP (`-incoming
+defer`, then migrate-incoming: QEMU 7.2 has no -global for it). Its RAM starts as the template's pages in the page
+cache, one copy for every clone, and a page the guest writes is copied for that clone alone. A template's files are
+never written after publication; removing one under running clones is safe (their mappings keep the inode). A QEMU
+run as another user (run_as) could not open the root-owned file for the writable private mapping QEMU 7.2 makes, so
+its template keeps the RAM in `state` (RAM mode "anon", part of the key).
+
 One template per NIC layout rather than one per machine with the lab NICs hot-plugged into each clone: measured
 on the seed lab (bench/README.md "Clones against boots"), a clone waited 2-9 s for its hot-plugged NICs while
 seven started together (the guest's ACPI hotplug handling under TCG), against one more template build per layout.
@@ -51,9 +60,10 @@ from ansible_collections.qemulab.network.plugins.module_utils._qemu_process impo
 )
 from ansible_collections.qemulab.network.plugins.module_utils._qmp import QMPClient, QMPError
 
-# Bumped when what a template holds changes in a way its inputs do not show.
-TEMPLATE_FORMAT = 2
+# Bumped when what a template holds changes in a way its inputs do not show (3: the RAM mode, `ram` file).
+TEMPLATE_FORMAT = 3
 STATE = "state"
+RAM = "ram"
 DISK = "disk.qcow2"
 MANIFEST = "manifest.json"
 # The template's MACs (management NIC, lab NIC <index>): the guest sets the clone's own on each NIC after "go"
@@ -81,7 +91,7 @@ def clone_problem(config):
     if config["extra_args"]:
         return "extra_args may add devices a template does not have"
     if any(nic["backend"] == "vhost-user" for nic in config["nics"]):
-        # the template's RAM is private anonymous memory; a vhost-user datapath needs it shared (a memfd backend)
+        # a clone's RAM is a private mapping of its template's file; a vhost-user datapath needs it shared (memfd)
         return "a vhost-user NIC needs guest memory in a shared memory backend, which the template does not have"
     if len(config["disks"]) != 1 or config["disks"][0]["format"] != "qcow2" or config["disks"][0]["readonly"]:
         return "it has not exactly one writable qcow2 overlay disk"
@@ -91,6 +101,14 @@ def clone_problem(config):
         # vm_template makes its templates as root in a named namespace, not inside a user's holder (docs/rootless.md)
         return "a rootless lab's VMs boot: clone templates are not made inside a user's lab namespace"
     return None
+
+
+def ram_mode(config):
+    """How a template for `config` holds its guest RAM: "file" (the `ram` file, shared by the clones' private
+    mappings) for a QEMU that runs as root, "anon" (the pages in `state`, copied into each clone) for one run as
+    another user: QEMU 7.2 opens a private file mapping read-write (readonly=on maps it read-only), and the template's
+    files are root's and never writable by a clone."""
+    return "anon" if config.get("run_as") else "file"
 
 
 def _lab_nic_devices(config):
@@ -127,7 +145,7 @@ def template_key(config, base_disk, accelerator, qemu_version):
     """Everything the migration stream depends on: the QEMU binary and version, the accelerator, the machine's
     memory, vCPUs and translation cache, the kernel, initrd and disk it booted, the lab NICs' devices (models and
     options, in order) and the management NIC's model, the devices rng adds, the disk's interface, the number of
-    serial link UARTs. Paths name the image (its key is in them)."""
+    serial link UARTs, how the template holds its RAM (ram_mode). Paths name the image (its key is in them)."""
     mgmt = config["nics"][-1] if config["nics"] else {}
     inputs = {
         "format": TEMPLATE_FORMAT,
@@ -144,6 +162,7 @@ def template_key(config, base_disk, accelerator, qemu_version):
         "lab_nics": _lab_nic_devices(config),
         "mgmt_model": mgmt.get("model"),
         "rng": bool(config.get("rng")),
+        "ram": ram_mode(config),
     }
     if config.get("serial_ports"):
         # only when there are any: the templates of VMs without serial links keep their keys
@@ -153,15 +172,20 @@ def template_key(config, base_disk, accelerator, qemu_version):
 
 
 def read_template(directory, key):
-    """The published template `key` under `directory` ({"dir", "state", "disk", "manifest"}) or None."""
+    """The published template `key` under `directory` ({"dir", "state", "disk", "ram", "manifest"}; ram is None for a
+    template whose RAM is in its state) or None."""
     path = os.path.join(directory, key)
     manifest = read_json(os.path.join(path, MANIFEST), owner=os.geteuid())
-    if not manifest or manifest.get("key") != key:
+    if not manifest or manifest.get("key") != key or not isinstance(manifest.get("inputs"), dict):
         return None
     files = {"state": os.path.join(path, STATE), "disk": os.path.join(path, DISK)}
+    if manifest["inputs"].get("ram") == "file":
+        files["ram"] = os.path.join(path, RAM)
     if not all(os.path.isfile(f) for f in files.values()):
         return None
-    return dict(files, dir=path, manifest=manifest)
+    if "ram" in files and os.path.getsize(files["ram"]) != manifest["inputs"].get("memory", 0) * 1024 * 1024:
+        return None  # QEMU would refuse it (or grow it) under a clone: not a template of this size
+    return dict(files, ram=files.get("ram"), dir=path, manifest=manifest)
 
 
 def _qemu_img_create(path, backing, backing_format):
@@ -213,12 +237,20 @@ def _console_tail(run_dir, size=1500):
         return ""
 
 
-def _save_state(qmp_socket, path, pid, timeout=120.0):
-    """Stop the guest and write its state to `path` with QMP migrate over an fd we pass (no shell, no exec:)."""
+def _ignore_shared(qmp):
+    """x-ignore-shared: RAM blocks mapped shared (the template's `ram` file) are not in the stream."""
+    qmp.command("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
+
+
+def _save_state(qmp_socket, path, pid, timeout=120.0, ignore_shared=False):
+    """Stop the guest and write its state to `path` with QMP migrate over an fd we pass (no shell, no exec:).
+    ignore_shared: its RAM is a shared file, left out of the stream."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         with QMPClient(qmp_socket, timeout=30.0, peer_check=_served_by((pid,))) as qmp:
             qmp.command("stop")
+            if ignore_shared:
+                _ignore_shared(qmp)
             qmp.command_with_fds("getfd", [fd], fdname="template-state")
             qmp.command("migrate", uri="fd:template-state")
             deadline = time.time() + timeout
@@ -248,35 +280,43 @@ def build_template(config, base_disk, accelerator, key, inputs, log=None):
     prepare_run_dir(work)
     os.mkdir(vm_paths(work)["console_dir"], 0o700)
     template = template_config(config, base_disk, work)
+    ram_file = {"path": os.path.join(work, RAM), "share": True} if inputs.get("ram") == "file" else None
     started = time.time()
     pid = None
     try:
         _qemu_img_create(os.path.join(work, DISK), template["base_disk"], "raw")
-        argv = build_argv(template, accelerator, layout="clone")
+        argv = build_argv(template, accelerator, layout="clone", ram_file=ram_file)
         pid = launch(template, argv, [])
         go = _connect(vm_paths(work)["go_socket"], 30.0)
         try:
             _wait_line(go, "ready", READY_TIMEOUT, pid)
             booted = time.time()
-            migration = _save_state(vm_paths(work)["qmp_socket"], os.path.join(work, STATE), pid)
+            migration = _save_state(vm_paths(work)["qmp_socket"], os.path.join(work, STATE), pid,
+                                    ignore_shared=ram_file is not None)
         finally:
             go.close()
         saved = time.time()
         stop_vm(work, 0)  # waits for the QMP quit above; ends it if that did not
         pid = None
+        own = (STATE, DISK, RAM) if ram_file else (STATE, DISK)
+        if ram_file:
+            # the guest's RAM as it stopped is the file's page cache; on disk before the template is published
+            _fsync(ram_file["path"])
         manifest = {"key": key, "inputs": inputs, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "timings": {"boot_s": round(booted - started, 2), "save_s": round(saved - booted, 2)},
                     "state_bytes": os.path.getsize(os.path.join(work, STATE)),
                     "migration_total_ms": migration.get("total-time")}
+        if ram_file:
+            manifest["ram_allocated_bytes"] = os.stat(ram_file["path"]).st_blocks * 512
         for name in os.listdir(work):
-            if name not in (STATE, DISK):
+            if name not in own:
                 path = os.path.join(work, name)
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path)
                 else:
                     os.unlink(path)
         os.chmod(work, 0o755)
-        for name in (STATE, DISK):
+        for name in own:
             os.chmod(os.path.join(work, name), 0o444)
         write_json_atomic(os.path.join(work, MANIFEST), manifest, mode=0o644)
         final = os.path.join(directory, key)
@@ -295,6 +335,14 @@ def build_template(config, base_disk, accelerator, key, inputs, log=None):
             stop_vm(work, 0)
         if os.path.lexists(work):
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fresh_overlay_over(path, backing):
@@ -324,10 +372,19 @@ def _settings_line(config, clock=time.time):
     return "qemulab.go=1 %s qemulab.time=%d qemulab.end=1\n" % (config.get("append") or "", int(clock()))
 
 
-def start_clone(config, pid, timeout=30.0):
-    """After QEMU loaded the template's state (paused): run, say go with the VM's settings."""
+def start_clone(config, pid, timeout=30.0, incoming_fd=None):
+    """After QEMU loaded the template's state (paused): run, say go with the VM's settings. incoming_fd: QEMU was
+    started with `-incoming defer` (its RAM is the template's file): set x-ignore-shared, as the template was saved,
+    and load the state from that fd (QEMU's own copy, inherited at the same number) first."""
     paths = vm_paths(config["run_dir"])
     with QMPClient(paths["qmp_socket"], timeout=timeout, peer_check=_served_by((pid,))) as qmp:
+        if incoming_fd is not None:
+            try:
+                _ignore_shared(qmp)
+                qmp.command("migrate-incoming", uri="fd:%d" % incoming_fd)
+            except QMPError as exc:
+                raise CloneError("VM %s: loading the template's state: %s; see %s"
+                                 % (config["name"], exc, paths["log"]))
         deadline = time.time() + timeout
         while True:
             status = qmp.command("query-status").get("status")
@@ -362,8 +419,9 @@ def _say_go(sock, line, timeout, name):
 
 
 def clone_plan(config, template_dir, accelerator, qemu_version):
-    """(the template to restore {"state", "disk", "dir"} or None, why not): a clone only when it comes out exactly
-    as a boot would — the template was made for this machine and the VM's disk is a fresh overlay over its disk.
+    """(the template to restore {"state", "disk", "ram", "dir"} or None, why not): a clone only when it comes out
+    exactly as a boot would — the template was made for this machine and the VM's disk is a fresh overlay over its
+    disk.
     qemu_version: a function, asked only when there is a template to compare with."""
     problem = clone_problem(config)
     if not template_dir:

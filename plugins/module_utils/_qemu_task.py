@@ -292,12 +292,14 @@ def qemu_vm_task(params, check_mode, get_tap=get_tap_netlink):
             if clone:
                 # the saved state, read by QEMU itself (an unprivileged one too) through an fd opened here
                 fds["state"] = os.open(clone["state"], os.O_RDONLY | os.O_CLOEXEC)
+            # a template whose RAM is its `ram` file: this clone maps it privately (_qemu_clone)
+            ram_file = {"path": clone["ram"], "share": False} if clone and clone.get("ram") else None
             argv = build_argv(config, result["accelerator"], vhost, fds, disk_fds=disk_fds, vhost_fds=vhost_fds,
-                              layout="clone" if clone else "boot", incoming_fd=fds.get("state"))
+                              layout="clone" if clone else "boot", incoming_fd=fds.get("state"), ram_file=ram_file)
             passed = list(fds.values()) + list(vhost_fds.values()) + [fd for v in disk_fds.values() for fd in v]
             pid = launch(config, argv, passed, user, holder)
             if clone:
-                start_clone(config, pid)
+                start_clone(config, pid, incoming_fd=fds["state"] if ram_file else None)
         except (QemuConfigError, CloneError, OSError) as exc:
             if clone and os.path.isdir(config["run_dir"]):
                 stop_vm(config["run_dir"], 0)

@@ -258,6 +258,11 @@ options:
       - The restored VM has the template's NIC devices with its own MACs and backends; the guest hears its own
         settings (the O(append) values, the time) on a virtio-serial port and moves each NIC from the template's MAC
         to its own. Only the default guest image's init does that.
+      - Unless O(run_as) is set, its guest RAM is a private mapping of the template's RAM file (C(ram), a
+        C(memory-backend-file) with C(share=off)); pages the guest has not written are the template's, one copy in
+        the page cache for all its clones. Its state is loaded with the C(x-ignore-shared) migration capability
+        (C(-incoming defer), then QMP C(migrate-incoming)). With O(run_as) the template's RAM is in its saved state
+        and copied into the clone's own memory (the template's files are root's).
       - Not part of the configuration compared for O(on_change), since a clone and a booted VM run the same machine.
     type: path
   rng:

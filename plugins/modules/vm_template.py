@@ -15,11 +15,13 @@ description:
     image (C(<image dir>/templates/<key>/)), that is the default guest image booted once with only what clones share
     (its NIC devices carry placeholder MACs and no backend the lab uses), stopped by
     its init before it becomes any one VM, its state saved with QMP C(migrate) and its disk frozen as the backing
-    file of every clone's overlay. M(qemulab.network.qemu_vm) with O(qemulab.network.qemu_vm#module:clone_from)
-    restores lab VMs from it.
+    file of every clone's overlay. Its guest RAM is a file beside them (C(ram), sparse, C(memory-backend-file)
+    C(share=on)) saved with C(x-ignore-shared), so the state holds device state only and every clone maps the file
+    privately; for VMs with C(run_as) the RAM is in the state instead (the RAM mode is part of the key).
+    M(qemulab.network.qemu_vm) with O(qemulab.network.qemu_vm#module:clone_from) restores lab VMs from it.
   - The key covers everything the saved state depends on (QEMU binary and version, accelerator, memory, vCPUs,
-    translation cache, kernel, initrd, image disk, the NICs' models and device options, rng); a change makes a new
-    template. Templates that are missing are built at the same time, each in its own QEMU.
+    translation cache, kernel, initrd, image disk, the NICs' models and device options, rng, RAM mode); a change
+    makes a new template. Templates that are missing are built at the same time, each in its own QEMU.
   - Built under a lock in C(.build-<key>-<pid>) and renamed into place when complete, like the image; a second run
     waits for the first and uses its template. Removed with its image (M(qemulab.network.guest_image) pruning).
   - A VM that cannot be a clone (see RV(vms)) and a template that fails to build are not errors; those VMs boot,

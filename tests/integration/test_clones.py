@@ -3,10 +3,11 @@
 
     h1 (10.71.1.10) -- lkbra -- (10.71.1.1) r1 (10.71.2.1) -- lkbrb -- h2 (10.71.2.20)
 
-One bring-up, then in order: each VM was restored (its QEMU loaded the template's state: -incoming, boot "clone")
-and came out as itself (hostname, the inventory's MACs on ethN, its own management MAC, its own SSH host key, the
-right time, a reseeded RNG) configured by its ip commands, routes across r1; a re-run changes nothing; a VM whose QEMU ends is started again from
-its own disk (booted, not cloned: the disk is newer than any template, and the status says so); cleanup leaves
+One bring-up, then in order: each VM was restored (its QEMU loaded the template's state: -incoming, boot "clone";
+its RAM a private mapping of the template's RAM file, pages shared with the other clones of that template) and came
+out as itself (hostname, the inventory's MACs on ethN, its own management MAC, its own SSH host key, the right time, a
+reseeded RNG) configured by its ip commands, routes across r1; a re-run changes nothing; a VM whose QEMU ends is
+started again from its own disk (booted, not cloned: the disk is newer than any template, and the status says so); cleanup leaves
 nothing."""
 import json
 import os
@@ -32,6 +33,19 @@ def stored(lab, vm):
         return json.load(f)
 
 
+def ram_mapping_shared_kib(pid, path):
+    """KiB of QEMU `pid`'s mapping of the file `path` that other processes map too (smaps Shared_Clean/Dirty)."""
+    total, current = 0, False
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and ":" not in head[0]:
+                current = len(head) >= 6 and head[5] == path
+            elif current and head[0] in ("Shared_Clean:", "Shared_Dirty:"):
+                total += int(head[1])
+    return total
+
+
 @pytest.fixture(scope="module")
 def clone_lab():
     yield from own_link_lab()
@@ -39,17 +53,39 @@ def clone_lab():
 
 def test_every_vm_is_a_clone_that_comes_out_as_itself(clone_lab):
     lab = clone_lab
-    templates = set()
+    templates, rams = set(), {}
     for vm in lab.VMS:
         record = stored(lab, vm)
         assert record["boot"] == "clone", (vm, record.get("boot_reason"))
         argv = record["argv"]
-        assert "-incoming" in argv and argv[argv.index("-incoming") + 1].startswith("fd:"), argv
+        # its RAM is the template's `ram` file mapped privately; the state (device state only) is loaded after
+        # x-ignore-shared is set over QMP
+        assert "-incoming" in argv and argv[argv.index("-incoming") + 1] == "defer", argv
+        backend = argv[argv.index("-object") + 1]
+        assert backend.startswith("memory-backend-file,id=ram,size=%dM," % record["config"]["memory"]), backend
+        assert backend.endswith(",share=off") and argv[argv.index("-machine") + 1] == "memory-backend=ram", argv
+        ram = backend.split("mem-path=")[1].split(",share=")[0]
+        template_dir = os.path.dirname(ram)
+        assert os.path.basename(ram) == _qemu_clone.RAM and os.path.isfile(os.path.join(template_dir, "state"))
+        rams[vm] = ram
         # every NIC is a device on the command line with the VM's own MAC (its template has the same devices)
         nic_macs = [arg.split("mac=")[1].split(",")[0] for arg in argv if arg.startswith("virtio-net-pci,")]
         assert nic_macs[:-1] == [MACS[(vm, i)] for i in range(2 if vm == "r1" else 1)], argv
         templates.add(record["config"]["disks"][0]["file"])
     assert len(templates) == len(lab.VMS)  # each its own overlay
+    # the hosts (one NIC each) are clones of one template: one RAM file, pages in the page cache both map
+    assert rams["h1"] == rams["h2"] != rams["r1"], rams
+    for ram in set(rams.values()):
+        st = os.stat(ram)
+        manifest = json.load(open(os.path.join(os.path.dirname(ram), "manifest.json")))
+        assert manifest["inputs"]["ram"] == "file" and st.st_size == manifest["inputs"]["memory"] * 2 ** 20
+        assert st.st_blocks * 512 < st.st_size // 2, (ram, st)  # sparse: only the pages the template touched
+        assert os.path.getsize(os.path.join(os.path.dirname(ram), "state")) < 8 * 2 ** 20  # no RAM pages in it
+    shared = {}
+    for vm in ("h1", "h2"):
+        pid = int(open(os.path.join("/run/qemulab", lab.name, vm, "qemu.pid")).read())
+        shared[vm] = ram_mapping_shared_kib(pid, rams[vm])
+    assert all(kib > 1024 for kib in shared.values()), shared
 
     mgmt_macs, host_keys, randoms = set(), set(), set()
     for vm in lab.VMS:

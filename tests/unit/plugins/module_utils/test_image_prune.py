@@ -117,6 +117,16 @@ def test_argv_paths_split_option_strings_with_doubled_commas():
     assert ip._argv_paths(argv) == ["/c/k/vmlinux", "/l/a,b.qcow2"]
 
 
+def test_a_clone_mapping_its_templates_ram_file_names_the_image(cache):
+    """A clone's QEMU maps its template's RAM file (templates/<key>/ram below the image): its command line names the
+    image, so pruning keeps the image and its templates while the clone runs."""
+    ram = str(cache / KEYS[2] / "templates" / "0123456789abcdef" / "ram")
+    argv = ["qemu-system-x86_64", "-object", "memory-backend-file,id=ram,size=256M,mem-path=%s,share=off" % ram,
+            "-machine", "memory-backend=ram", "-incoming", "defer"]
+    assert ram in ip._argv_paths(argv)
+    assert ip.ImageRefs(str(cache)).keys(ram) == {KEYS[2]}
+
+
 def test_locks_and_builds(cache, tmp_path):
     for key in KEYS[:2]:
         (cache / (".lock-" + key)).write_text("")

@@ -99,6 +99,8 @@ def test_the_key_moves_with_what_the_state_depends_on_and_nothing_else(tmp_path)
                                      for n in vm(tmp_path)["nics"]]), "tcg", "7.2.22", "/img/disk.ext4"),
                  (vm(tmp_path, nics=[dict(n, mtu=1300) if n.get("ifname") == "vport11" else n
                                      for n in vm(tmp_path)["nics"]]), "tcg", "7.2.22", "/img/disk.ext4"),
+                 # a QEMU run as another user cannot map the template's RAM file: its template keeps RAM in state
+                 (vm(tmp_path, run_as="nobody"), "tcg", "7.2.22", "/img/disk.ext4"),
                  (base, "kvm", "7.2.22", "/img/disk.ext4"),
                  (base, "tcg", "8.0.0", "/img/disk.ext4"),
                  (base, "tcg", "7.2.22", "/img2/disk.ext4")]
@@ -150,10 +152,18 @@ def test_clone_plan_needs_a_finished_template_made_for_this_machine(tmp_path):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(tmp_path / "disk.raw"), "-F", "raw",
                     str(path / "disk.qcow2")], check=True)
     (path / "manifest.json").write_text(json.dumps({"key": key, "inputs": inputs}))
+    # its RAM is a file of the guest's size (sparse): none, or one of another size, is no template
+    assert _qemu_clone.read_template(str(directory), key) is None
+    with open(str(path / "ram"), "wb") as f:
+        f.truncate(128 * 1024 * 1024)
+    assert _qemu_clone.read_template(str(directory), key) is None
+    with open(str(path / "ram"), "wb") as f:
+        f.truncate(256 * 1024 * 1024)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(path / "disk.qcow2"), "-F", "qcow2",
                     config["disks"][0]["file"]], check=True)
     template, reason = _qemu_clone.clone_plan(config, str(path), "tcg", lambda: "7.2.22")
     assert template is not None and reason == "" and template["state"] == str(path / "state")
+    assert template["ram"] == str(path / "ram")
     template, reason = _qemu_clone.clone_plan(vm(tmp_path, memory=512), str(path), "tcg", lambda: "7.2.22")
     assert template is None and "memory" in reason
     template, reason = _qemu_clone.clone_plan(config, str(path), "tcg", lambda: "8.0.0")
@@ -169,3 +179,29 @@ def test_the_settings_line_is_the_command_line_plus_the_time(tmp_path):
     line = _qemu_clone._settings_line(vm(tmp_path), clock=lambda: 1795800000.7)
     assert line == ("qemulab.go=1 qemulab.hostname=rt1 qemulab.nics=52:54:00:00:01:01 qemulab.time=1795800000 "
                     "qemulab.end=1\n")
+
+
+def test_a_clone_maps_the_templates_ram_file_privately_and_loads_its_state_deferred(tmp_path):
+    config = vm(tmp_path)
+    assert _qemu_clone.ram_mode(config) == "file"
+    assert _qemu_clone.ram_mode(vm(tmp_path, run_as="nobody")) == "anon"
+    assert _qemu_clone.template_key(config, "/img/disk.ext4", "tcg", "7.2.22")[1]["ram"] == "file"
+
+    def after(argv, option):
+        return [argv[i + 1] for i, a in enumerate(argv) if a == option]
+    clone = build_argv(config, "tcg", tap_fds={0: 10, 1: 11}, layout="clone", incoming_fd=12,
+                       ram_file={"path": "/img/templates/k/ram", "share": False})
+    # RAM of exactly -m's size, named "ram" by -machine in the template and in the clone (the RAM block id the
+    # stream names); x-ignore-shared is set over QMP before the state is read: -incoming defer, not fd:
+    assert after(clone, "-m") == ["256"]
+    assert after(clone, "-object") == ["memory-backend-file,id=ram,size=256M,mem-path=/img/templates/k/ram,share=off"]
+    assert after(clone, "-machine") == ["memory-backend=ram"]
+    assert after(clone, "-incoming") == ["defer"]
+    template = build_argv(_qemu_clone.template_config(config, "/img/disk.ext4", str(tmp_path / "build")), "tcg",
+                          layout="clone", ram_file={"path": str(tmp_path / "build" / "ram"), "share": True})
+    assert after(template, "-object") == ["memory-backend-file,id=ram,size=256M,mem-path=%s,share=on"
+                                          % (tmp_path / "build" / "ram")]
+    assert after(template, "-machine") == ["memory-backend=ram"] and "-incoming" not in template
+    # without a RAM file (a run_as VM's template, a boot) nothing changes: anonymous RAM, the state from the fd
+    plain = build_argv(config, "tcg", tap_fds={0: 10, 1: 11}, layout="clone", incoming_fd=12)
+    assert "-object" not in plain and "-machine" not in plain and after(plain, "-incoming") == ["fd:12"]
