@@ -311,8 +311,9 @@ def main():
     for view in after.values():
         if view["state"] == "present":
             view["kind"] = "veth"
-    result = dict(changed=tracker.changed, name=name, peer=peer, changes=tracker.fields, before=before, after=after,
-                  warnings=warnings)
+    for warning in warnings:   # module.warn, not a result key: ansible-core deprecates exit_json(warnings=)
+        module.warn(warning)
+    result = dict(changed=tracker.changed, name=name, peer=peer, changes=tracker.fields, before=before, after=after)
     if module._diff:
         result["diff"] = {"before": before, "after": after}
     module.exit_json(**result)

@@ -169,8 +169,9 @@ def main():
             vms[name] = {"template": "", "reason": "its template could not be built: %s" % failed[key]}
         else:
             vms[name] = {"template": templates[key]["dir"] if key else "", "reason": reason}
-    module.exit_json(changed=any(t["built"] for t in templates.values()), vms=vms, templates=templates,
-                     warnings=warnings)
+    for warning in warnings:   # module.warn, not exit_json(warnings=): ansible-core deprecates the latter
+        module.warn(warning)
+    module.exit_json(changed=any(t["built"] for t in templates.values()), vms=vms, templates=templates)
 
 
 if __name__ == "__main__":
