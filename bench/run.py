@@ -471,7 +471,7 @@ def scale_size(ctx, r, n):
 # ---------------------------------------------------------------------------------------------------------------
 def metric_order(ctx):
     order = ["lifecycle.collection.bringup_s", "lifecycle.seed_script.bringup_s", "lifecycle.ratio.bringup",
-             "lifecycle.collection.rerun_s", "lifecycle.collection.rerun_changed", "lifecycle.collection.cleanup_s",
+             "lifecycle.collection.guests_to_ssh_s", "lifecycle.collection.rerun_s", "lifecycle.collection.rerun_changed", "lifecycle.collection.cleanup_s",
              "lifecycle.seed_script.cleanup_s", "lifecycle.ratio.cleanup"]
     for variant, _, _ in ctx.variants:
         order += ["dataplane.%s.%s" % (variant, k) for k in ("3hop.throughput_gbps", "3hop.ping_avg_ms",
