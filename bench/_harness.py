@@ -115,6 +115,16 @@ def netns_list():
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
+def ssh_banner(port, timeout=1.0):
+    """Whether 127.0.0.1:port answers with an SSH banner within `timeout` (connect and first bytes each)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
 def processes_matching(marker):
     """PIDs of processes whose command line contains `marker` (a path or name unique to one of our labs)."""
     found = []

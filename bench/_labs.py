@@ -9,13 +9,13 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import time
 
 import yaml
 
 from _harness import (BENCH_DIR, REPO_ROOT, RUN_ROOT, SSH_KEY, STATE_DIR, VENV_BIN, BenchError, Guest, log,
-                      netns_list, port_block, processes_matching, root_links_with_alias, run, vm_memory_kib)
+                      netns_list, port_block, processes_matching, root_links_with_alias, run, ssh_banner,
+                      vm_memory_kib)
 
 SEED_INVENTORY = os.path.join(REPO_ROOT, "inventories", "seed")
 SEED_VMS = ["rt1", "rt2", "rt3", "rt4", "h1", "h2", "htest"]
@@ -242,12 +242,7 @@ class CollectionLab:
         with a banner now (after a failed bring-up)."""
         silent = []
         for name, port in sorted(self.ports.items()):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-                    banner = sock.recv(8)
-            except OSError:
-                banner = b""
-            if not banner.startswith(b"SSH-"):
+            if not ssh_banner(port, timeout=3):
                 silent.append(name)
         return silent
 

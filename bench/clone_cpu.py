@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,8 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
-from _harness import BenchError, log, loadavg, port_block, processes_matching, sigterm_as_interrupt  # noqa: E402
+from _harness import (BenchError, log, loadavg, port_block, processes_matching, sigterm_as_interrupt,  # noqa: E402
+                      ssh_banner)
 from _labs import CollectionLab, chain_inventory, seed_variant_inventory, unique_lab_name  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -71,15 +71,6 @@ def vm_name(pid):
     return argv[argv.index("-name") + 1].split(",")[0] if "-name" in argv else None
 
 
-def banner(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as sock:
-            sock.settimeout(0.3)
-            return sock.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
 def watch(lab, done):
     """{vm: {main_cpu_s, vcpu_cpu_s, cpu_s, wall_s, start}} at each VM's first banner, until `done` is set."""
     got, pids = {}, {}
@@ -93,7 +84,7 @@ def watch(lab, done):
                 if name in lab.ports:
                     pids[name] = pid
         for name, pid in pids.items():
-            if name in got or not banner(lab.ports[name]):
+            if name in got or not ssh_banner(lab.ports[name], timeout=0.3):
                 continue
             try:
                 main, other = cpu_seconds(pid)

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import REPO_ROOT, SSH_KEY, VENV_BIN, log, port_block, sigterm_as_interrupt, vm_rss_kib  # noqa: E402
+from _harness import (REPO_ROOT, SSH_KEY, VENV_BIN, log, port_block, sigterm_as_interrupt, ssh_banner,  # noqa: E402
+                      vm_rss_kib)
 
 ROLE_PLAYBOOK = """
 - name: Build or reuse the default guest image
@@ -107,15 +107,6 @@ def start_vm(image, workdir, name, port, memory, firmware, append_extra):
                             start_new_session=True)
 
 
-def banner(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.settimeout(2)
-            return s.recv(16).startswith(b"SSH-2.0-")
-    except OSError:
-        return False
-
-
 def boot_together(image, workdir, count, memory, firmware, append_extra, timeout=300):
     """Start `count` VMs at once; seconds until the last banner, and each VM's RSS at that moment (MiB)."""
     base = port_block(count)
@@ -129,7 +120,7 @@ def boot_together(image, workdir, count, memory, firmware, append_extra, timeout
             for i in sorted(waiting):
                 if procs[i].poll() is not None:
                     raise SystemExit(f"VM {i} exited with {procs[i].returncode}; see {workdir}")
-                if banner(base + i):
+                if ssh_banner(base + i):
                     waiting.discard(i)
             time.sleep(0.05)
         seconds = time.monotonic() - t0
