@@ -300,10 +300,32 @@ def delete_netns(name):
         raise NetlinkError("namespace %s: cannot delete it: %s" % (name, _reason(exc)))
 
 
+# Linux 5.14+; Python's socket module names it from 3.12 on
+SO_NETNS_COOKIE = getattr(socket, "SO_NETNS_COOKIE", 71)
+
+
 def netns_identity(name):
-    """(device, inode) of the namespace's bind mount: tells a namespace apart from a later one of the same name."""
+    """(device, inode, cookie) of the namespace: tells a namespace apart from a later one of the same name. The
+    inode alone does not: the kernel gives a namespace's inode number to the next namespace made once the old one is
+    gone (seen here: delete one, wait half a second, make another of the same name, same inode, every time). The
+    cookie (SO_NETNS_COOKIE) is a 64-bit number the kernel never gives twice; None on a kernel without it."""
     stat = os.stat(os.path.join(NETNS_RUN_DIR, name))
-    return stat.st_dev, stat.st_ino
+    return stat.st_dev, stat.st_ino, netns_cookie(name)
+
+
+def netns_cookie(name):
+    """The namespace's SO_NETNS_COOKIE, read from a socket made inside it, or None on a kernel without it."""
+    with _inside(name):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)   # a socket belongs to the namespace it was made in
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    except OSError as exc:
+        if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL):
+            return None
+        raise
+    finally:
+        sock.close()
+    return struct.unpack("=Q", raw)[0]
 
 
 def _sysctl_path(key):

@@ -110,8 +110,8 @@ def marker_path(netns, marker_dir=NETNS_MARKER_DIR):
 
 
 def read_netns_owner(netns, identity, marker_dir=NETNS_MARKER_DIR):
-    """The lab owning the namespace: the one whose marker file matches its (dev, ino) identity, else the one named
-    by the mark inside it (see read_netns_mark), or None."""
+    """The lab owning the namespace: the one whose marker file matches its (dev, ino, cookie) identity, else the one
+    named by the mark inside it (see read_netns_mark), or None."""
     return read_netns_marker(netns, identity, marker_dir) or read_netns_mark(netns)
 
 
@@ -121,13 +121,16 @@ def read_netns_mark(netns):
 
 
 def read_netns_marker(netns, identity, marker_dir=NETNS_MARKER_DIR):
-    """The lab whose marker file matches the namespace with this (dev, ino) identity, or None."""
+    """The lab whose marker file matches the namespace with this (dev, ino, cookie) identity (netns_identity), or
+    None. A marker without a cookie (written before the cookie was recorded) matches no namespace: the lab's own
+    namespace is still known by its loopback's alias, and the lab's next run writes the marker again."""
     try:
         with open(marker_path(netns, marker_dir)) as handle:
             data = json.load(handle)
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or [data.get("dev"), data.get("ino")] != list(identity):
+    if not isinstance(data, dict) or "cookie" not in data \
+            or [data.get("dev"), data.get("ino"), data.get("cookie")] != list(identity):
         return None
     lab = data.get("lab")
     return lab if isinstance(lab, str) and lab else None
@@ -147,7 +150,7 @@ def write_netns_owner(netns, identity, lab, marker_dir=NETNS_MARKER_DIR):
             if attempt == 2:
                 raise
     with handle:
-        json.dump({"lab": lab, "dev": identity[0], "ino": identity[1]}, handle)
+        json.dump({"lab": lab, "dev": identity[0], "ino": identity[1], "cookie": identity[2]}, handle)
     os.rename(tmp, path)
 
 

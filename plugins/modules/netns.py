@@ -13,8 +13,9 @@ version_added: 0.1.0
 description:
   - Makes a named network namespace (as C(ip netns add) makes, under C(/run/netns)) exist or not.
   - A namespace the lab creates gets a marker file C(/run/qemulab/_netns/<name>.owner) holding the lab name and
-    the device/inode of the namespace, so a namespace someone else later creates under the same name is not taken
-    for ours. An existing namespace that is not this lab's (no marker, or another lab's) is neither adopted nor
+    the device, inode and cookie (C(SO_NETNS_COOKIE)) of the namespace, so a namespace someone else later creates
+    under the same name is not taken for ours (the kernel reuses inode numbers; never a cookie). An existing
+    namespace that is not this lab's (no marker, or another lab's) is neither adopted nor
     deleted unless O(force=true).
   - A new namespace is marked before it appears - a child process unshares it, writes C(qemulab:<lab>) as the alias
     of its C(lo), and only then bind-mounts it under C(/run/netns) - so a run killed at any point leaves either no

@@ -31,22 +31,31 @@ def test_foreign_object_error_names_object_owner_and_fix(owner, whose, state, fi
 
 def test_marker_counts_only_for_the_same_namespace(tmp_path):
     markers = tmp_path / "_netns"
-    ownership.write_netns_owner("ns1", (10, 4026532000), "seed", marker_dir=str(markers))
-    assert json.loads((markers / "ns1.owner").read_text()) == {"lab": "seed", "dev": 10, "ino": 4026532000}
-    assert ownership.read_netns_owner("ns1", (10, 4026532000), marker_dir=str(markers)) == "seed"
+    ownership.write_netns_owner("ns1", (10, 4026532000, 77), "seed", marker_dir=str(markers))
+    assert json.loads((markers / "ns1.owner").read_text()) == {"lab": "seed", "dev": 10, "ino": 4026532000,
+                                                               "cookie": 77}
+    assert ownership.read_netns_owner("ns1", (10, 4026532000, 77), marker_dir=str(markers)) == "seed"
     # The same name, another namespace (another inode): the marker is stale.
-    assert ownership.read_netns_owner("ns1", (10, 4026532999), marker_dir=str(markers)) is None
-    assert ownership.read_netns_owner("ns2", (10, 4026532000), marker_dir=str(markers)) is None
+    assert ownership.read_netns_owner("ns1", (10, 4026532999, 77), marker_dir=str(markers)) is None
+    # The same name and inode number (the kernel reuses it once a namespace is gone), another cookie: not ours.
+    assert ownership.read_netns_owner("ns1", (10, 4026532000, 78), marker_dir=str(markers)) is None
+    assert ownership.read_netns_owner("ns2", (10, 4026532000, 77), marker_dir=str(markers)) is None
     ownership.remove_netns_owner("ns1", marker_dir=str(markers))
     ownership.remove_netns_owner("ns1", marker_dir=str(markers))
     # The last marker gone, so is its directory: a cleanup leaves nothing behind.
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_marker_without_a_cookie_matches_no_namespace(tmp_path):
+    (tmp_path / "ns1.owner").write_text('{"lab": "seed", "dev": 10, "ino": 4026532000}')
+    assert ownership.read_netns_marker("ns1", (10, 4026532000, None), marker_dir=str(tmp_path)) is None
+    assert ownership.read_netns_marker("ns1", (10, 4026532000, 77), marker_dir=str(tmp_path)) is None
+
+
 def test_marker_directory_stays_while_another_lab_has_a_marker(tmp_path):
     markers = tmp_path / "_netns"
-    ownership.write_netns_owner("ns1", (10, 1), "a", marker_dir=str(markers))
-    ownership.write_netns_owner("ns2", (10, 2), "b", marker_dir=str(markers))
+    ownership.write_netns_owner("ns1", (10, 1, 5), "a", marker_dir=str(markers))
+    ownership.write_netns_owner("ns2", (10, 2, 6), "b", marker_dir=str(markers))
     ownership.remove_netns_owner("ns1", marker_dir=str(markers))
     assert [p.name for p in markers.iterdir()] == ["ns2.owner"]
 
@@ -54,7 +63,7 @@ def test_marker_directory_stays_while_another_lab_has_a_marker(tmp_path):
 @pytest.mark.parametrize("content", ["not json", "[]", '{"lab": "", "dev": 1, "ino": 2}', '{"lab": 3, "dev": 1, "ino": 2}'])
 def test_damaged_markers_mean_not_ours(tmp_path, content):
     (tmp_path / "ns1.owner").write_text(content)
-    assert ownership.read_netns_owner("ns1", (1, 2), marker_dir=str(tmp_path)) is None
+    assert ownership.read_netns_owner("ns1", (1, 2, None), marker_dir=str(tmp_path)) is None
 
 
 def test_pending_group_is_the_labs_own_and_never_the_default():
