@@ -125,6 +125,13 @@ def ssh_banner(port, timeout=1.0):
         return False
 
 
+def qemu_vm_name(pid):
+    """The VM name a QEMU process was given (`-name NAME[,...]`), or None."""
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
+    return argv[argv.index("-name") + 1].split(",")[0] if "-name" in argv else None
+
+
 def processes_matching(marker):
     """PIDs of processes whose command line contains `marker` (a path or name unique to one of our labs)."""
     found = []

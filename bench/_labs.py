@@ -14,8 +14,8 @@ import time
 import yaml
 
 from _harness import (BENCH_DIR, REPO_ROOT, RUN_ROOT, SSH_KEY, STATE_DIR, VENV_BIN, BenchError, Guest, log,
-                      netns_list, port_block, processes_matching, root_links_with_alias, run, ssh_banner,
-                      vm_memory_kib)
+                      netns_list, port_block, processes_matching, qemu_vm_name, root_links_with_alias, run,
+                      ssh_banner, vm_memory_kib)
 
 SEED_INVENTORY = os.path.join(REPO_ROOT, "inventories", "seed")
 SEED_VMS = ["rt1", "rt2", "rt3", "rt4", "h1", "h2", "htest"]
@@ -232,9 +232,8 @@ class CollectionLab:
         mem = {}
         for pid in self.qemu_pids():
             with open("/proc/%d/cmdline" % pid, "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
-            name = argv[argv.index("-name") + 1].split(",")[0] if "-name" in argv else str(pid)
-            mem[name] = dict(vm_memory_kib(pid), clone="-incoming" in argv)
+                incoming = b"-incoming" in f.read().split(b"\0")
+            mem[qemu_vm_name(pid) or str(pid)] = dict(vm_memory_kib(pid), clone=incoming)
         return mem
 
     def guests_without_ssh(self):

@@ -28,8 +28,8 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
-from _harness import (BenchError, log, loadavg, port_block, processes_matching, sigterm_as_interrupt,  # noqa: E402
-                      ssh_banner)
+from _harness import (BenchError, log, loadavg, port_block, processes_matching, qemu_vm_name,  # noqa: E402
+                      sigterm_as_interrupt, ssh_banner)
 from _labs import CollectionLab, chain_inventory, seed_variant_inventory, unique_lab_name  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -65,12 +65,6 @@ def uptime():
         return float(f.read().split()[0])
 
 
-def vm_name(pid):
-    with open("/proc/%d/cmdline" % pid, "rb") as f:
-        argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
-    return argv[argv.index("-name") + 1].split(",")[0] if "-name" in argv else None
-
-
 def watch(lab, done):
     """{vm: {main_cpu_s, vcpu_cpu_s, cpu_s, wall_s, start}} at each VM's first banner, until `done` is set."""
     got, pids = {}, {}
@@ -78,7 +72,7 @@ def watch(lab, done):
         for pid in processes_matching(lab.run_dir + "/"):
             if pid not in pids.values():
                 try:
-                    name = vm_name(pid)
+                    name = qemu_vm_name(pid)
                 except OSError:
                     continue
                 if name in lab.ports:
